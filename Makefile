@@ -1,0 +1,28 @@
+# The two user-facing commands: `make demo` and `make test`. Both set up .venv on first use
+# (idempotent: the stamp file is newer than pyproject.toml, so a second run installs nothing).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test setup
+
+demo: $(STAMP)
+	$(PY) jobs/pipeline.py --config jobs/configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned to the CPU build on disk, so nothing pulls a CUDA build.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	# DeepSpeed JIT-builds its shared-memory comm op once (30-55 s); do it here, not in a test.
+	$(PY) -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+	touch $(STAMP)

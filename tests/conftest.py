@@ -1,0 +1,50 @@
+"""Shared fixtures: paths, the reference data, and one local Ray cluster per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline everywhere: a hub look-up that cannot succeed would otherwise cost ~50 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Keep every Ray process on 127.0.0.1 (STACK-NOTES: driver and head both need it).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "lmlm-wiki"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def lmlm_wiki() -> Path:
+    """The reference data folder; tests that need it skip with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (each start costs seconds and ~0.5 GB).
+
+    Logical CPUs are more than the 2 physical cores so that actor pools, read tasks and
+    Train workers never deadlock waiting for a CPU slot (STACK-NOTES).
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", ignore_reinit_error=True)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
