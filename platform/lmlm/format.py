@@ -7,6 +7,11 @@ Two syntaxes carry the same information (LMLM.md §2):
 
 Every other stage (annotation, fact store, training, generation, evaluation) goes through this
 module, so quoting, escaping and spacing rules live in exactly one place.
+
+What a field can hold so that it survives a round trip (render, then parse, gives it back): any
+printable text, single-spaced and stripped, without a backslash (escapes are undone once), without
+`<|db_` or `dblookup`, and not wrapped in one pair of quotes (the reference strips those). A value
+also holds no `]`, which closes a legacy call. Parsing accepts any text and never raises.
 """
 from __future__ import annotations
 
@@ -116,6 +121,8 @@ _LEGACY = re.compile(
 
 def _classify_malformed(call: str, at_end: bool) -> str:
     """Why a `[dblookup...` fragment that is not a valid call is invalid."""
+    if "]" in call:  # judge the call itself, not an orphaned `-> V]` tail after its bracket
+        call = call[: call.index("]") + 1]
     if at_end and not call.rstrip().endswith("]"):
         return "truncated"
     if "->" not in call:
@@ -130,14 +137,19 @@ def _classify_malformed(call: str, at_end: bool) -> str:
     return "malformed"
 
 
+_ORPHAN_TAIL = re.compile(r"[ \t]*->[^\[\]\n]*\]")
+
+
 def _fragment_end(text: str, start: int) -> tuple[int, bool]:
     """End of a malformed call starting at `start`: its `]`, or the next call, or the text's end."""
     nxt = text.find(LEGACY_OPEN, start + len(LEGACY_OPEN))
     close = text.find("]", start)
     if close != -1 and (nxt == -1 or close < nxt):
-        return close + 1, False
-    if nxt != -1:
-        return nxt, False
+        # A call closed before its arrow (`[dblookup('E', 'R')] -> V]`) takes its orphaned tail along.
+        tail = _ORPHAN_TAIL.match(text, close + 1)
+        return (tail.end() if tail else close + 1), False
+    if nxt != -1:  # leave the whitespace before the next call to that call
+        return len(text[:nxt].rstrip()), False
     return len(text), True
 
 
