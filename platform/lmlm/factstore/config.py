@@ -1,0 +1,57 @@
+"""Configuration of the fact store (one small dataclass, loaded through `lmlm.config`)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+FuzzyMode = Literal["two_stage", "reference"]
+Fallback = Literal["unknown", "top1_anyway", "abstain"]
+
+
+@dataclass
+class FactStoreConfig:
+    # redis://[user:password@]host:port/db of a running Redis 8; None: env LMLM_REDIS_URL, else a private server
+    url: Optional[str] = None
+    # data dir of the private server (AOF lives here); None: a fresh temporary dir removed on close
+    data_dir: Optional[str] = None
+    # AOF fsync policy of the private server: "everysec" or "always"
+    appendfsync: Literal["everysec", "always"] = "everysec"
+    # prefix of every key; letters, digits, "_", "-", "." only (it sits inside the hash tag)
+    namespace: str = "lmlm"
+    # hash-tag partitions: an entity's keys, vectors and audit entries share one; on Redis Cluster use
+    # at least one per shard. Fixed when the store is created (kept in the store's meta key).
+    partitions: int = 1
+    # fuzzy retrieval when the exact key is absent: "two_stage" (entity, then relation) or "reference"
+    fuzzy_mode: FuzzyMode = "two_stage"
+    # reference mode: accept cosine >= threshold between the query and a "{entity} {relation}" key
+    threshold: float = 0.6
+    # two_stage: accept an entity whose combined (embedding + character) similarity is >= this
+    entity_threshold: float = 0.87
+    # two_stage: accept the entity's relation whose label cosine to the query relation is >= this
+    relation_threshold: float = 0.3
+    # two_stage: relation labels (query and stored) are embedded in this context; a possessive frame
+    # makes MiniLM read them as attributes ("born on" -> birth date, not birth city)
+    relation_template: str = "the person's {relation}"
+    # candidates fetched from a vector set per query (reference top-k, two_stage entity candidates)
+    top_k: int = 20
+    # what a query without an accepted match returns: "unknown", the best candidate, or None
+    fallback: Fallback = "unknown"
+    # also keep the "{entity} {relation}" vector set that `reference` mode needs: one embedding and about
+    # 1 KB per key, so off by default; fixed when the store is created (kept in its meta key)
+    key_index: bool = False
+    # strings per embedding model call during bulk load
+    embed_batch: int = 64
+    # triples per pipelined write batch during bulk load
+    write_batch: int = 1000
+    # socket connect/read timeout; an unreachable server raises StoreUnavailable within about this
+    timeout_s: float = 2.0
+    # document ids kept per value (the count keeps counting past this)
+    max_docs_per_value: int = 8
+    # approximate cap of each partition's audit stream
+    audit_maxlen: int = 1_000_000
+    # who edits, for the audit stream; None: $USER
+    actor: Optional[str] = None
+
+    def resolved_url(self) -> Optional[str]:
+        return self.url or os.environ.get("LMLM_REDIS_URL") or None

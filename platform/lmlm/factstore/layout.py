@@ -1,0 +1,166 @@
+"""Key layout and input validation.
+
+Every key of one entity carries the hash tag `{namespace:p}`, p = hash(entity) mod partitions: the
+entity's hash, the partition's vector sets, stats and audit stream all live in one Redis Cluster slot,
+so each edit is one atomic script and each partition is served by one shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+from lmlm.format import Triple, normalize_key
+
+MAX_VALUE_BYTES = 64 * 1024
+MAX_NAME_CHARS = 1024
+SEP = "\x1f"  # between entity and relation in key-vector elements; normalize_key turns it into a space
+_WS = re.compile(r"\s+")
+# Unicode category Cc is exactly U+0000-001F and U+007F-009F; tab, newline and return are allowed.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class InvalidFact(ValueError):
+    """A triple that cannot be stored; the message names the field and the problem."""
+
+
+def check_namespace(ns: str) -> str:
+    if not _NAMESPACE.match(ns or ""):
+        raise ValueError(f"namespace {ns!r} may hold only letters, digits, '_', '-', '.'")
+    return ns
+
+
+def entity_hash(norm_entity: str) -> int:
+    return int.from_bytes(hashlib.blake2b(norm_entity.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names of one partition."""
+
+    tag: str
+
+    def entity(self, norm_entity: str) -> str:
+        return f"{self.tag}:e:{norm_entity}"
+
+    @property
+    def entity_vectors(self) -> str:
+        return f"{self.tag}:ve"
+
+    @property
+    def key_vectors(self) -> str:
+        return f"{self.tag}:vk"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.tag}:stats"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.tag}:audit"
+
+    def script_keys(self, norm_entity: str) -> list[str]:
+        return [self.entity(norm_entity), self.entity_vectors, self.key_vectors, self.stats, self.audit]
+
+
+class Layout:
+    def __init__(self, namespace: str, partitions: int):
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
+        self.namespace = check_namespace(namespace)
+        self.partitions = partitions
+        self.parts = [Keys(f"{{{namespace}:{p}}}") for p in range(partitions)]
+        self.meta = f"{{{namespace}}}:meta"
+
+    def of(self, norm_entity: str) -> Keys:
+        return self.parts[entity_hash(norm_entity) % self.partitions]
+
+    @staticmethod
+    def eid(norm_entity: str) -> int:
+        """A 48-bit id of the entity (exact in a JSON number): the only thing a VSIM FILTER compares."""
+        return entity_hash(norm_entity) >> 16
+
+
+def _text(x, field: str) -> str:
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            x = bytes(x).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidFact(f"{field} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if not isinstance(x, str):
+        raise InvalidFact(f"{field} must be a string, not {type(x).__name__}")
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidFact(f"{field} is not valid UTF-8 (unpaired surrogate at {e.start})") from None
+    if (m := _CONTROL.search(x)) is not None:
+        raise InvalidFact(f"{field} {x[:40]!r} holds control character U+{ord(m.group()):04X} at {m.start()}")
+    return x
+
+
+def clean_name(x, field: str) -> tuple[str, str]:
+    """(display, normalised) of an entity or relation; refuses empty, overlong and control chars."""
+    s = _WS.sub(" ", _text(x, field)).strip()
+    if not s:
+        raise InvalidFact(f"{field} is empty")
+    if len(s) > MAX_NAME_CHARS:
+        raise InvalidFact(f"{field} {s[:40]!r}... is {len(s)} characters long (at most {MAX_NAME_CHARS})")
+    norm = normalize_key(s)
+    if not norm:
+        raise InvalidFact(f"{field} {s!r} is empty once normalised")
+    return s, norm
+
+
+def clean_value(x) -> str:
+    s = _text(x, "value").strip()
+    if not s:
+        raise InvalidFact("value is empty")
+    n = len(s.encode("utf-8"))
+    if n > MAX_VALUE_BYTES:
+        raise InvalidFact(f"value {s[:40]!r}... is {n} bytes long (at most {MAX_VALUE_BYTES})")
+    return s
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A validated triple with its normalised key."""
+
+    E: str
+    R: str
+    entity: str
+    relation: str
+    value: str
+
+    @classmethod
+    def of(cls, t: Triple) -> "Fact":
+        if not isinstance(t, Triple):
+            if isinstance(t, (tuple, list)) and len(t) == 3:
+                t = Triple(*t)
+            else:
+                raise InvalidFact(f"expected a Triple or (entity, relation, value), got {t!r:.80}")
+        entity, E = clean_name(t.entity, "entity")
+        relation, R = clean_name(t.relation, "relation")
+        return cls(E, R, entity, relation, clean_value(t.value))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def choose(values: list) -> tuple[int, list]:
+    """The value record returned for a key: most frequent, then most recently seen, then latest added."""
+    i = max(range(len(values)), key=lambda j: (values[j][1], values[j][3], j))
+    return i, values[i]
+
+
+def provenance(rec: dict, v: list) -> dict:
+    return {
+        "count": v[1],
+        "first_seen": v[2] / 1000.0,
+        "last_seen": v[3] / 1000.0,
+        "annotators": list(v[4] or []),
+        "doc_ids": list(v[5] or []),
+        "n_values": len(rec["v"]),
+    }

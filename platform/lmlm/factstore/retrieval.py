@@ -1,0 +1,274 @@
+"""Lookups: exact key first, then `two_stage` (entity, then relation) or `reference` fuzzy matching.
+
+two_stage: an entity that exists exactly is taken as is; otherwise the entity vector set proposes
+`top_k` names (VSIM) and each is rescored with a character similarity (optimal-string-alignment edit
+distance), which catches one-edit typos that shift MiniLM's word pieces and rejects absent names that
+merely sound alike. The relation is then chosen among that entity's few keys by cosine between cached
+relation-label embeddings, in process (no second vector search).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lmlm.format import Triple
+
+from .layout import SEP, InvalidFact, choose, clean_name, provenance
+
+if TYPE_CHECKING:
+    from .store import FactStore
+
+MODES = ("two_stage", "reference")
+FALLBACKS = ("unknown", "top1_anyway", "abstain")
+
+
+@dataclass
+class Answer:
+    """A lookup result: the value, the stored triple it came from, a score in [0, 1], the stage that
+    matched ("exact", "entity": entity matched fuzzily, "relation": entity exact and relation fuzzy,
+    "fallback": nothing accepted) and the provenance of the value."""
+
+    value: str
+    triple: Triple | None
+    score: float
+    stage: str
+    provenance: dict = field(default_factory=dict)
+
+
+def osa_distance(a: str, b: str, limit: int = 3) -> int:
+    """Edit distance with adjacent transpositions (capped at `limit` + 1 for speed)."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if cost and prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def entity_similarity(query: str, name: str, cos: float) -> float:
+    """Combined similarity of a query entity to a stored name, in [0, 1].
+
+    Character similarity 1 - d/len decides (a one-edit typo of a 12-letter name: 0.92; a different
+    surname: < 0.85); MiniLM's cosine alone cannot, since a typo splits a name into other word pieces
+    and names of different people share pieces. The cosine only breaks ties between candidates.
+    """
+    d = osa_distance(query, name)
+    char = max(0.0, 1.0 - d / max(len(query), len(name), 1))
+    return 0.9 * char + 0.1 * max(cos, 0.0)
+
+
+def _answer(rec: dict, score: float, stage: str, extra: dict) -> Answer:
+    _, v = choose(rec["v"])
+    return Answer(v[0], Triple(rec["e"], rec["r"], v[0]), float(score), stage, {**provenance(rec, v), **extra})
+
+
+def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, str]) -> Answer | None:
+    if policy == "abstain":
+        return None
+    if policy == "top1_anyway" and best is not None:
+        best.stage = "fallback"
+        best.provenance["reason"] = reason
+        return best
+    return Answer("unknown", None, float(best.score) if best else 0.0, "fallback",
+                  {"reason": reason, "query": list(query),
+                   "best": [best.triple.entity, best.triple.relation, best.value] if best and best.triple else None})
+
+
+def _vsim(pipe, key: str, vec: np.ndarray, k: int, flt: str | None = None) -> None:
+    args = ["VSIM", key, "FP32", vec.astype(np.float32).tobytes(), "WITHSCORES", "COUNT", k]
+    if flt:
+        args += ["FILTER", flt]
+    pipe.execute_command(*args)
+
+
+def _pairs(res) -> list[tuple[str, float]]:
+    """VSIM WITHSCORES reply (RESP2 flat list) -> [(element, cosine)]."""
+    if not res:
+        return []
+    return [(res[i].decode(), 2.0 * float(res[i + 1]) - 1.0) for i in range(0, len(res), 2)]
+
+
+def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_threshold, relation_threshold,
+                 top_k, fallback) -> list[Answer | None]:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
+    cfg = store.cfg
+    top_k = top_k or cfg.top_k
+    out: list[Answer | None] = [None] * len(queries)
+    parsed: dict[int, tuple[str, str]] = {}
+    for i, q in enumerate(queries):
+        try:
+            parsed[i] = (clean_name(q[0], "entity")[1], clean_name(q[1], "relation")[1])
+        except (InvalidFact, TypeError, IndexError) as e:
+            out[i] = _fallback(fallback, None, f"invalid query: {e}", tuple(map(str, q))[:2])
+    pipe = store.r.pipeline(transaction=False)
+    idx = list(parsed)
+    for i in idx:
+        E, R = parsed[i]
+        pipe.hget(store.layout.of(E).entity(E), R)
+    misses = []
+    for i, blob in zip(idx, store._call(pipe.execute)):
+        if blob is None:
+            misses.append(i)
+        else:
+            out[i] = _answer(json.loads(blob), 1.0, "exact", {})
+    if misses:
+        fuzzy = _two_stage if mode == "two_stage" else _reference
+        for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], threshold=threshold,
+                                      entity_threshold=entity_threshold, relation_threshold=relation_threshold,
+                                      top_k=top_k, fallback=fallback)):
+            out[i] = a
+    return out
+
+
+def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | None]:
+    """LMLM.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
+    if not store.cfg.key_index:
+        raise ValueError("reference mode needs the '{entity} {relation}' vector set: create the store "
+                         "with FactStoreConfig(key_index=True)")
+    thr = store.cfg.threshold if threshold is None else threshold
+    vecs = store.embedder.encode([f"{E} {R}" for E, R in qs])
+    pipe = store.r.pipeline(transaction=False)
+    parts = store.layout.parts
+    for v in vecs:
+        for ks in parts:
+            _vsim(pipe, ks.key_vectors, v, top_k)
+    res = store._call(pipe.execute)
+    best = []
+    for qi in range(len(qs)):
+        cands = [c for p in range(len(parts)) for c in _pairs(res[qi * len(parts) + p])]
+        best.append(max(cands, key=lambda c: c[1]) if cands else None)
+    pipe = store.r.pipeline(transaction=False)
+    for b in best:
+        if b:
+            E, R = b[0].split(SEP, 1)
+            pipe.hget(store.layout.of(E).entity(E), R)
+    blobs = iter(store._call(pipe.execute))
+    out = []
+    for (E, R), b in zip(qs, best):
+        blob = next(blobs) if b else None
+        cand = None
+        if blob is not None:
+            rec = json.loads(blob)
+            stage = "relation" if b[0].split(SEP, 1)[0] == E else "entity"
+            cand = _answer(rec, b[1], stage, {"cosine": b[1]})
+        if cand is not None and b[1] >= thr:
+            out.append(cand)
+        else:
+            out.append(_fallback(fallback, cand, f"no key with cosine >= {thr}", (E, R)))
+    return out
+
+
+def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, top_k, fallback) -> list[Answer | None]:
+    cfg = store.cfg
+    e_thr = cfg.entity_threshold if entity_threshold is None else entity_threshold
+    r_thr = relation_threshold if relation_threshold is not None else (
+        threshold if threshold is not None else cfg.relation_threshold)
+    parts = store.layout.parts
+    pipe = store.r.pipeline(transaction=False)
+    for E, _ in qs:
+        pipe.hgetall(store.layout.of(E).entity(E))
+    hashes = store._call(pipe.execute)
+    need = [i for i, h in enumerate(hashes) if not h]
+    # One model call for the query strings and the labels of entities found exactly; labels of
+    # fuzzily found entities come from the cache (a second call only for labels never seen).
+    known = sorted({R.decode() for h in hashes if h for R in h})
+    tmpl = cfg.relation_template
+    texts = [qs[i][0] for i in need] + [tmpl.format(relation=R) for _, R in qs] + [tmpl.format(relation=r) for r in known]
+    vecs = store.embedder.encode(texts)
+    evecs, rvecs = vecs[: len(need)], vecs[len(need): len(need) + len(qs)]
+    # entity[i] = (stored normalised name, entity score, stage) or a rejected best candidate
+    entity: dict[int, tuple[str, float]] = {i: (qs[i][0], 1.0) for i, h in enumerate(hashes) if h}
+    rejected: dict[int, tuple[str, float]] = {}
+    if need:
+        pipe = store.r.pipeline(transaction=False)
+        for v in evecs:
+            for ks in parts:
+                _vsim(pipe, ks.entity_vectors, v, top_k)
+        res = store._call(pipe.execute)
+        for n, i in enumerate(need):
+            cands = [c for p in range(len(parts)) for c in _pairs(res[n * len(parts) + p])]
+            scored = [(name, entity_similarity(qs[i][0], name, cos)) for name, cos in cands]
+            if not scored:
+                continue
+            name, s = max(scored, key=lambda c: (c[1], c[0]))
+            (entity if s >= e_thr else rejected)[i] = (name, s)
+        pipe = store.r.pipeline(transaction=False)
+        fetch = [i for i in need if i in entity or (fallback == "top1_anyway" and i in rejected)]
+        for i in fetch:
+            E = (entity.get(i) or rejected[i])[0]
+            pipe.hgetall(store.layout.of(E).entity(E))
+        for i, h in zip(fetch, store._call(pipe.execute)):
+            hashes[i] = h
+    # Relation stage: cosine between the query label and this entity's labels (cached embeddings).
+    labels = sorted({R.decode() for h in hashes if h for R in h})
+    lvec = dict(zip(labels, _label_vectors(store, labels))) if labels else {}
+    out: list[Answer | None] = []
+    for i, (E, R) in enumerate(qs):
+        h = hashes[i]
+        ent = entity.get(i) or rejected.get(i)
+        if not h or ent is None:
+            out.append(_fallback(fallback, None, "entity not found", (E, R)))
+            continue
+        rels = [r.decode() for r in h]
+        cos = np.array([1.0 if r == R else float(lvec[r] @ rvecs[i]) for r in rels])
+        j = int(np.argmax(cos))
+        rec = json.loads(h[rels[j].encode()])
+        e_ok, r_ok = i in entity, cos[j] >= r_thr
+        stage = "relation" if ent[1] == 1.0 and ent[0] == E else "entity"
+        ans = _answer(rec, ent[1] * float(cos[j]), stage,
+                      {"entity_score": ent[1], "relation_score": float(cos[j])})
+        if e_ok and r_ok:
+            out.append(ans)
+        else:
+            why = "entity below threshold" if not e_ok else f"no relation with cosine >= {r_thr}"
+            out.append(_fallback(fallback, ans, why, (E, R)))
+    return out
+
+
+def _label_vectors(store, labels: list[str]) -> np.ndarray:
+    return store.embedder.encode([store.cfg.relation_template.format(relation=r) for r in labels])
+
+
+def search(store: "FactStore", text: str, k: int, entity: str | None) -> list[Answer]:
+    """Top-k keys by cosine to free text. With `entity`, only that entity's keys: the VSIM FILTER
+    compares a numeric entity id computed here, so no user string ever enters a filter expression."""
+    if not store.cfg.key_index:
+        raise ValueError("search needs the key vector set: create the store with FactStoreConfig(key_index=True)")
+    q = store.embedder.encode([normalize(text)])[0]
+    pipe = store.r.pipeline(transaction=False)
+    if entity is not None:
+        E = clean_name(entity, "entity")[1]
+        _vsim(pipe, store.layout.of(E).key_vectors, q, k, flt=f".eid == {store.layout.eid(E)}")
+    else:
+        for ks in store.layout.parts:
+            _vsim(pipe, ks.key_vectors, q, k)
+    cands = sorted((c for r in store._call(pipe.execute) for c in _pairs(r)), key=lambda c: -c[1])[:k]
+    pipe = store.r.pipeline(transaction=False)
+    for name, _ in cands:
+        E, R = name.split(SEP, 1)
+        pipe.hget(store.layout.of(E).entity(E), R)
+    out = []
+    for (name, cos), blob in zip(cands, store._call(pipe.execute)):
+        if blob is not None and (entity is None or name.split(SEP, 1)[0] == E):
+            out.append(_answer(json.loads(blob), cos, "entity", {"cosine": cos}))
+    return out
+
+
+def normalize(text: str) -> str:
+    from lmlm.format import normalize_key
+
+    return normalize_key(text)
