@@ -1,0 +1,1 @@
+"""Evaluation of LMLMs against their standard baselines (LMLM.md §7)."""

@@ -1,0 +1,26 @@
+"""`lmlm eval`: the evaluation suite on saved models, a world and a fact store (lmlm.eval.suite)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmlm.config import add_config_arguments, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lmlm.eval.suite import REQUIRED_KEYS, EvalJobConfig, run_job
+
+    job = load_config(EvalJobConfig, args.config, args.overrides)
+    results = run_job(job)
+    print(json.dumps({k: results[k] for k in REQUIRED_KEYS} | {"out_dir": job.out_dir}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate an LMLM against its standard baseline (precision, completion, unlearning, ppl)",
+        description="Fields of EvalJobConfig: lmlm_model, standard_model, world_dir | world_people/world_seed, "
+                    "store_url | store_json, out_dir, eval.* (EvalConfig). Example: lmlm eval "
+                    "--set lmlm_model=runs/lmlm/final --set standard_model=runs/std/final --set world_dir=runs/world")
+    add_config_arguments(p)
+    p.set_defaults(func=_run)

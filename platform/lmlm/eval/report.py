@@ -1,0 +1,200 @@
+"""The evaluation report: results.json (every number plus the config behind it), report.md (tables)
+and PNG plots, all in one run directory. Plotting uses matplotlib's Agg backend (no display).
+
+Training curves are read from pretraining run directories: any `*.jsonl` / `*.csv` metric log
+with a step column (`step`/`global_step`/`iteration`) and loss columns; the total loss is the first of
+`loss`, `train_loss`, `total_loss` found and the value-token loss the first of `value_loss`,
+`loss_value`, `train_value_loss`, `val_value_loss`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+STEP_KEYS = ("step", "global_step", "iteration")
+TOTAL_KEYS = ("loss", "train_loss", "total_loss")
+VALUE_KEYS = ("value_loss", "loss_value", "train_value_loss", "val_value_loss")
+
+HEADLINE = (
+    ("Normalized perplexity", "ppl_normalized_lmlm", "ppl_normalized_standard", None),
+    ("Value-token loss", "value_loss_lmlm", "value_loss_standard", None),
+    ("Factual precision", "precision_lmlm", "precision_standard", "precision_lmlm_db_off"),
+    ("Completion EM", "completion_em_lmlm", "completion_em_standard", "completion_em_lmlm_db_off"),
+)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _json_safe(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_results(results: dict, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(results), indent=2, sort_keys=False))
+    return path
+
+
+def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """`{"total": [(step, loss)], "value": [(step, loss)]}` from a run directory's metric logs."""
+    rows: list[dict] = []
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training run directory {root} does not exist")
+    for path in sorted(root.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line is not JSON: {e}") from e
+    for path in sorted(root.rglob("*.csv")):
+        with path.open() as f:
+            rows.extend(csv.DictReader(f))
+    curves: dict[str, list[tuple[float, float]]] = {"total": [], "value": []}
+    for row in rows:
+        step = next((row[k] for k in STEP_KEYS if row.get(k) not in (None, "")), None)
+        if step is None:
+            continue
+        for name, keys in (("total", TOTAL_KEYS), ("value", VALUE_KEYS)):
+            v = next((row[k] for k in keys if row.get(k) not in (None, "")), None)
+            if v is not None and math.isfinite(float(v)):
+                curves[name].append((float(step), float(v)))
+    for name in curves:
+        curves[name] = sorted(set(curves[name]))
+    return curves
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(runs: dict[str, str | Path], path: Path) -> bool:
+    """Total and value-token loss per run; False (no file) when no run has a curve."""
+    curves = {label: read_curves(d) for label, d in runs.items() if d}
+    if not any(c["total"] or c["value"] for c in curves.values()):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind, title in ((axes[0], "total", "Total loss"), (axes[1], "value", "Value-token loss")):
+        for label, c in curves.items():
+            if c[kind]:
+                xs, ys = zip(*c[kind])
+                ax.plot(xs, ys, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_bars(groups: dict[str, dict[str, float]], title: str, path: Path, ylabel: str = "") -> None:
+    """Grouped bar chart: `groups[group][series] = value`."""
+    plt = _plt()
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(groups)), 4))
+    values = []
+    for i, s in enumerate(series):
+        xs = [j + i * width for j in range(len(groups))]
+        ys = [float(groups[g].get(s) or 0.0) for g in groups]
+        values += ys
+        ax.bar_label(ax.bar(xs, ys, width, label=s), fmt="%.3g", fontsize=8)
+    top = max(values, default=0.0)
+    ax.set_ylim(0, 1.1 if 0 <= top <= 1 else top * 1.15)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(list(groups))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def write_markdown(results: dict, out_dir: str | Path, plots: list[str]) -> Path:
+    lines = ["# LMLM evaluation", "", "| metric | LMLM | standard | LMLM, lookups off |", "|---|---|---|---|"]
+    for title, a, b, c in HEADLINE:
+        lines.append(f"| {title} | {_fmt(results.get(a))} | {_fmt(results.get(b))} | {_fmt(results.get(c)) if c else '-'} |")
+    details = results.get("details_before") or {}
+    if details:
+        lines += ["", "## Factual precision in detail (all evaluated people)", "",
+                  "| setting | precision | micro | length-penalized | facts/answer | answers with a fact | "
+                  "completion EM (with lookup value) |", "|---|---|---|---|---|---|---|"]
+        for setting, d in details.items():
+            p, c = d["precision"]["all"], d["completion"]["all"]
+            lines.append(f"| {setting} | {_fmt(p['precision'])} | {_fmt(p['precision_micro'])} | "
+                         f"{_fmt(p['precision_length_penalized'])} | {_fmt(p['facts_per_answer'])} | "
+                         f"{_fmt(p['answered_share'])} | {_fmt(c['em'])} ({_fmt(c['em_with_lookup'])}) |")
+    lines += ["", "## Unlearning (LMLM, forget split deleted from the store)", "",
+              "| set | precision before | precision after | completion EM before | completion EM after |",
+              "|---|---|---|---|---|"]
+    for split in ("forget", "retain"):
+        lines.append(f"| {split} | {_fmt(results.get(f'{split}_precision_before'))} | "
+                     f"{_fmt(results.get(f'{split}_precision_after'))} | "
+                     f"{_fmt(results.get(f'{split}_completion_em_before'))} | "
+                     f"{_fmt(results.get(f'{split}_completion_em_after'))} |")
+    lines += ["", f"Forget quality (KS p-value, reference: {results.get('forget_quality_reference')}): "
+              f"{_fmt(results.get('forget_quality_p'))}; before deletion: {_fmt(results.get('forget_quality_p_before'))}.",
+              f"Model utility on the retain set: before {_fmt(results.get('model_utility_before'))}, "
+              f"after {_fmt(results.get('model_utility_after'))}.", ""]
+    if results.get("ppl_normalized_wiki_lmlm") is not None:
+        lines += [f"Real text (lmlm-wiki held-out): normalized perplexity LMLM {_fmt(results['ppl_normalized_wiki_lmlm'])}, "
+                  f"standard {_fmt(results.get('ppl_normalized_wiki_standard'))}.", ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "All numbers and the configuration that produced them: `results.json`.", ""]
+    path = Path(out_dir) / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_report(results: dict, out_dir: str | Path, training_runs: dict[str, str | Path] | None = None) -> dict:
+    """results.json, report.md and the plots; returns {"results", "report", "plots"} paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    if training_runs and plot_training_curves(training_runs, out / "training_curves.png"):
+        plots.append("training_curves.png")
+    plot_bars({"precision": {"LMLM": results.get("precision_lmlm", 0.0),
+                             "LMLM lookups off": results.get("precision_lmlm_db_off", 0.0),
+                             "standard": results.get("precision_standard", 0.0)},
+               "completion EM": {"LMLM": results.get("completion_em_lmlm", 0.0),
+                                 "LMLM lookups off": results.get("completion_em_lmlm_db_off", 0.0),
+                                 "standard": results.get("completion_em_standard", 0.0)}},
+              "Precision and completion EM per setting", out / "precision.png")
+    plots.append("precision.png")
+    plot_bars({split: {"before": results.get(f"{split}_precision_before", 0.0),
+                       "after": results.get(f"{split}_precision_after", 0.0)} for split in ("forget", "retain")},
+              "LMLM precision, forget split deleted", out / "unlearning.png", "precision")
+    plots.append("unlearning.png")
+    results.setdefault("plots", plots)
+    return {"results": str(write_results(results, out)), "report": str(write_markdown(results, out, plots)),
+            "plots": [str(out / p) for p in plots]}

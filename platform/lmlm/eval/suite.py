@@ -1,0 +1,223 @@
+"""The whole evaluation (LMLM.md §7) of an LMLM against its standard baseline on a synthetic world:
+perplexity and value-token loss, factual precision, knowledge completion, the database-off ablation
+and unlearning, written to one run directory (results.json, report.md, PNG plots).
+
+Order matters: everything "before" runs on the intact store; then the world's forget split is
+deleted from the store through its API (`store.delete_entity`), which the caller's store keeps.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lmlm.config import to_dict
+from lmlm.eval import completion as comp
+from lmlm.eval import unlearning as unl
+from lmlm.eval.factcheck import KnowledgeBase, score_answers
+from lmlm.eval.scoring import EvalModel, bio_answers, cloze_em, load_model
+
+REQUIRED_KEYS = (
+    "ppl_normalized_lmlm", "ppl_normalized_standard", "value_loss_lmlm", "value_loss_standard",
+    "precision_lmlm", "precision_lmlm_db_off", "precision_standard",
+    "completion_em_lmlm", "completion_em_lmlm_db_off", "completion_em_standard",
+    "forget_precision_before", "forget_precision_after", "retain_precision_before", "retain_precision_after",
+    "forget_quality_p",
+)
+# How each headline number is defined (written into results.json next to the numbers).
+DEFINITIONS = {
+    "precision": "lmlm.eval.factcheck: mean over answers with >= 1 atomic fact of the supported fraction; "
+                 "facts = world-pool values / template slots in the display text, checked against the person's truth",
+    "completion_em": "lmlm.eval.completion: gold answer's words within the first N generated display words; "
+                     "LMLM with lookups is forced to open a lookup after the cloze context",
+    "truth_ratio": "lmlm.eval.unlearning: exp(-mean_k NLL_wrong_k) / exp(-NLL_correct), per-token NLLs; "
+                   "an LMLM sees the store's answer to the gold query as a lookup block",
+    "forget_quality_p": "scipy.stats.ks_2samp p-value, forget-set truth ratios after deletion vs the reference model",
+    "ppl_normalized": "lmlm.eval.perplexity: exp(NLL over trained tokens / tokens of the lookup-free text); "
+                      "cfg.ppl_docs when given, else world documents of the evaluated people (the models' "
+                      "training text: a world has no held-out documents); real text: lmlm-wiki held-out SQuAD paragraphs",
+}
+WIKI_DEFAULT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lmlm-wiki"
+WIKI_EVAL_FILE = "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"
+
+
+@dataclass
+class EvalConfig:
+    max_forget_people: int = 50  # bios/clozes of at most this many forget-split people
+    max_retain_people: int = 150  # ... and of this many retain-split people (sampled with `seed`)
+    bio_max_new_tokens: int = 256  # new tokens per bio (FactScore: 256)
+    cloze_max_new_tokens: int = 24  # new tokens per cloze completion
+    completion_words: int = 5  # exact match window: the first N generated words
+    length_penalty_gamma: int = 10  # FActScore length penalty exp(1 - gamma/#facts)
+    repetition_penalty: float = 1.2  # generation (reference default)
+    max_lookups: int = 5  # lookups per generated sequence
+    n_perturbed: int = 4  # wrong answers per question for the truth ratio
+    batch_size: int = 16  # prompts per generate call / sequences per scoring batch
+    seed: int = 0  # people sampling and perturbations
+    retain_model_dir: Optional[str] = None  # LMLM trained on retain-only docs (forget-quality reference)
+    ppl_max_docs: int = 100  # documents for the synthetic-text perplexity
+    ppl_docs: Optional[str] = None  # corpus file of held-out annotated documents; None: the evaluated people's world docs
+    wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: ../shared/data/lmlm-wiki when present
+    wiki_max_docs: int = 99  # held-out real paragraphs for the real-text perplexity
+    lmlm_run_dir: Optional[str] = None  # pretraining run dirs (metric logs) for the training-curve plot
+    standard_run_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_forget_people", "max_retain_people", "bio_max_new_tokens", "cloze_max_new_tokens",
+                     "completion_words", "n_perturbed", "batch_size", "length_penalty_gamma"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+def _sample_people(world: Any, cfg: EvalConfig) -> tuple[list[str], list[str]]:
+    rng = random.Random(cfg.seed)
+    forget = sorted(world.forget_names)
+    retain = sorted(world.retain_names)
+    rng.shuffle(forget)
+    rng.shuffle(retain)
+    return forget[: cfg.max_forget_people], retain[: cfg.max_retain_people]
+
+
+def _as_model(m: Any, kind: str) -> EvalModel:
+    if isinstance(m, EvalModel):
+        return m
+    return load_model(m, kind)
+
+
+def _perplexity(lmlm: EvalModel, standard: EvalModel, docs: list[str], batch_size: int) -> dict:
+    from lmlm.eval.perplexity import evaluate_pair
+
+    return evaluate_pair(lmlm.model, standard.model, lmlm.tokenizer, docs, batch_size=batch_size,
+                         standard_tokenizer=standard.tokenizer)
+
+
+def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,
+                   out_dir: str | Path) -> dict:
+    """Evaluate, write results.json / report.md / plots into `out_dir`, return the results dict.
+
+    `lmlm_model_dir` / `standard_model_dir`: saved model directories (or `EvalModel`s). `store`: an
+    open FactStore holding the LMLM's database; the forget split is deleted from it (kept deleted).
+    """
+    from lmlm.eval.report import write_report, write_results
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lmlm = _as_model(lmlm_model_dir, "lmlm")
+    standard = _as_model(standard_model_dir, "standard")
+    kb = KnowledgeBase.from_world(world)
+    forget, retain = _sample_people(world, cfg)
+    if not forget or not retain:
+        raise ValueError(f"world: need people in both splits (forget {len(forget)}, retain {len(retain)})")
+    fset, rset = set(forget), set(retain)
+    bios = [(n, p) for n, p in world.bio_prompts() if n in fset or n in rset]
+    clozes = [c for c in world.cloze() if c.name in fset or c.name in rset]
+    results: dict[str, Any] = {"config": to_dict(cfg), "definitions": DEFINITIONS,
+                               "sources": {"lmlm_model": str(getattr(lmlm_model_dir, "name", lmlm_model_dir)),
+                                           "standard_model": str(getattr(standard_model_dir, "name", standard_model_dir)),
+                                           "store_url": getattr(store, "url", None),
+                                           "people": {"forget": len(forget), "retain": len(retain)},
+                                           "bios": len(bios), "clozes": len(clozes)}}
+
+    def split(scores_of: callable, items: list, name_of) -> dict:
+        return {"all": scores_of(items), "forget": scores_of([x for x in items if name_of(x) in fset]),
+                "retain": scores_of([x for x in items if name_of(x) in rset])}
+
+    def precision(answers):
+        return score_answers(kb, answers, cfg.length_penalty_gamma)
+
+    # --- perplexity and value-token loss
+    t = time.perf_counter()
+    if cfg.ppl_docs:
+        from lmlm.corpus import read_corpus
+
+        docs = [r.annotated_text or r.text for r in read_corpus(cfg.ppl_docs)][: cfg.ppl_max_docs]
+    else:
+        docs = [d.annotated_text for d in world.documents if d.meta.get("person") in fset | rset][: cfg.ppl_max_docs]
+    ppl = _perplexity(lmlm, standard, docs, cfg.batch_size)
+    results["perplexity_world"] = ppl
+    wiki = Path(cfg.wiki_dir) if cfg.wiki_dir else WIKI_DEFAULT
+    if (wiki / WIKI_EVAL_FILE).is_file():
+        from lmlm.corpus import read_corpus
+
+        wdocs = [r.annotated_text for r in read_corpus(wiki / WIKI_EVAL_FILE) if r.annotated_text][: cfg.wiki_max_docs]
+        results["perplexity_wiki"] = _perplexity(lmlm, standard, wdocs, cfg.batch_size)
+        results["ppl_normalized_wiki_lmlm"] = results["perplexity_wiki"]["ppl_normalized_lmlm"]
+        results["ppl_normalized_wiki_standard"] = results["perplexity_wiki"]["ppl_standard"]
+    for k in ("ppl_normalized_lmlm", "value_loss_lmlm", "value_loss_standard"):
+        results[k] = ppl[k]
+    results["ppl_normalized_standard"] = ppl["ppl_standard"]
+    timings["perplexity"] = time.perf_counter() - t
+
+    # --- precision and completion, three settings, intact store
+    details: dict[str, Any] = {}
+    outcomes_of: dict[str, list] = {}
+    for setting, em, on in (("lmlm", lmlm, True), ("lmlm_db_off", lmlm, False), ("standard", standard, False)):
+        t = time.perf_counter()
+        gen = bio_answers(em, store, kb, bios, cfg, on)
+        p = split(precision, gen["answers"], lambda a: a[0])
+        c_summary, outcomes = cloze_em(em, store, clozes, cfg, on)
+        c = split(comp.summarize, outcomes, lambda o: o.name)
+        outcomes_of[setting] = outcomes
+        details[setting] = {"precision": p, "completion": c, "n_lookups_bios": gen["n_lookups"],
+                            "examples": [{"name": n, "text": txt} for n, txt in gen["answers"][:5]]}
+        results[f"precision_{setting}"] = p["all"]["precision"]
+        results[f"completion_em_{setting}"] = c_summary["em"]
+        results[f"completion_em_with_lookup_{setting}"] = c_summary["em_with_lookup"]
+        timings[f"generate_{setting}"] = time.perf_counter() - t
+    results["details_before"] = details
+
+    # --- unlearning: delete the forget split from the store, measure again
+    t = time.perf_counter()
+    results.update(unl.run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
+                                      outcomes_of["lmlm"], cfg.retain_model_dir))
+    timings["unlearning"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    results["timings_s"] = timings
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise RuntimeError(f"evaluation produced no value for {missing}")
+    runs = {"LMLM": cfg.lmlm_run_dir, "standard": cfg.standard_run_dir}
+    results["files"] = write_report(results, out, runs if any(runs.values()) else None)
+    write_results(results, out)  # again, now with the file list
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# One job: models + world + store from paths (used by `lmlm eval` and jobs/evaluate.py)
+
+
+@dataclass
+class EvalJobConfig:
+    lmlm_model: str = ""  # saved LMLM directory (transformers model + tokenizer)
+    standard_model: str = ""  # saved standard-model directory
+    world_dir: str = ""  # a saved world (World.save); "" : generate one from world_people/world_seed
+    world_people: int = 200  # people of a generated world (must match the one the models saw)
+    world_seed: int = 0  # seed of a generated world
+    world_forget_fraction: float = 0.1  # forget split of a generated world
+    store_url: str = ""  # running fact store (redis://...); "" : a private store filled below
+    store_json: str = ""  # FactStore.export_json file to load into the private store; "" : the world's triples
+    out_dir: str = "runs/eval"  # results.json, report.md, plots
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def run_job(job: EvalJobConfig) -> dict:
+    """Load the world, open (and if private, fill) the store, run the evaluation."""
+    from lmlm.factstore import FactStore, FactStoreConfig
+    from lmlm.world import World, WorldConfig, generate_world
+
+    for name in ("lmlm_model", "standard_model"):
+        if not getattr(job, name):
+            raise ValueError(f"{name}: a saved model directory is required (--set {name}=DIR)")
+    world = World.load(job.world_dir) if job.world_dir else generate_world(
+        WorldConfig(people=job.world_people, seed=job.world_seed, forget_fraction=job.world_forget_fraction))
+    with FactStore.open(FactStoreConfig(url=job.store_url or None)) as store:
+        if not job.store_url:
+            if job.store_json:
+                store.import_json(job.store_json)
+            else:
+                store.add_triples(world.triples(), annotator="world-gold")
+        return run_evaluation(job.eval, job.lmlm_model, job.standard_model, store, world, job.out_dir)

@@ -1,0 +1,144 @@
+"""End to end: the whole evaluation on a tiny world, tiny briefly-trained models and a real FactStore.
+
+Numbers are not held to the paper's goals here (the models are tiny); the test checks that every
+required number is computed, finite and consistent, that deletion goes through the store, and
+that the report files exist.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lmlm.format import to_special
+
+pytestmark = pytest.mark.slow
+
+
+def _train(model, tokenizer, texts: list[str], variant: str, steps: int, seed: int):
+    """A few AdamW steps with the §4 loss mask: enough for world-like text, not for good facts."""
+    from lmlm.train.data import encode_and_pack
+    from lmlm.train.masks import labels_from_kinds
+
+    packed = encode_and_pack(texts, tokenizer, variant, 128)
+    ids = torch.as_tensor(packed.input_ids).long()
+    labels = labels_from_kinds(ids, torch.as_tensor(packed.kinds), variant)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        b = torch.randint(0, len(ids), (8,), generator=g)
+        loss = model(input_ids=ids[b], labels=labels[b]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+WORLD = dict(people=12, seed=1, forget_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from lmlm.generate.tiny import tiny_model, tiny_tokenizer
+    from lmlm.world import WorldConfig, generate_world
+
+    # One intra-op thread: on a shared 2-core machine extra torch threads make tiny models ~20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval")
+    world = generate_world(WorldConfig(**WORLD))
+    docs = {p.name: f"{q} {to_special(d.annotated_text).text}"
+            for p, (_, q), d in zip(world.people, world.bio_prompts(), world.documents)}
+    tok = tiny_tokenizer(docs.values(), 600)
+    dirs = {}
+    retain_docs = [docs[n] for n in world.retain_names]
+    for seed, (name, variant, texts) in enumerate((("lmlm", "lmlm", list(docs.values())),
+                                                   ("standard", "standard", list(docs.values())),
+                                                   ("retain", "lmlm", retain_docs))):
+        model = tiny_model(len(tok), hidden=64, layers=2, heads=4, seed=seed)
+        with torch.no_grad():
+            model.lm_head.weight.div_(8.0)  # undo tiny_model's sharpening: we train it instead
+        _train(model, tok, texts, variant, steps=80, seed=seed)
+        dirs[name] = root / name
+        model.save_pretrained(dirs[name])
+        tok.save_pretrained(dirs[name])
+    yield world, dirs, root
+    torch.set_num_threads(threads)
+
+
+def test_run_evaluation_end_to_end(setup):
+    from lmlm.eval.suite import REQUIRED_KEYS, EvalConfig, run_evaluation
+    from lmlm.factstore import FactStore, FactStoreConfig
+
+    world, dirs, root = setup
+    cfg = EvalConfig(max_forget_people=3, max_retain_people=4, bio_max_new_tokens=32, cloze_max_new_tokens=10,
+                     max_lookups=2, n_perturbed=3, batch_size=32, ppl_max_docs=8, wiki_max_docs=4)
+    out = root / "run"
+    with FactStore.open(FactStoreConfig()) as store:
+        n_triples = store.add_triples(world.triples(), annotator="world-gold")
+        res = run_evaluation(cfg, str(dirs["lmlm"]), str(dirs["standard"]), store, world, out)
+        forget = res["details_after"]["people"]["forget"]
+        # the forget split is gone from the store; the retain split is untouched
+        assert all(store.get(n, "Birth City") is None for n in forget)
+        assert store.get(res["details_after"]["people"]["retain"][0], "Birth City") is not None
+    saved = json.loads((out / "results.json").read_text())
+    for k in REQUIRED_KEYS:
+        assert isinstance(saved[k], float) and math.isfinite(saved[k]), k
+    for k in ("precision_lmlm", "precision_standard", "forget_precision_after", "completion_em_lmlm"):
+        assert 0.0 <= saved[k] <= 1.0
+    assert 0.0 <= saved["forget_quality_p"] <= 1.0
+    assert saved["config"]["max_forget_people"] == 3
+    # deletion went through the store: 8 rows per forget person, gold lookups no longer exact
+    assert saved["deleted_rows"] == 8 * len(forget) and n_triples >= saved["deleted_rows"]
+    chk = saved["store_check"]
+    assert chk["forget_exact_before"] == chk["forget_queries"] > 0
+    assert chk["forget_exact_after"] == 0
+    assert chk["retain_exact_after"] == chk["retain_exact_before"] == chk["retain_queries"]
+    # deleting facts never raises forget-set precision; the retain split's store answers are unchanged
+    assert saved["forget_precision_after"] <= saved["forget_precision_before"] + 1e-9
+    assert saved["forget_quality_reference"] == "same_weights" and saved["forget_quality_p"] == pytest.approx(1.0)
+    # the headline numbers are the "all" aggregates of the per-split details
+    d = saved["details_before"]["lmlm"]["precision"]
+    assert saved["precision_lmlm"] == d["all"]["precision"]
+    assert saved["forget_precision_before"] == d["forget"]["precision"]
+    for name in ("report.md", "precision.png", "unlearning.png"):
+        assert (out / name).is_file()
+    assert "Factual precision" in (out / "report.md").read_text()
+
+
+def _eval_command(argv: list[str]) -> int:
+    """`lmlm eval ARGS` through this module's own `register` (the lead wires it into lmlm.cli)."""
+    import argparse
+
+    from lmlm.eval.cli import register
+
+    parser = argparse.ArgumentParser(prog="lmlm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *argv])
+    return args.func(args)
+
+
+def test_lmlm_eval_command_with_a_retain_model(setup, capsys):
+    _, dirs, root = setup
+    out = root / "cli"
+    rc = _eval_command([ "--set", f"lmlm_model={dirs['lmlm']}", "--set", f"standard_model={dirs['standard']}",
+               "--set", f"world_people={WORLD['people']}", "--set", f"world_seed={WORLD['seed']}",
+               "--set", f"world_forget_fraction={WORLD['forget_fraction']}",
+               "--set", f"out_dir={out}", "--set", f"eval.retain_model_dir={dirs['retain']}",
+               "--set", "eval.max_forget_people=2", "--set", "eval.max_retain_people=2",
+               "--set", "eval.bio_max_new_tokens=16", "--set", "eval.cloze_max_new_tokens=8",
+               "--set", "eval.ppl_max_docs=4", "--set", "eval.wiki_max_docs=2"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["forget_quality_reference"] == "retain_model"
+    assert printed["forget_quality_p"] == saved["forget_quality_p"] and 0.0 <= saved["forget_quality_p"] <= 1.0
+    assert saved["config"]["retain_model_dir"] == str(dirs["retain"])
+
+
+def test_lmlm_eval_command_rejects_missing_models():
+    with pytest.raises(ValueError, match="lmlm_model"):
+        _eval_command(["--set", "standard_model=x"])
