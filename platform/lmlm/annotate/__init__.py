@@ -1,0 +1,20 @@
+"""Corpus annotation: pluggable annotators, a trainable annotator, a resumable Ray Data pipeline.
+
+Entry points for jobs (`jobs/annotate.py`, `jobs/train_annotator.py`) and the `lmlm` command:
+
+    run_annotation(cfg: AnnotateConfig, store: FactStore | None = None) -> dict   # summary
+    train_annotator(cfg: TrainAnnotatorConfig) -> Path                          # saved annotator dir
+
+Annotators share one interface, `Annotator.annotate(texts: list[str]) -> list[str]` (legacy-annotated
+texts); `build_annotator(cfg)` picks "trained", "hf" or "openai".
+"""
+from lmlm.annotate.annotators import Annotator, AnnotatorError, HFAnnotator, OpenAIAnnotator, build_annotator
+from lmlm.annotate.config import AnnotateConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig, TrainAnnotatorConfig
+from lmlm.annotate.metrics import score
+from lmlm.annotate.pipeline import run_annotation
+from lmlm.annotate.seeds import evaluate, fit, train_annotator
+from lmlm.annotate.trained import TrainedAnnotator
+
+__all__ = ["Annotator", "AnnotatorError", "HFAnnotator", "OpenAIAnnotator", "TrainedAnnotator", "build_annotator",
+           "AnnotateConfig", "HFAnnotatorConfig", "OpenAIAnnotatorConfig", "TrainAnnotatorConfig",
+           "run_annotation", "train_annotator", "fit", "evaluate", "score"]

@@ -1,0 +1,37 @@
+"""`lmlm annotate` and `lmlm train-annotator` (configs through lmlm.config: --config FILE --set k=v)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmlm.config import add_config_arguments, load_config
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from lmlm.annotate.config import AnnotateConfig
+    from lmlm.annotate.pipeline import run_annotation
+
+    summary = run_annotation(load_config(AnnotateConfig, args.config, args.overrides))
+    print(json.dumps(summary))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmlm.annotate.config import TrainAnnotatorConfig
+    from lmlm.annotate.seeds import train_annotator
+
+    print(train_annotator(load_config(TrainAnnotatorConfig, args.config, args.overrides)))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("annotate", help="annotate a corpus with lookup calls (Ray Data) and load the fact store",
+                              description="Fields: see lmlm.annotate.config.AnnotateConfig, e.g. "
+                                          "--set input=corpus.jsonl --set output_dir=runs/ann --set num_actors=2")
+    add_config_arguments(p)
+    p.set_defaults(func=_annotate)
+    p = subparsers.add_parser("train-annotator", help="train the small learned annotator from seed annotations",
+                              description="Fields: see lmlm.annotate.config.TrainAnnotatorConfig, e.g. "
+                                          "--set seeds=seeds.json --set out_dir=runs/annotator")
+    add_config_arguments(p)
+    p.set_defaults(func=_train)

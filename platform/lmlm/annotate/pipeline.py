@@ -1,0 +1,363 @@
+"""The annotation job: corpus -> Ray Data actor pool of annotators -> Parquet shards -> fact store.
+
+    run_annotation(AnnotateConfig(input=..., output_dir=...), store=None) -> summary dict
+
+Steps: read (reference JSON, JSONL, Parquet) -> reject empty / oversized / undecodable documents ->
+split documents longer than `chunk_words` words at word boundaries -> `map_batches` over an
+`ActorPoolStrategy(size=num_actors)` pool (fractional CPUs per actor, see STACK-NOTES) -> validate
+and convert each output with `lmlm.format.to_special` -> the driver streams results into shards:
+
+    output_dir/annotated/<shard>.parquet   id, doc_id, chunk, source, text, annotated_text (legacy),
+                                           special_text, annotator, triples (JSON [[e, r, v], ...])
+    output_dir/rejected/<shard>.parquet    id, doc_id, source, reason, detail
+    output_dir/stats/<shard>.parquet       id, doc_id, status, reason, lookups, dropped (JSON), words, chars,
+                                           worker (host:pid of the actor)
+    output_dir/loaded/<shard>.json         written after the shard's triples are in the fact store
+    output_dir/summary.json                the last run's summary
+
+Resume: a stats shard is written last, so the ids in stats/ are the finished documents (chunks);
+a re-run skips them, except documents whose annotator call failed (endpoint errors, timeouts),
+which are tried again (their earlier reject rows stay in rejected/ and stats/). A shard's triples are loaded once: only shards without a loaded/ marker are
+loaded (an interrupted load is finished by the next run), so no triple is counted twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from lmlm.annotate.annotators import build_annotator, chunk_words
+from lmlm.annotate.config import AnnotateConfig
+from lmlm.config import from_dict, to_dict
+from lmlm.format import Triple, strip_lookups, to_special
+
+ANNOTATED, REJECTED, STATS, LOADED = "annotated", "rejected", "stats", "loaded"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and input validation
+
+
+def _reject(rid: str, source: str, reason: str, detail: str = "") -> dict:
+    return {"id": rid, "doc_id": rid, "source": source, "reason": reason, "detail": detail[:500]}
+
+
+def _read_jsonl(path: Path, limit: int | None = None) -> tuple[list, list[dict]]:
+    """JSONL line by line, so one undecodable or broken line rejects that line only."""
+    from lmlm.corpus import record_from_dict
+
+    records, rejects = [], []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if limit is not None and len(records) + len(rejects) >= limit:
+                break
+            rid = f"{path.stem}:{lineno}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                rejects.append(_reject(rid, path.stem, "invalid_utf8", f"{path} line {lineno}: {e}"))
+                continue
+            try:
+                records.append(record_from_dict(json.loads(line), rid, path.stem))
+            except ValueError as e:  # JSONDecodeError included
+                rejects.append(_reject(rid, path.stem, "broken_json", f"{path} line {lineno}: {e}"))
+    return records, rejects
+
+
+def read_inputs(cfg: AnnotateConfig) -> tuple[list[dict], list[dict]]:
+    """(rows to annotate, rejected inputs): validated, chunked rows {id, doc_id, chunk, source, text}."""
+    from lmlm.corpus import read_corpus
+
+    path = Path(cfg.input)
+    if not cfg.input or not path.exists():
+        raise FileNotFoundError(f"annotate: input {cfg.input!r} does not exist")
+    if path.suffix == ".jsonl":
+        records, rejects = _read_jsonl(path, cfg.limit)
+    else:
+        try:
+            records = read_corpus(path, on_error="skip")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"annotate: {path} is not valid UTF-8 ({e}); use JSONL to reject bad lines only") from e
+        rejects = [_reject(f"{Path(s.path).stem}:{s.line}", Path(s.path).stem, "broken_record", s.error)
+                   for s in records.skipped if cfg.limit is None or s.line < cfg.limit]
+        records = records if cfg.limit is None else records[:cfg.limit]
+    rows, seen = [], Counter()
+    for r in records:
+        seen[r.id] += 1
+        rid = r.id if seen[r.id] == 1 else f"{r.id}~{seen[r.id]}"  # duplicate ids stay distinct
+        text = r.text if r.text.strip() or not r.annotated_text else strip_lookups(r.annotated_text)
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            rejects.append(_reject(rid, r.source, "invalid_utf8", str(e)))
+            continue
+        if not text.strip():
+            rejects.append(_reject(rid, r.source, "empty"))
+        elif size > cfg.max_doc_bytes:
+            rejects.append(_reject(rid, r.source, "too_large", f"{size} bytes > max_doc_bytes {cfg.max_doc_bytes}"))
+        else:
+            pieces = chunk_words(text, cfg.chunk_words)
+            for k, piece in enumerate(pieces):
+                cid = rid if len(pieces) == 1 else f"{rid}#c{k}"
+                rows.append({"id": cid, "doc_id": rid, "chunk": k, "source": r.source, "text": piece})
+    return rows, rejects
+
+
+# --------------------------------------------------------------------------------------------
+# The actor: one annotator per actor, reused across batches
+
+
+def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
+    """Annotate, validate and convert; one result dict per input (status ok or rejected)."""
+    out = []
+    for rid, text, (ann, err) in zip(ids, texts, annotator.annotate_safe(texts)):
+        res = {"id": rid, "status": "ok", "reason": "", "annotated_text": "", "special_text": "",
+               "lookups": 0, "dropped": "{}", "triples": "[]"}
+        if ann is None:
+            res.update(status="rejected", reason="annotator_error", detail=err or "")
+        elif not ann.strip():
+            res.update(status="rejected", reason="empty_output", detail="the annotator returned no text")
+        else:
+            parsed = to_special(ann)
+            res.update(annotated_text=ann, special_text=parsed.text, lookups=len(parsed.lookups),
+                       dropped=json.dumps(parsed.drop_counts()),
+                       triples=json.dumps([[t.entity, t.relation, t.value] for t in parsed.triples]))
+        res.setdefault("detail", "")
+        out.append(res)
+    return out
+
+
+class AnnotateActor:
+    """Ray Data callable class: builds the annotator once per actor."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = from_dict(AnnotateConfig, cfg)
+        self.annotator = build_annotator(self.cfg, num_threads=self.cfg.threads_per_actor)
+        self.worker = f"{os.uname().nodename}:{os.getpid()}"
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        res = annotate_rows(self.annotator, batch.column("id").to_pylist(), batch.column("text").to_pylist())
+        cols = {k: [r[k] for r in res] for k in res[0]} if res else {}
+        for k in ("doc_id", "chunk", "source", "text"):
+            cols[k] = batch.column(k).to_pylist()
+        cols["worker"] = [self.worker] * len(res)
+        return pa.table(cols)
+
+
+# --------------------------------------------------------------------------------------------
+# Output shards, resume and loading
+
+
+def annotator_id_for(cfg: AnnotateConfig) -> str:
+    """The provenance label, without loading a model."""
+    if cfg.annotator_id:
+        return cfg.annotator_id
+    if cfg.annotator == "trained":
+        meta = Path(cfg.trained_path) / "annotator.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"annotate: {cfg.trained_path} is not a trained annotator (no annotator.json)")
+        return f"trained:{json.loads(meta.read_text()).get('fingerprint', 'unknown')}"
+    if cfg.annotator == "hf":
+        return f"hf:{Path(cfg.hf.model_path).name}"
+    return f"openai:{cfg.openai.model}"
+
+
+def _write_table(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)  # a shard appears whole or not at all
+
+
+def finished_ids(out: Path) -> set[str]:
+    """Ids done by earlier runs; documents whose annotator call failed are not done (a re-run retries them)."""
+    import pyarrow.parquet as pq
+
+    done = set()
+    for p in sorted((out / STATS).glob("*.parquet")):
+        for row in pq.read_table(p, columns=["id", "reason"]).to_pylist():
+            if row["reason"] != "annotator_error":
+                done.add(row["id"])
+    return done
+
+
+def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], annotator_id: str) -> None:
+    ok = [{k: r[k] for k in ("id", "doc_id", "chunk", "source", "text", "annotated_text", "special_text",
+                             "triples")} | {"annotator": annotator_id} for r in results if r["status"] == "ok"]
+    bad = rejects + [{"id": r["id"], "doc_id": r["doc_id"], "source": r["source"], "reason": r["reason"],
+                      "detail": r.get("detail", "")} for r in results if r["status"] != "ok"]
+    stats = [{"id": r["id"], "doc_id": r["doc_id"], "status": r["status"], "reason": r["reason"],
+              "lookups": r["lookups"], "dropped": r["dropped"], "words": len(r["text"].split()),
+              "chars": len(r["text"]), "worker": r.get("worker", "")} for r in results]
+    stats += [{"id": r["id"], "doc_id": r["doc_id"], "status": "rejected", "reason": r["reason"], "lookups": 0,
+               "dropped": "{}", "words": 0, "chars": 0, "worker": "driver"} for r in rejects]
+    if ok:
+        _write_table(ok, out / ANNOTATED / f"{name}.parquet")
+    if bad:
+        _write_table(bad, out / REJECTED / f"{name}.parquet")
+    _write_table(stats, out / STATS / f"{name}.parquet")  # last: marks the shard's documents finished
+
+
+def load_pending(out: Path, store, annotator_id: str, log=print) -> tuple[int, int]:
+    """Load the triples of every shard without a loaded/ marker; returns (triples loaded, invalid)."""
+    import pyarrow.parquet as pq
+    from lmlm.factstore.layout import Fact, InvalidFact
+
+    loaded = invalid = 0
+    for stats in sorted((out / STATS).glob("*.parquet")):
+        marker = out / LOADED / f"{stats.stem}.json"
+        if marker.exists():
+            continue
+        triples, doc_ids = [], []
+        shard = out / ANNOTATED / stats.name
+        if shard.exists():
+            t = pq.read_table(shard, columns=["id", "triples", "annotator"]).to_pylist()
+            for row in t:
+                for e, r, v in json.loads(row["triples"]):
+                    try:
+                        Fact.of(Triple(e, r, v))
+                    except InvalidFact:
+                        invalid += 1
+                        continue
+                    triples.append(Triple(e, r, v))
+                    doc_ids.append(row["id"])
+            ann = t[0]["annotator"] if t else annotator_id
+            n = store.add_triples(triples, doc_ids=doc_ids, annotator=ann) if triples else 0
+            loaded += n
+        marker.write_text(json.dumps({"triples": len(triples), "at": time.time()}))
+    if loaded:
+        log(f"annotate: loaded {loaded} triples into the fact store")
+    return loaded, invalid
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def _ensure_ray(cfg: AnnotateConfig):
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        kw = {"num_cpus": cfg.ray_num_cpus} if cfg.ray_address is None and cfg.ray_num_cpus else {}
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False, **kw)
+    return ray
+
+
+def build_dataset(cfg: AnnotateConfig, rows: list[dict]):
+    """The Ray Dataset of annotation results (lazy): rows -> actor pool of AnnotateActor."""
+    ray = _ensure_ray(cfg)
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = cfg.progress
+    blocks = max(1, min(len(rows), max(cfg.num_actors * 4, -(-len(rows) // max(1, cfg.batch_size)))))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    return ds.map_batches(AnnotateActor, fn_constructor_kwargs={"cfg": to_dict(cfg)}, batch_size=cfg.batch_size,
+                          batch_format="pyarrow", compute=ActorPoolStrategy(size=cfg.num_actors),
+                          num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
+
+
+def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
+    """Annotate `cfg.input` into `cfg.output_dir` and load the triples into the fact store.
+
+    `store`: an open FactStore to load into; None opens `FactStore.open(cfg.store)` when
+    `cfg.load_store` (and closes it at the end). Re-running skips finished documents and loads
+    no triple twice. Returns the summary dict (also written to output_dir/summary.json).
+    """
+    t0 = time.time()
+    if cfg.num_actors < 1 or cfg.batch_size < 1 or cfg.shard_docs < 1 or cfg.chunk_words < 1:
+        raise ValueError("annotate: num_actors, batch_size, shard_docs and chunk_words must be >= 1")
+    if store is None and cfg.load_store and not cfg.store.resolved_url() and not cfg.store.data_dir:
+        raise ValueError("annotate: load_store needs a persistent fact store (set store.url or LMLM_REDIS_URL, "
+                         "or store.data_dir), or pass a store, or set load_store=false; a throw-away server "
+                         "would lose the triples while the loaded/ markers say they are in")
+    out = Path(cfg.output_dir)
+    for d in (ANNOTATED, REJECTED, STATS, LOADED):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    annotator_id = annotator_id_for(cfg)
+    rows, rejects = read_inputs(cfg)
+    done = finished_ids(out)
+    todo = [r for r in rows if r["id"] not in done]
+    rejects = [r for r in rejects if r["id"] not in done]
+    log(f"annotate: {len(rows)} documents/chunks read, {len(rows) - len(todo)} already finished, "
+        f"{len(todo)} to annotate with {annotator_id} on {cfg.num_actors} actors; {len(rejects)} rejected inputs")
+
+    n_input_rejects = len(rejects)
+    run = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    reasons, dropped = Counter(r["reason"] for r in rejects), Counter()
+    n_ok = n_lookups = shard_no = 0
+    workers: Counter = Counter()
+    buf: list[dict] = []
+
+    def flush(pending_rejects: list[dict]) -> None:
+        nonlocal shard_no
+        if buf or pending_rejects:
+            write_shard(out, f"part-{run}-{shard_no:05d}", buf, pending_rejects, annotator_id)
+            shard_no += 1
+            buf.clear()
+
+    t_annot, t_first = time.time(), None
+    if todo:
+        for batch in build_dataset(cfg, todo).iter_batches(batch_size=None, batch_format="pyarrow"):
+            t_first = t_first or time.time() - t_annot
+            for r in batch.to_pylist():
+                buf.append(r)
+                workers[r["worker"]] += 1
+                if r["status"] == "ok":
+                    n_ok += 1
+                    n_lookups += r["lookups"]
+                    dropped.update(json.loads(r["dropped"]))
+                else:
+                    reasons[r["reason"]] += 1
+                if len(buf) >= cfg.shard_docs:
+                    flush(rejects)
+                    rejects = []
+    flush(rejects)
+    t_annot = time.time() - t_annot
+
+    loaded = invalid = 0
+    if store is not None or cfg.load_store:
+        from lmlm.factstore import FactStore
+
+        own = store is None
+        store = FactStore.open(cfg.store) if own else store
+        try:
+            loaded, invalid = load_pending(out, store, annotator_id, log=log)
+        finally:
+            if own:
+                store.close()
+    seconds = time.time() - t0
+    summary = {
+        "documents": len(todo) + n_input_rejects,
+        "annotated": n_ok, "skipped_finished": len(rows) - len(todo), "lookups": n_lookups,
+        "rejected": sum(reasons.values()), "rejects_by_reason": dict(sorted(reasons.items())),
+        "dropped_calls_by_reason": dict(sorted(dropped.items())), "triples_loaded": loaded,
+        "triples_invalid": invalid, "annotator": annotator_id, "num_actors": cfg.num_actors,
+        "docs_per_worker": sorted(workers.values(), reverse=True),
+        "seconds": round(seconds, 3), "annotate_seconds": round(t_annot, 3),
+        "first_result_s": round(t_first or 0.0, 3),
+        "docs_per_s": round(len(todo) / t_annot, 2) if todo and t_annot > 0 else 0.0,
+        "output_dir": str(out), "shards_written": shard_no,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log("annotate: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("output_dir",)))
+    return summary
+
+
+def annotate_loop(cfg: AnnotateConfig, texts: list[str]) -> list[dict]:
+    """The same annotator and validation in a plain single-process loop (the benchmark baseline)."""
+    annotator = build_annotator(cfg, num_threads=cfg.threads_per_actor)
+    out: list[dict] = []
+    for b in range(0, len(texts), cfg.batch_size):
+        chunk = texts[b:b + cfg.batch_size]
+        out += annotate_rows(annotator, [str(i) for i in range(b, b + len(chunk))], chunk)
+    return out

@@ -1,0 +1,285 @@
+"""Training the tagger of trained.py from seed annotations (legacy or special-token annotated text).
+
+Each seed call is aligned to the words right after it that state its value (exact match of the
+normalised words, else the first..last value word within a short window; calls whose value is not
+stated nearby are counted as unaligned and skipped). Mentions of a call's entity in the document
+become ENT spans. `train_annotator(cfg)` is the job entrypoint: seeds from a corpus file or from a
+synthetic world's gold documents, a held-out split scored with triple P/R/F1, the model saved.
+"""
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmlm.annotate.config import TrainAnnotatorConfig
+from lmlm.annotate.metrics import score
+from lmlm.annotate.trained import (ENT, NEAREST, OTHER, SUBJECT, TaggerNet, TrainedAnnotator, entity_for,
+                                   hash_features, spans, token_features, tokenize)
+from lmlm.config import to_dict
+from lmlm.format import Triple, normalize_key, to_special
+
+
+@dataclass
+class Aligned:
+    """One seed document: plain text, its tokens, a tag per token, and its calls (value span, triple)."""
+
+    text: str
+    tokens: list[tuple[str, int, int]]
+    tags: list[str]
+    calls: list[tuple[int, int, Triple]]  # token span [i, j) of the value, and the seed triple
+    unaligned: int
+
+
+def _strip_with_marks(annotated: str) -> tuple[str, list[tuple[int, Triple]]]:
+    """Plain text (blocks and one preceding whitespace removed) and where each block stood."""
+    parsed = to_special(annotated)
+    parts, marks, pos, length = [], [], 0, 0
+    for lk in parsed.lookups:
+        seg = parsed.text[pos:lk.start]
+        if seg and seg[-1] in " \t":
+            seg = seg[:-1]
+        parts.append(seg)
+        length += len(seg)
+        marks.append((length, lk.triple))
+        pos = lk.end
+    parts.append(parsed.text[pos:])
+    return "".join(parts), marks
+
+
+def _find_span(keys: list[str], k: int, value_keys: list[str], window: int = 6) -> tuple[int, int] | None:
+    """Token span of the value at or just after token k: exact, else first..last value word."""
+    m = len(value_keys)
+    if not m:
+        return None
+    for j in range(k, min(k + window, len(keys))):
+        if keys[j:j + m] == value_keys:
+            return j, j + m
+    for j in range(k, min(k + window, len(keys))):
+        if keys[j] == value_keys[0]:
+            for e in range(min(j + m + window, len(keys)) - 1, j, -1):
+                if keys[e] == value_keys[-1]:
+                    return j, e + 1
+            return (j, j + 1) if m == 1 else None
+    return None
+
+
+def _mentions(keys: list[str], entity: str) -> list[tuple[int, int]]:
+    target = normalize_key(entity).split()
+    out, m = [], len(target)
+    if not m:
+        return out
+    joined = [k.split() for k in keys]
+    for i in range(len(keys)):
+        acc: list[str] = []
+        for j in range(i, min(i + m, len(keys))):
+            acc += joined[j]
+            if acc == target:
+                out.append((i, j + 1))
+                break
+            if len(acc) >= m or acc != target[:len(acc)]:
+                break
+    return out
+
+
+def align(annotated: str, relation_tag: dict[str, str] | None = None) -> Aligned:
+    """Word tags for one seed document (relation_tag maps a normalised relation to its tag name)."""
+    text, marks = _strip_with_marks(annotated)
+    tokens = tokenize(text)
+    keys = [normalize_key(w) for w, _, _ in tokens]
+    tags = ["O"] * len(tokens)
+    calls, unaligned = [], 0
+    starts = [s for _, s, _ in tokens]
+    for offset, triple in marks:
+        k = int(np.searchsorted(starts, offset))
+        span = _find_span(keys, k, [normalize_key(w) for w, _, _ in tokenize(triple.value)])
+        if span is None or any(t != "O" for t in tags[span[0]:span[1]]):
+            unaligned += 1
+            continue
+        calls.append((span[0], span[1], triple))
+    for _, _, triple in calls:
+        for i, j in _mentions(keys, triple.entity):
+            if all(t == "O" for t in tags[i:j]):
+                tags[i:j] = ["B-" + ENT] + ["I-" + ENT] * (j - i - 1)
+    for i, j, triple in calls:
+        name = (relation_tag or {}).get(normalize_key(triple.relation), OTHER)
+        tags[i:j] = ["B-" + name] + ["I-" + name] * (j - i - 1)
+    return Aligned(text, tokens, tags, calls, unaligned)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) -> dict[str, str]:
+    """normalised relation -> tag name, for relations frequent enough to get their own tag."""
+    counts: Counter = Counter()
+    surface: dict[str, Counter] = defaultdict(Counter)
+    for doc in annotated:
+        for t in to_special(doc).triples:
+            k = normalize_key(t.relation)
+            counts[k] += 1
+            surface[k][t.relation] += 1
+    keep = [k for k, c in counts.most_common(max_relations) if c >= min_count]
+    return {k: surface[k].most_common(1)[0][0] for k in keep}
+
+
+def fit(annotated: list[str], *, threads: int | None = 1, **kw) -> TrainedAnnotator:
+    """Train a tagger from seed documents in legacy (or special-token) annotated form.
+
+    Keyword arguments: see `_fit`. `threads` torch threads while training (restored afterwards):
+    tiny sparse steps gain nothing from more threads and stall badly on a busy machine.
+    """
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _fit(annotated, **kw)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _fit(annotated: list[str], *, buckets: int = 1 << 17, dim: int = 32, epochs: int = 6, lr: float = 0.02,
+         batch_tokens: int = 512, min_relation_count: int = 3, max_relations: int = 64, seed: int = 0,
+         span_weight: float = 1.0, log=print) -> TrainedAnnotator:
+    if not annotated:
+        raise ValueError("train-annotator: no seed documents with annotations")
+    torch.manual_seed(seed)
+    rel_surface = _relation_vocab(annotated, min_relation_count, max_relations)
+    rel_tag = {k: k for k in rel_surface}  # tag name = the normalised relation
+    docs = [align(a, rel_tag) for a in annotated]
+    n_calls = sum(len(d.calls) for d in docs)
+    if n_calls == 0:
+        raise ValueError("train-annotator: no seed call could be aligned to its value in the text")
+    tags = ["O", "B-" + ENT, "I-" + ENT]
+    names = list(rel_surface) + ([OTHER] if any(n == OTHER for d in docs for _, _, n in spans(d.tags)) else [])
+    for name in names:
+        tags += ["B-" + name, "I-" + name]
+    tag_id = {t: i for i, t in enumerate(tags)}
+
+    # entity rule per relation, selected by counting on the seeds
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for d in docs:
+        ents = [(i, j) for i, j, n in spans(d.tags) if n == ENT]
+        keys = [normalize_key(w) for w, _, _ in d.tokens]
+        for i, _, triple in d.calls:
+            name = rel_tag.get(normalize_key(triple.relation), OTHER)
+            for rule in (SUBJECT, NEAREST):
+                e = entity_for(ents, i, rule)
+                if e and " ".join(keys[e[0]:e[1]]) == normalize_key(triple.entity):
+                    votes[name][rule] += 1
+                    votes["*"][rule] += 1
+    rules = {name: (NEAREST if v[NEAREST] > v[SUBJECT] else SUBJECT) for name, v in votes.items()}
+    rules.setdefault("*", SUBJECT)
+
+    ids_l, y_l, prev_l = [], [], []
+    for d in docs:
+        if d.tokens:
+            ids_l.append(hash_features(token_features([w for w, _, _ in d.tokens]), buckets))
+            y = [tag_id[t] for t in d.tags]
+            y_l += y
+            prev_l += [len(tags)] + y[:-1]
+    ids, y, prev = torch.cat(ids_l), torch.tensor(y_l), torch.tensor(prev_l)
+    net = TaggerNet(buckets, dim, len(tags))
+    opts = [torch.optim.SparseAdam([net.emb.weight], lr=lr),
+            torch.optim.Adam([p for n_, p in net.named_parameters() if not n_.startswith("emb.")], lr=lr)]
+    n = len(y)
+    weight = torch.full((len(tags),), float(span_weight))
+    weight[0] = 1.0  # "O"
+    for epoch in range(epochs):
+        perm, total = torch.randperm(n), 0.0
+        for b in range(0, n, batch_tokens):
+            idx = perm[b:b + batch_tokens]
+            logits = net.out(net.hidden(ids[idx])) + net.trans[prev[idx]]
+            loss = nn.functional.cross_entropy(logits, y[idx], weight=weight)
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            total += loss.item() * len(idx)
+        log(f"train-annotator: epoch {epoch + 1}/{epochs} loss {total / n:.4f}")
+
+    # kNN memory for the shared OTHER tag: hidden vector of each rare value's first word
+    knn = None
+    if OTHER in names:
+        vecs, labels = [], []
+        net.eval()
+        with torch.no_grad():
+            for d in docs:
+                rare = [(i, t) for i, _, t in d.calls if normalize_key(t.relation) not in rel_tag]
+                if rare:
+                    h = net.hidden(hash_features(token_features([w for w, _, _ in d.tokens]), buckets)).numpy()
+                    for i, t in rare:
+                        vecs.append(h[i] / (np.linalg.norm(h[i]) + 1e-8))
+                        labels.append(t.relation)
+        knn = (np.stack(vecs).astype(np.float32), labels) if vecs else None
+
+    fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], buckets, dim, epochs, seed]).encode()):08x}"
+    meta = {"tags": tags, "relation_names": {**rel_surface}, "entity_rules": rules, "buckets": buckets,
+            "dim": dim, "fingerprint": fingerprint, "seed_docs": len(annotated), "seed_calls_aligned": n_calls,
+            "seed_calls_unaligned": sum(d.unaligned for d in docs)}
+    return TrainedAnnotator(net.eval(), meta, knn)
+
+
+# --------------------------------------------------------------------------------------------
+# The job entrypoint
+
+
+def evaluate(annotator, annotated: list[str], texts: list[str] | None = None) -> dict:
+    """Triple P/R/F1 of `annotator` on documents whose gold annotations are `annotated`.
+
+    The input is each document's lookup-free text (`texts`, else the gold text with its calls
+    stripped); both matching rules of metrics.py are reported.
+    """
+    from lmlm.format import strip_lookups
+
+    plain = texts if texts is not None else [strip_lookups(a) for a in annotated]
+    pred = [to_special(o).triples for o in annotator.annotate(plain)]
+    gold = [to_special(a).triples for a in annotated]
+    return {rule: score(pred, gold, rule) for rule in ("exact", "entity_value")}
+
+
+def load_seeds(cfg: TrainAnnotatorConfig) -> list[str]:
+    """Annotated seed documents: from cfg.seeds, else the gold documents of a synthetic world."""
+    if cfg.seeds:
+        from lmlm.corpus import read_corpus
+
+        docs = [r.annotated_text for r in read_corpus(cfg.seeds) if r.annotated_text.strip()]
+        if not docs:
+            raise ValueError(f"train-annotator: {cfg.seeds} holds no annotated documents")
+    else:
+        from lmlm.world import WorldConfig, generate_world
+
+        world = generate_world(WorldConfig(people=cfg.world_people, seed=cfg.world_seed))
+        docs = [d.annotated_text for d in world.documents]
+    return docs[:cfg.seed_docs] if cfg.seed_docs else docs
+
+
+def train_annotator(cfg: TrainAnnotatorConfig, log=print) -> Path:
+    """Train the tagger from seed annotations, score it on a held-out split, save it; returns its dir."""
+    docs = load_seeds(cfg)
+    order = list(range(len(docs)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = int(len(docs) * cfg.eval_fraction) if len(docs) > 1 else 0
+    held, train = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
+    model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs, lr=cfg.lr,
+                batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
+                max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
+    model.meta["train_config"] = to_dict(cfg)
+    if held:
+        model.meta["heldout"] = evaluate(model, held)
+        ex = model.meta["heldout"]["exact"]
+        log(f"train-annotator: held-out {len(held)} docs: precision {ex['precision']:.3f} "
+            f"recall {ex['recall']:.3f} F1 {ex['f1']:.3f} (exact normalised triples)")
+    out = model.save(cfg.out_dir)
+    log(f"train-annotator: saved {out} ({len(model.tags)} tags, {model.meta['seed_calls_aligned']} aligned "
+        f"seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
+    return out

@@ -1,0 +1,150 @@
+"""The trained annotator, the matching rules, chunking, output validation and the configs."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from lmlm.annotate import AnnotateConfig, Annotator, TrainedAnnotator, evaluate, fit, score
+from lmlm.annotate.annotators import chunk_words, word_cut
+from lmlm.annotate.pipeline import annotate_rows
+from lmlm.annotate.seeds import align
+from lmlm.config import load_config
+from lmlm.format import Triple, extract_triples, strip_lookups
+from lmlm.world import WorldConfig, generate_world
+
+
+@pytest.fixture(scope="module")
+def world_docs():
+    return [d.annotated_text for d in generate_world(WorldConfig(people=80, seed=3)).documents]
+
+
+@pytest.fixture(scope="module")
+def tagger(world_docs):
+    return fit(world_docs[:50], epochs=4, log=lambda s: None)
+
+
+def test_alignment_finds_every_world_value(world_docs):
+    a = align(world_docs[0])
+    assert a.unaligned == 0 and len(a.calls) == len(extract_triples(world_docs[0]))
+    assert a.text == strip_lookups(world_docs[0])
+    for i, j, triple in a.calls:
+        assert a.text[a.tokens[i][1]:a.tokens[j - 1][2]] == triple.value
+
+
+def test_trained_annotator_recovers_held_out_world_triples(tagger, world_docs):
+    m = evaluate(tagger, world_docs[50:])
+    assert m["exact"]["f1"] >= 0.9, m
+    assert tagger.meta["entity_rules"]["*"] == "subject"  # bios are about their subject
+
+
+def test_relation_labels_come_from_the_seeds_not_from_rules(world_docs):
+    renamed = [d.replace("'Birth City')", "'Hometown')") for d in world_docs[:50]]
+    m = fit(renamed, epochs=4, log=lambda s: None)
+    triples = [t for d in m.annotate([strip_lookups(x) for x in world_docs[50:60]]) for t in extract_triples(d)]
+    relations = {t.relation for t in triples}
+    assert "Hometown" in relations and "Birth City" not in relations
+
+
+def test_save_load_gives_identical_output(tagger, world_docs, tmp_path):
+    texts = [strip_lookups(d) for d in world_docs[60:65]]
+    tagger.save(tmp_path / "ann")
+    again = TrainedAnnotator.load(tmp_path / "ann")
+    assert again.annotate(texts) == tagger.annotate(texts)
+    assert again.annotator_id == tagger.annotator_id.replace("unsaved", again.meta["fingerprint"])
+    with pytest.raises(FileNotFoundError, match="not a trained annotator"):
+        TrainedAnnotator.load(tmp_path / "nothing")
+
+
+def test_annotation_keeps_the_text_and_handles_empty_input(tagger, world_docs):
+    text = strip_lookups(world_docs[70])
+    out = tagger.annotate([text, "", "   "])
+    assert strip_lookups(out[0]) == text and out[1:] == ["", "   "]
+
+
+def test_fit_refuses_seeds_without_calls():
+    with pytest.raises(ValueError, match="no seed"):
+        fit([], log=lambda s: None)
+    with pytest.raises(ValueError, match="aligned"):
+        fit(["plain text without any call"], log=lambda s: None)
+
+
+def test_matching_rules():
+    gold = [[Triple("Mara Quell", "Birth City", "Lisbon"), Triple("Mara Quell", "Award", "X Prize")]]
+    pred = [[Triple("mara quell", "Birth_City", "lisbon"), Triple("Mara Quell", "Prize", "X Prize"),
+             Triple("Other", "Award", "X Prize")]]
+    ex, ev = score(pred, gold, "exact"), score(pred, gold, "entity_value")
+    assert (ex["tp"], ex["predicted"], ex["gold"]) == (1, 3, 2)
+    assert ev["tp"] == 2 and ev["precision"] == pytest.approx(2 / 3) and ev["recall"] == 1.0
+    with pytest.raises(ValueError, match="unknown matching rule"):
+        score(pred, gold, "fuzzy")  # type: ignore[arg-type]
+
+
+def test_chunking_at_word_boundaries():
+    text = " ".join(f"w{i}" for i in range(1600)) + "\n"
+    pieces = chunk_words(text, 750)
+    assert "".join(pieces) == text and [len(p.split()) for p in pieces] == [750, 750, 100]
+    assert chunk_words("a b", 750) == ["a b"] and word_cut("one two  three", 2) == len("one two")
+
+
+class FixedOutput(Annotator):
+    """An annotator whose outputs are given: malformed model output as a test input."""
+
+    def __init__(self, outputs: dict[str, str]):
+        self.outputs = outputs
+
+    def annotate(self, texts):
+        if any(t == "explode" for t in texts):
+            raise RuntimeError("model crashed")
+        return [self.outputs.get(t, t) for t in texts]
+
+
+def test_malformed_and_truncated_calls_are_repaired_and_counted():
+    ann = FixedOutput({
+        "a": "Born in [dblookup('A', 'Birth City') -> Oslo] Oslo and [dblookup('A' 'Award' -> X] here.",
+        "b": "Works at [dblookup('B', 'Employer') -> Polaris] Polaris. [dblookup('B', 'Spo",
+        "c": "",
+    })
+    res = {r["id"]: r for r in annotate_rows(ann, ["a", "b", "c", "d", "e"], ["a", "b", "c", "explode", "plain"])}
+    assert res["a"]["status"] == "ok" and res["a"]["lookups"] == 1 and "malformed" not in res["a"]["special_text"]
+    assert sum(json.loads(res["a"]["dropped"]).values()) == 1
+    assert res["b"]["lookups"] == 1 and json.loads(res["b"]["dropped"]) == {"truncated": 1}
+    assert "dblookup" not in res["b"]["special_text"]
+    assert (res["c"]["status"], res["c"]["reason"]) == ("rejected", "empty_output")
+    assert (res["d"]["status"], res["d"]["reason"]) == ("rejected", "annotator_error")
+    assert "RuntimeError" in res["d"]["detail"]
+    assert res["e"]["status"] == "ok" and res["e"]["lookups"] == 0
+
+
+def test_config_overrides_and_cli_registration():
+    cfg = load_config(AnnotateConfig, overrides=["num_actors=3", "num_cpus_per_actor=0.25", "store.namespace=ann",
+                                                 "openai.max_retries=1", "annotator=openai"])
+    assert (cfg.num_actors, cfg.num_cpus_per_actor, cfg.store.namespace, cfg.openai.max_retries) == (3, 0.25, "ann", 1)
+    from lmlm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="annotator"):
+        load_config(AnnotateConfig, overrides=["annotator=gpt5"])
+    from lmlm.annotate.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-annotator", "--set", "epochs=2"])
+    assert args.command == "train-annotator" and args.overrides == ["epochs=2"] and callable(args.func)
+
+
+def test_read_inputs_reference_json_limit_and_chunks(lmlm_wiki, tmp_path):
+    from lmlm.annotate import run_annotation
+    from lmlm.annotate.pipeline import read_inputs
+
+    cfg = AnnotateConfig(input=str(lmlm_wiki / "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"), limit=5,
+                         chunk_words=50, max_doc_bytes=900)
+    rows, rejects = read_inputs(cfg)
+    assert {r["doc_id"] for r in rows} | {r["id"] for r in rejects} == {f"squad-eval100_chatgpt_gpt4o-v7.1_cleaned:{i}"
+                                                                        for i in range(5)}
+    assert all(len(r["text"].split()) <= 50 for r in rows) and any(r["chunk"] > 0 for r in rows)
+    assert all(r["reason"] == "too_large" for r in rejects)
+    with pytest.raises(ValueError, match="persistent fact store"):
+        run_annotation(AnnotateConfig(input=cfg.input, output_dir=str(tmp_path / "o"), load_store=True))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_inputs(AnnotateConfig(input=str(tmp_path / "missing.jsonl")))

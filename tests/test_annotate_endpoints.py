@@ -1,0 +1,156 @@
+"""The `openai` annotator against a real local HTTP server, and the `hf` annotator with a tiny local model."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lmlm.annotate import AnnotatorError, HFAnnotator, OpenAIAnnotator
+from lmlm.annotate.config import HFAnnotatorConfig, OpenAIAnnotatorConfig
+from lmlm.format import extract_triples
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    """An OpenAI-style /chat/completions whose behaviour is chosen by a word in the document."""
+
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        doc = body["messages"][-1]["content"]
+        with self.lock:
+            n = self.calls[doc] = self.calls.get(doc, 0) + 1
+        if "SLOW" in doc:
+            time.sleep(1.5)
+        if "ALWAYS500" in doc or ("FLAKY" in doc and n == 1):
+            return self._send(500, b'{"error": "boom"}')
+        if "DENIED" in doc:
+            return self._send(401, b'{"error": "bad key"}')
+        if "GARBAGE" in doc:
+            return self._send(200, b"<html>not json")
+        content = "[dblookup('Mara Quell', 'Birth City') -> Lisbon] " + doc.split("\n")[-1]
+        self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
+                                    "auth": self.headers.get("Authorization", "")}).encode())
+
+    def _send(self, code: int, payload: bytes):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def chat_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
+    server.daemon_threads = True
+    ChatHandler.calls = {}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _openai(url: str, **kw) -> OpenAIAnnotator:
+    cfg = OpenAIAnnotatorConfig(base_url=url, model="test", timeout_s=0.5, max_retries=2, backoff_s=0.01,
+                                concurrency=4, **kw)
+    return OpenAIAnnotator(cfg)
+
+
+def test_openai_annotator_retries_then_records_each_failure(chat_server):
+    ann = _openai(chat_server)
+    docs = ["Mara Quell was born in Lisbon.", "FLAKY doc", "ALWAYS500 doc", "SLOW doc", "GARBAGE doc", "DENIED doc"]
+    t0 = time.time()
+    res = ann.annotate_safe(docs)
+    assert time.time() - t0 < 20  # bounded by timeouts and retries, never hangs
+    assert extract_triples(res[0][0])[0].value == "Lisbon" and res[0][1] is None
+    assert res[1][0] is not None and ChatHandler.calls["FLAKY doc"] == 2  # one retry after a 500
+    assert res[2] == (None, "http_500") and ChatHandler.calls["ALWAYS500 doc"] == 3
+    assert res[3] == (None, "timeout")
+    assert res[4] == (None, "bad_response")
+    assert res[5] == (None, "http_401") and ChatHandler.calls["DENIED doc"] == 1  # no retry on 401
+    with pytest.raises(AnnotatorError, match="http_500"):
+        ann.annotate(["ALWAYS500 again"])
+    ann.close()
+
+
+def test_openai_endpoint_and_key_from_environment(chat_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_BASE_URL", chat_server)
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2))
+    assert ann.client.headers["Authorization"] == "Bearer sk-test"
+    assert extract_triples(ann.annotate(["x"])[0])
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    with pytest.raises(ValueError, match="no endpoint"):
+        OpenAIAnnotator(OpenAIAnnotatorConfig())
+    bad = tmp_path / "p.json"
+    bad.write_text('{"role": "system"}')
+    with pytest.raises(ValueError, match="list of"):
+        OpenAIAnnotator(OpenAIAnnotatorConfig(base_url=chat_server, prompt_path=str(bad)))
+
+
+def test_openai_unreachable_endpoint_is_a_recorded_failure():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = _openai(f"http://127.0.0.1:{port}/v1").annotate_safe(["doc"])
+    assert res[0][0] is None and res[0][1].startswith("connect:")
+
+
+# --------------------------------------------------------------------------------------------
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, lmlm_wiki):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmlm.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("chat")
+    texts = [json.loads((lmlm_wiki / "prompt-annotator-v6.1.json").read_text())[0]["content"]] * 3 + \
+        ["Mara Quell was born in Lisbon and works as a potter. <|im_start|> <|im_end|> assistant user system"] * 20
+    tok = train_tokenizer(texts, vocab_size=400)
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(str(out))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(str(out))
+    return out
+
+
+def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_model, lmlm_wiki):
+    cfg = HFAnnotatorConfig(model_path=str(tiny_chat_model), prompt_path=str(lmlm_wiki / "prompt-annotator-v6.1.json"),
+                            max_new_tokens=6, max_prompt_tokens=400, batch_size=2, device="cpu")
+    ann = HFAnnotator(cfg)
+    long_doc = " ".join(["Mara Quell was born in Lisbon."] * 60)
+    pieces = ann.pieces(long_doc)
+    assert len(pieces) > 1 and "".join(pieces) == long_doc
+    for p in pieces:
+        prompt = ann.render(p)
+        assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+        assert ann.n_tokens(p) <= cfg.max_prompt_tokens
+        assert set(p.split()) <= {"Mara", "Quell", "was", "born", "in", "Lisbon."}  # cut between words
+    docs = ["Mara Quell was born in Lisbon.", long_doc, "short"]
+    out = ann.annotate(docs)
+    assert len(out) == 3 and all(isinstance(o, str) for o in out)
+    assert ann.annotate(docs) == out  # greedy: deterministic
+    with pytest.raises(ValueError, match="not a local model directory"):
+        HFAnnotator(HFAnnotatorConfig(model_path="/nonexistent/model"))
