@@ -6,6 +6,11 @@ the stored label), one-edit entity typos (substitution, insertion, deletion or t
 entities not in the store. Accuracy = the expected value returned; false accept = any accepted
 answer for an absent entity. Last line: one JSON object.
 
+MiniLM runs on `--threads` torch threads (1 by default: on a shared 2-core machine a second thread
+makes it several times slower). Wall-clock guard: when the build has used more than half of
+`--budget-s` (50 s with --quick), each query set is cut (to at least 60 queries); the JSON says how
+many were asked.
+
     python bench/retrieval_quality.py [--quick] [--people N] [--queries N]
 """
 from __future__ import annotations
@@ -79,7 +84,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--people", type=int, default=None)
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for MiniLM")
+    ap.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (see the docstring)")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    budget = args.budget_s or (50.0 if args.quick else None)
     n_people = args.people or (500 if args.quick else 5000)
     n_q = args.queries or (150 if args.quick else 1000)
     t0 = time.perf_counter()
@@ -93,6 +104,11 @@ def main(argv=None) -> dict:
         tb = time.perf_counter()
         store.add_triples([t for t in world.triples() if t.entity in {p.name for p in people}], annotator="world")
         result["build_s"] = round(time.perf_counter() - tb, 2)
+        left = budget - (time.perf_counter() - t0) if budget else None
+        if left is not None and left < budget / 2:
+            keep = max(60, int(n_q * max(left, 0) / (budget / 2)))
+            sets = {k: v[:keep] for k, v in sets.items()}
+            result["queries_per_set"] = keep
         for mode in ("reference", "two_stage"):
             result.update(evaluate(store, sets, mode))
     result["wall_s"] = round(time.perf_counter() - t0, 2)

@@ -64,3 +64,21 @@ def test_invalid_queries_fall_back_instead_of_raising(fact_store):
     out = fact_store.lookup_batch([("", "Me"), ("Keep", "Me"), ("Keep\x00", "Me")], fallback="unknown")
     assert [a.value for a in out] == ["unknown", "safe", "unknown"]
     assert "invalid query" in out[0].provenance["reason"]
+
+
+def test_fast_query_normaliser_agrees_with_clean_name():
+    from lmlm.factstore.layout import clean_name, norm_name
+
+    for s in ["Birth City", "  BIRTH   city ", "ivo_jorgrove", "O\\'Brien", "Zoë Ångström", "a\tb", "x" * 1024]:
+        assert norm_name(s, "entity") == clean_name(s, "entity")[1]
+    for bad in ["", "   ", "a\x00b", "x" * 1025, 7]:
+        with pytest.raises((InvalidFact, TypeError)):
+            norm_name(bad, "entity")
+
+
+def test_lexical_bonus_reads_stems_and_acronyms():
+    from lmlm.factstore.retrieval import lexical_bonus
+
+    assert lexical_bonus("dob", "birth date") == 0.5 and lexical_bonus("dob", "spouse") == 0.0
+    assert lexical_bonus("employed by", "employer") == 0.2
+    assert lexical_bonus("works for", "employer") == 0.0

@@ -75,6 +75,8 @@ class Layout:
         self.meta = f"{{{namespace}}}:meta"
 
     def of(self, norm_entity: str) -> Keys:
+        if self.partitions == 1:
+            return self.parts[0]
         return self.parts[entity_hash(norm_entity) % self.partitions]
 
     @staticmethod
@@ -111,6 +113,25 @@ def clean_name(x, field: str) -> tuple[str, str]:
     if not norm:
         raise InvalidFact(f"{field} {s!r} is empty once normalised")
     return s, norm
+
+
+_NORMS: dict[str, str] = {}  # raw query name -> normalised (lookups repeat relation labels and entities)
+
+
+def norm_name(x, field: str) -> str:
+    """`clean_name(x, field)[1]`, fast for the usual plain-ASCII name and cached (lookup hot path)."""
+    n = _NORMS.get(x) if type(x) is str else None
+    if n is None:
+        if (type(x) is str and 0 < len(x) <= MAX_NAME_CHARS and x.isascii() and x.isprintable()
+                and x[0] != " " and x[-1] != " " and "\\" not in x and "_" not in x and "  " not in x):
+            n = x.lower()  # what clean_name gives: nothing to unescape, collapse or strip
+        else:
+            n = clean_name(x, field)[1]
+        if type(x) is str:
+            if len(_NORMS) >= 100_000:
+                _NORMS.clear()
+            _NORMS[x] = n
+    return n
 
 
 def clean_value(x) -> str:
@@ -151,6 +172,8 @@ def now_ms() -> int:
 
 def choose(values: list) -> tuple[int, list]:
     """The value record returned for a key: most frequent, then most recently seen, then latest added."""
+    if len(values) == 1:
+        return 0, values[0]
     i = max(range(len(values)), key=lambda j: (values[j][1], values[j][3], j))
     return i, values[i]
 

@@ -9,6 +9,7 @@ relation-label embeddings, in process (no second vector search).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,12 +17,13 @@ import numpy as np
 
 from lmlm.format import Triple
 
-from .layout import SEP, InvalidFact, choose, clean_name, provenance
+from .layout import SEP, InvalidFact, choose, clean_name, norm_name, provenance
 
 if TYPE_CHECKING:
     from .store import FactStore
 
 MODES = ("two_stage", "reference")
+_decode = json.JSONDecoder().decode
 FALLBACKS = ("unknown", "top1_anyway", "abstain")
 
 
@@ -68,9 +70,43 @@ def entity_similarity(query: str, name: str, cos: float) -> float:
     return 0.9 * char + 0.1 * max(cos, 0.0)
 
 
-def _answer(rec: dict, score: float, stage: str, extra: dict) -> Answer:
+_STOP = frozenset("a an and at by for from in is of on or the to was with".split())
+_WORD = re.compile(r"[a-z0-9]+")
+_LEX: dict[tuple[str, str], float] = {}
+
+
+def _stems(s: str) -> set[str]:
+    return {w[:5] for w in _WORD.findall(s) if w not in _STOP}
+
+
+def lexical_bonus(query: str, label: str) -> float:
+    """Added to the label cosine in the relation stage (both normalised): 0.2 x the Jaccard overlap
+    of crude stems (5-letter prefixes of content words: "employed by" / "employer", "awards won" /
+    "award"), plus 0.5 when the query is an acronym of the label's words in any order, stop-word
+    initials optional ("dob" / "birth date"), which MiniLM cannot read."""
+    key = (query, label)
+    b = _LEX.get(key)
+    if b is None:
+        a, l = _stems(query), _stems(label)
+        b = 0.2 * len(a & l) / len(a | l) if a and l else 0.0
+        words = [w for w in _WORD.findall(label) if w not in _STOP]
+        if 2 <= len(query) <= 5 and query.isalpha() and len(words) >= 2:
+            stop_initials = {w[0] for w in _STOP}
+            letters = [c for c in query if not (c in stop_initials and c not in {w[0] for w in words})]
+            if sorted(letters) == sorted(w[0] for w in words):
+                b += 0.5
+        if len(_LEX) >= 100_000:
+            _LEX.clear()
+        _LEX[key] = b
+    return b
+
+
+def _answer(rec: dict, score: float, stage: str, extra: dict | None = None) -> Answer:
     _, v = choose(rec["v"])
-    return Answer(v[0], Triple(rec["e"], rec["r"], v[0]), float(score), stage, {**provenance(rec, v), **extra})
+    prov = provenance(rec, v)
+    if extra:
+        prov.update(extra)
+    return Answer(v[0], Triple(rec["e"], rec["r"], v[0]), float(score), stage, prov)
 
 
 def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, str]) -> Answer | None:
@@ -111,20 +147,15 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
     parsed: dict[int, tuple[str, str]] = {}
     for i, q in enumerate(queries):
         try:
-            parsed[i] = (clean_name(q[0], "entity")[1], clean_name(q[1], "relation")[1])
+            parsed[i] = (norm_name(q[0], "entity"), norm_name(q[1], "relation"))
         except (InvalidFact, TypeError, IndexError) as e:
             out[i] = _fallback(fallback, None, f"invalid query: {e}", tuple(map(str, q))[:2])
-    pipe = store.r.pipeline(transaction=False)
-    idx = list(parsed)
-    for i in idx:
-        E, R = parsed[i]
-        pipe.hget(store.layout.of(E).entity(E), R)
     misses = []
-    for i, blob in zip(idx, store._call(pipe.execute)):
+    for i, blob in _exact(store, parsed):
         if blob is None:
             misses.append(i)
         else:
-            out[i] = _answer(json.loads(blob), 1.0, "exact", {})
+            out[i] = _answer(_decode(blob.decode()), 1.0, "exact")
     if misses:
         fuzzy = _two_stage if mode == "two_stage" else _reference
         for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], threshold=threshold,
@@ -132,6 +163,33 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
                                       top_k=top_k, fallback=fallback)):
             out[i] = a
     return out
+
+
+def _exact(store: "FactStore", parsed: dict[int, tuple[str, str]]):
+    """(query index, blob or None) of every parsed query: one HGET for a single query, else one
+    script call per partition (all of a partition's keys share its hash tag), pipelined."""
+    if len(parsed) == 1:
+        (i, (E, R)), = parsed.items()
+        return [(i, store._call(store.r.hget, store.layout.of(E).entity(E), R))]
+    groups: dict = {}
+    for i, (E, R) in parsed.items():
+        ks = store.layout.of(E)
+        g = groups.get(ks.tag)
+        if g is None:
+            g = groups[ks.tag] = ([], [], [])
+        g[0].append(i)
+        g[1].append(ks.entity(E))
+        g[2].append(R)
+    if not groups:
+        return []
+    if len(groups) == 1:
+        (idx, keys, rels), = groups.values()
+        return zip(idx, store._call(store._hget_many, keys=keys, args=rels))
+    pipe = store.r.pipeline(transaction=False)
+    for _, keys, rels in groups.values():
+        store._hget_many(keys=keys, args=rels, client=pipe)
+    res = store._call(pipe.execute)
+    return [(i, b) for (idx, _, _), blobs in zip(groups.values(), res) for i, b in zip(idx, blobs)]
 
 
 def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | None]:
@@ -224,7 +282,8 @@ def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, to
             out.append(_fallback(fallback, None, "entity not found", (E, R)))
             continue
         rels = [r.decode() for r in h]
-        cos = np.array([1.0 if r == R else float(lvec[r] @ rvecs[i]) for r in rels])
+        cos = np.array([1.0 if r == R else min(1.0, float(lvec[r] @ rvecs[i]) + lexical_bonus(R, r))
+                        for r in rels])
         j = int(np.argmax(cos))
         rec = json.loads(h[rels[j].encode()])
         e_ok, r_ok = i in entity, cos[j] >= r_thr

@@ -130,3 +130,11 @@ elseif redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
 end
 return 0
 """
+
+# Batched exact read: one command per partition instead of one HGET each. KEYS: entity hashes (one
+# hash tag); ARGV: the relation field of each. Returns the blobs, nil where absent.
+HGET_MANY = r"""
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[i]) end
+return out
+"""

@@ -19,7 +19,7 @@ from .config import FactStoreConfig
 from .embed import DIM, MODEL_NAME, Embedder, get_embedder
 from .layout import Fact, InvalidFact, Layout, choose, now_ms, provenance
 from .retrieval import Answer
-from .scripts import ADD, ADD_VECTOR, DELETE
+from .scripts import ADD, ADD_VECTOR, DELETE, HGET_MANY
 from .server import RedisServer, StoreUnavailable, connect
 
 _DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
@@ -40,6 +40,7 @@ class FactStore:
         self._add = self.r.register_script(ADD)
         self._delete = self.r.register_script(DELETE)
         self._add_vector = self.r.register_script(ADD_VECTOR)
+        self._hget_many = self.r.register_script(HGET_MANY)
         self._check_meta()
 
     # ---------------------------------------------------------------------------------------------
