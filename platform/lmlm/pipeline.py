@@ -218,7 +218,18 @@ def stage_pretrain(cfg: PipelineConfig) -> dict[str, str]:
         print(f"pretrain[{variant}]: step {res.final_step}, last metrics "
               f"{json.dumps({k: last[k] for k in sorted(last) if 'loss' in k})} -> {res.hf_dir}")
         out[variant] = res.hf_dir
+    for variant, hf_dir in out.items():
+        _publish(Path(hf_dir), cfg.path("model" if variant == "lmlm" else f"model-{variant}"))
     return out
+
+
+def _publish(hf_dir: Path, link: Path) -> None:
+    """Point run_dir/model (what `serve` loads by default) at the latest HF export."""
+    if link.is_symlink() or link.exists():
+        if link.resolve() == hf_dir.resolve():
+            return
+        link.unlink()
+    link.symlink_to(os.path.relpath(hf_dir, link.parent))
 
 
 def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world) -> dict:
