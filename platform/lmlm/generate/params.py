@@ -1,0 +1,79 @@
+"""Per-request generation settings (one dataclass, loadable through `lmlm.config`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+FALLBACKS = ("unknown", "top1_anyway", "abstain")
+
+
+class ParamsError(ValueError):
+    """A generation setting out of range; the message starts with the field's name."""
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256            # text tokens to generate; lookup blocks do not count
+    temperature: float = 0.0             # 0 = greedy; > 0 samples
+    top_p: float = 1.0                   # nucleus sampling mass (1 = off)
+    top_k: int = 0                       # keep the k most likely tokens (0 = off)
+    seed: Optional[int] = None           # per-sequence RNG seed: same seed, same sample
+    repetition_penalty: float = 1.2      # HF-style penalty over every id already in the sequence
+    entity_bias: float = 4.0             # logit bias on <|db_entity|> (reference: +4)
+    lookup_bias: float = 2.0             # logit bias on the other three lookup tokens (reference: +2)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # extra bias by token id
+    max_lookups: int = 5                 # lookups per sequence; then <|db_entity|> is banned
+    max_query_tokens: int = 24           # entity (and relation) length cap; then the next marker is forced
+    stop: list[str] = field(default_factory=list)  # stop strings, searched in the display text
+    use_lookups: bool = True             # False bans the four lookup tokens (database-off ablation)
+    fallback: Optional[Literal["unknown", "top1_anyway", "abstain"]] = None  # None: the store's default
+    threshold: Optional[float] = None    # fuzzy-match threshold (None: the store's default)
+    on_store_error: Literal["fail", "disable_lookups"] = "fail"  # store unreachable: fail or go on without
+    ignore_eos: bool = False             # keep generating past EOS (benchmarks of fixed length)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ParamsError(f"{name}: {what} (got {getattr(self, name)!r})")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        need(is_int(self.max_new_tokens) and self.max_new_tokens > 0, "max_new_tokens", "must be an integer > 0")
+        need(is_num(self.temperature) and self.temperature >= 0, "temperature", "must be a number >= 0")
+        need(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be a number in (0, 1]")
+        need(is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an integer >= 0")
+        need(self.seed is None or is_int(self.seed), "seed", "must be an integer or null")
+        need(is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "must be a number > 0")
+        need(is_num(self.entity_bias), "entity_bias", "must be a number")
+        need(is_num(self.lookup_bias), "lookup_bias", "must be a number")
+        need(isinstance(self.logit_bias, dict) and all(is_int(k) and is_num(v) for k, v in self.logit_bias.items()),
+             "logit_bias", "must map integer token ids to numbers")
+        need(is_int(self.max_lookups) and self.max_lookups >= 0, "max_lookups", "must be an integer >= 0")
+        need(is_int(self.max_query_tokens) and self.max_query_tokens > 0, "max_query_tokens", "must be an integer > 0")
+        need(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "stop",
+             "must be a list of non-empty strings")
+        need(isinstance(self.use_lookups, bool), "use_lookups", "must be true or false")
+        need(self.fallback is None or self.fallback in FALLBACKS, "fallback", f"must be one of {list(FALLBACKS)} or null")
+        need(self.threshold is None or is_num(self.threshold), "threshold", "must be a number or null")
+        need(self.on_store_error in ("fail", "disable_lookups"), "on_store_error", "must be 'fail' or 'disable_lookups'")
+        need(isinstance(self.ignore_eos, bool), "ignore_eos", "must be true or false")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def store_policy(self) -> dict:
+        """Keyword arguments for `store.lookup_batch`: only the ones the request sets."""
+        policy = {}
+        if self.fallback is not None:
+            policy["fallback"] = self.fallback
+        if self.threshold is not None:
+            policy["threshold"] = float(self.threshold)
+        return policy

@@ -1,0 +1,156 @@
+"""The generation engine against a real FactStore (private Redis 8) and a tiny random LLaMA model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlm.factstore import FactStore, FactStoreConfig
+from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
+from lmlm.generate import Engine, GenerationParams, ParamsError, reference_generate
+from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
+
+PROMPTS = ["Tell me a bio of Ada Varen. Ada Varen is", "Hugo Marsh works for", "Kira",
+           "Tell me a bio of Lev Arno. Lev Arno was born in the city of"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On the shared 2-core machine two intra-op threads spin-wait each other (about 10x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer(synthetic_texts())
+
+
+@pytest.fixture(scope="module")
+def store():
+    with FactStore.open(FactStoreConfig()) as s:
+        s.add_triples(synthetic_triples(), annotator="test")
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine64(tok, store):
+    # float64: padded batched decoding and unpadded single decoding agree far below any argmax gap.
+    return Engine(tiny_model(len(tok), dtype=torch.float64), tok, store)
+
+
+def cloze(entity: str, relation: str) -> str:
+    return f"{entity} lives in {DB_ENTITY} {entity}{DB_RELATIONSHIP} {relation}{DB_RETURN}"
+
+
+def test_parity_with_reprefill_reference(engine64):
+    params = GenerationParams(max_new_tokens=30, max_lookups=4, fallback="top1_anyway")
+    got = engine64.generate(PROMPTS, params)
+    ref = reference_generate(engine64, PROMPTS, params)
+    for g, r in zip(got, ref):
+        assert g.token_ids == r.token_ids
+        assert g.raw_text == r.raw_text and g.display_text == r.display_text
+        assert [lk.to_dict() for lk in g.lookups] == [lk.to_dict() for lk in r.lookups]
+        assert len(g.lookups) >= 3 and g.raw_text.count(DB_END) == len(g.lookups)
+        assert g.n_text_tokens == 30 and g.finish_reason == "length"
+        assert DB_ENTITY not in g.display_text and DB_END not in g.display_text
+    # The fuzzy path answered with stored values (top1_anyway), injected exactly as in training text.
+    lk = got[0].lookups[0]
+    assert lk.triple is not None and f"{DB_RETURN} {lk.value}{DB_END}" in got[0].raw_text
+
+
+def test_exact_lookup_injects_stored_value_and_deletion_is_immediate(engine64, store):
+    t = synthetic_triples()[0]
+    p = GenerationParams(max_new_tokens=3, max_lookups=0)
+    [res] = engine64.generate([cloze(t.entity, t.relation)], p)
+    assert res.raw_text.startswith(f" {t.value}{DB_END}")
+    assert (res.lookups[0].stage, res.lookups[0].triple) == ("exact", t)
+    assert res.lookups[0].provenance
+    store.delete(t.entity, t.relation)
+    try:
+        [res2] = engine64.generate([cloze(t.entity, t.relation)], GenerationParams(max_new_tokens=3, fallback="abstain"))
+        # The next lookup no longer sees the fact (fuzzy matching may answer from another key).
+        assert res2.lookups[0].triple != t and res2.lookups[0].value != t.value
+    finally:
+        store.put(t)
+
+
+def test_batched_lookups_use_one_store_call_per_step(engine64, store, monkeypatch):
+    calls = []
+    real = store.lookup_batch
+    monkeypatch.setattr(store, "lookup_batch", lambda qs, **kw: calls.append(list(qs)) or real(qs, **kw))
+    ts = synthetic_triples()[:3]
+    res = engine64.generate([cloze(t.entity, t.relation) for t in ts], GenerationParams(max_new_tokens=2, max_lookups=0))
+    assert calls[0] == [(t.entity, t.relation) for t in ts]
+    assert [r.lookups[0].value for r in res] == [t.value for t in ts]
+
+
+def test_lookups_off_and_caps(engine64):
+    off = engine64.generate(PROMPTS[:2], GenerationParams(max_new_tokens=20, use_lookups=False))
+    for r in off:
+        assert r.lookups == [] and r.n_lookup_tokens == 0 and r.raw_text == r.display_text
+        assert r.n_text_tokens == 20 == r.n_generated_tokens
+    capped = engine64.generate(PROMPTS[:2], GenerationParams(max_new_tokens=25, max_lookups=2, max_query_tokens=3))
+    for r in capped:
+        assert len(r.lookups) == 2 and r.n_text_tokens == 25
+        assert r.n_generated_tokens == r.n_text_tokens + r.n_lookup_tokens
+
+
+def test_sampling_is_reproducible_with_a_seed(engine64):
+    p = GenerationParams(max_new_tokens=20, temperature=1.0, top_p=0.9, top_k=50, seed=7, max_lookups=1,
+                         fallback="unknown")
+    a = engine64.generate(PROMPTS, p)
+    b = engine64.generate(PROMPTS[::-1], p)[::-1]  # other batch order, same per-sequence draws
+    c = engine64.generate(PROMPTS, GenerationParams(max_new_tokens=20, temperature=1.0, seed=8, use_lookups=False))
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [r.token_ids for r in a] != [r.token_ids for r in c]
+
+
+def test_stop_strings_and_eos(engine64, tok):
+    [free] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, ignore_eos=True))
+    stop = free.display_text[10:13]
+    [r] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, ignore_eos=True, stop=[stop]))
+    assert r.finish_reason == "stop" and r.display_text == free.display_text[: free.display_text.find(stop)]
+    eos = tok.eos_token_id
+    [e] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, logit_bias={eos: 1e4}))
+    assert e.finish_reason == "eos" and e.raw_text == "" and e.n_generated_tokens == 1
+
+
+def test_store_unreachable_fails_or_disables_lookups(tok):
+    with FactStore.open(FactStoreConfig(timeout_s=0.5)) as dead:
+        pass  # closed: its server is gone
+    eng = Engine(tiny_model(len(tok)), tok, dead)
+    c = cloze("Ada Varen", "Birth City")
+    [r] = eng.generate([c], GenerationParams(max_new_tokens=5))
+    assert r.finish_reason == "store_unavailable" and "unavailable" in r.error
+    [r] = eng.generate([c], GenerationParams(max_new_tokens=5, on_store_error="disable_lookups"))
+    assert r.lookups_disabled and r.finish_reason == "length" and r.n_text_tokens == 5
+    assert r.raw_text.startswith(f" unknown{DB_END}") and r.raw_text.count(DB_ENTITY) == 0
+
+
+def test_bad_params_name_the_field():
+    for kw, name in [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_p": 0}, "top_p"),
+                     ({"temperature": -1}, "temperature"), ({"fallback": "maybe"}, "fallback"),
+                     ({"stop": "x"}, "stop"), ({"logit_bias": {"a": 1}}, "logit_bias")]:
+        with pytest.raises(ParamsError, match=f"^{name}:"):
+            GenerationParams(**kw)
+
+
+def test_generate_command(tmp_path, tok, capsys):
+    import json
+
+    from lmlm.cli import main
+
+    tok.save_pretrained(tmp_path)
+    tiny_model(len(tok)).save_pretrained(tmp_path)
+    t = synthetic_triples()[2]
+    facts = tmp_path / "prompts.txt"
+    facts.write_text(cloze(t.entity, t.relation) + "\n")
+    rc = main(["generate", "--set", f"model_path={tmp_path}", "--set", "params.max_new_tokens=3",
+               "--set", f"prompts_file={facts}", "--json", "Kira"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and len(lines) == 2 and lines[0]["n_text_tokens"] <= 3
+    assert lines[1]["lookups"][0]["entity"] == t.entity  # a private, empty store: no value, but the query is parsed
+    assert main(["generate", "--set", "model_path=/nonexistent", "Kira"]) == 1
+    assert "model_path: /nonexistent is not a checkpoint directory" in capsys.readouterr().err
