@@ -108,6 +108,7 @@ class SequenceState:
             self.generator = torch.Generator()
             self.generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ()).item()))
         self._init_mode_from_prompt()
+        self.prompt_block_start = self.query_start  # the prompt's own open block, if it ends in one
         if len(self.ids) >= max_len:
             self._finish("context")
 
@@ -228,8 +229,8 @@ class SequenceState:
     # ---------------------------------------------------------------- output
     def _block_prefix(self) -> str:
         """The prompt's open block (from its <|db_entity|>), so that display stripping sees it whole."""
-        if 0 <= self.query_start < self.n_prompt:
-            return self.decode(self.ids[self.query_start : self.n_prompt])
+        if self.prompt_block_start >= 0:
+            return self.decode(self.ids[self.prompt_block_start : self.n_prompt])
         return ""
 
     def display_text(self, cut: bool = True) -> str:
