@@ -48,3 +48,18 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """(train helper) A 512-token byte-level BPE with the four lookup tokens, trained on a small
+    synthetic world and saved in a temp dir."""
+    from lmlm.format import to_special
+    from lmlm.tokenizer import train_tokenizer
+    from lmlm.world import WorldConfig, generate_world
+
+    texts = [to_special(d.annotated_text).text for d in generate_world(WorldConfig(people=60, seed=1)).documents]
+    return train_tokenizer(texts, 512, tmp_path_factory.mktemp("tiny_tokenizer"))
+
+# Fact-store fixtures (`redis_server`, `fact_store`, `fact_store_factory`): see tests/fixtures_factstore.py.
+pytest_plugins = ["fixtures_factstore"]

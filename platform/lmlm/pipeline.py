@@ -284,8 +284,8 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, world) -> dict:
     for title, ans in (("before deletion", before), (f"after DELETE /v1/facts {person!r}: {deleted}", after)):
         print(f"\n--- {title}\n{prompt}{ans['text']}")
         for lk in ans["lookups"]:
-            q = lk.get("query") or [lk.get("entity"), lk.get("relation")]
-            print(f"    lookup {q} -> {lk.get('value')!r} [{lk.get('stage')}, score {lk.get('score')}]")
+            print(f"    lookup ({lk['entity']!r}, {lk['relation']!r}) -> {lk['value']!r} "
+                  f"[{lk['stage']}, score {lk['score']:.3f}]")
     print(f"    (ground truth: {json.dumps(truth)})")
     return {"person": person, "before": before, "deleted": deleted, "after": after}
 

@@ -1,0 +1,49 @@
+"""`lmlm pretrain` (one run) and `lmlm pretrain-both` (LMLM + standard on the same documents)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from lmlm.config import add_config_arguments, load_config
+
+
+def _summary(res) -> dict:
+    last = res.metrics[-1] if res.metrics else {}
+    return {"variant": res.variant, "run_dir": res.run_dir, "final_step": res.final_step,
+            "hf_dir": res.hf_dir, "loss": last.get("loss"), "value_loss": last.get("value_loss"),
+            "restarts": max(0, len(res.attempts) - 1)}
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from lmlm.train.config import PretrainConfig
+    from lmlm.train.loop import run_pretraining
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    print(json.dumps(_summary(run_pretraining(cfg))))
+    return 0
+
+
+def _pretrain_both(args: argparse.Namespace) -> int:
+    from lmlm.train.compare import train_both
+    from lmlm.train.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    results = train_both(cfg, None, args.out)
+    print(json.dumps({v: _summary(r) for v, r in results.items()} | {"plot": f"{args.out}/value_loss.png"}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain an LMLM or its standard baseline (Ray Train + DeepSpeed)",
+        description="Fields of PretrainConfig (lmlm.train.config), e.g. --set variant=standard "
+                    "--set world_people=300 --set max_steps=200 --set num_workers=2 --set zero_stage=2. "
+                    "Rerunning with the same run_dir resumes from its latest checkpoint.")
+    add_config_arguments(p)
+    p.set_defaults(func=_pretrain)
+    q = subparsers.add_parser(
+        "pretrain-both", help="train the LMLM and the standard model on the same data; plot value-token loss",
+        description="Same PretrainConfig fields (variant and run_dir are set per run under --out).")
+    add_config_arguments(q)
+    q.add_argument("--out", required=True, help="directory for both runs, the tokenizer and value_loss.png")
+    q.set_defaults(func=_pretrain_both)

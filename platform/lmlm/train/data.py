@@ -1,0 +1,251 @@
+"""Tokenize annotated documents and pack them into fixed-length sequences (LMLM.md §4, §5).
+
+Each document becomes token ids plus per-token kinds (lmlm.train.masks):
+
+- variant "lmlm": the document in special-token form (`lmlm.format.to_special`); kinds from the
+  mask state machine, computed on the whole document so a block cut by a sequence boundary keeps
+  its value masked in the next sequence.
+- variant "standard": the same document with every lookup removed (`lmlm.format.strip_lookups`),
+  loss on every token. The words right after a removed block that restate its value are marked
+  VALUE (still trained): they are "the same value tokens" whose loss we track for the baseline.
+
+Documents are then concatenated with EOS after each one and cut into rows of `seq_len` tokens;
+the last partial row is padded (kind PAD). `encode_and_pack` is the one packing implementation: it
+runs on a Python list directly, or per block inside Ray Data `map_batches` (`pack_dataset`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lmlm.format import DB_ENTITY, SPECIAL_TOKENS, strip_lookups, to_special
+from lmlm.train.masks import PAD, TEXT, VALUE, token_kinds
+
+VARIANTS = ("lmlm", "standard")
+_RESTATE_WINDOW = 64  # characters after a removed block searched for the restated value
+
+
+@dataclass
+class Packed:
+    """Packed training rows: `input_ids` [N, seq_len] int32 and `kinds` [N, seq_len] int8."""
+
+    input_ids: np.ndarray
+    kinds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.kinds != PAD).sum())
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Ids of the four lookup tokens; each must be one token of `tokenizer`."""
+    ids = {}
+    for tok in SPECIAL_TOKENS:
+        enc = tokenizer.encode(tok, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ValueError(f"tokenizer: {tok} is not a single token (got {enc}); add the lookup tokens first")
+        ids[tok] = enc[0]
+    return ids
+
+
+def eos_pad_ids(tokenizer) -> tuple[int, int]:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer: it has no EOS token; documents are packed with EOS separators")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(tokenizer.eos_token_id), int(pad)
+
+
+def strip_with_values(special_text: str) -> tuple[str, list[tuple[int, int]]]:
+    """The lookup-free text and the character spans in it that restate each removed value.
+
+    The text equals `strip_lookups(special_text)`: each block goes with one preceding whitespace.
+    A value counts as restated when it occurs (case-insensitively) within a short window after
+    its block; values restated in another surface form are not marked.
+    """
+    parsed = to_special(special_text)
+    text = parsed.text
+    out: list[str] = []
+    length = 0
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for lk in parsed.lookups:
+        piece = text[pos:lk.start]
+        if piece and piece[-1].isspace():
+            piece = piece[:-1]
+        elif not piece and out and out[-1] and out[-1][-1].isspace():
+            # Adjacent blocks: the whitespace before the second one was emitted already.
+            out[-1] = out[-1][:-1]
+            length -= 1
+        out.append(piece)
+        length += len(piece)
+        pos = lk.end
+        after = text[pos:pos + _RESTATE_WINDOW]
+        after = after.split(DB_ENTITY)[0]
+        m = re.search(re.escape(lk.triple.value), after, re.IGNORECASE)
+        if m:
+            # Offsets in the stripped text: the text after this block starts at `length`.
+            spans.append((length + m.start(), length + m.end()))
+    out.append(text[pos:])
+    stripped = "".join(out)
+    if stripped != strip_lookups(text):
+        return strip_lookups(text), []
+    return stripped, spans
+
+
+def encode_document(text: str, tokenizer, variant: str, token_ids: dict[str, int] | None = None,
+                    eos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and kinds of one annotated document (legacy or special-token form)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
+    if variant == "lmlm":
+        token_ids = token_ids or special_token_ids(tokenizer)
+        ids = tokenizer(to_special(text).text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            return np.zeros(0, np.int32), np.zeros(0, np.int8)
+        kinds = token_kinds(ids, token_ids, eos_id, start_state=TEXT).numpy()
+        return np.asarray(ids, np.int32), kinds
+    stripped, spans = strip_with_values(text)
+    enc = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=bool(spans))
+    ids = np.asarray(enc["input_ids"], np.int32)
+    kinds = np.full(len(ids), TEXT, np.int8)
+    if spans:
+        offsets = np.asarray(enc["offset_mapping"]).reshape(-1, 2)
+        for s, e in spans:
+            kinds[(offsets[:, 0] < e) & (offsets[:, 1] > s)] = VALUE
+    return ids, kinds
+
+
+def pack(docs: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, eos_id: int, pad_id: int,
+         drop_last: bool = False) -> Packed:
+    """Concatenate documents with EOS after each and cut into rows of `seq_len` (tail padded)."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len: {seq_len} must be at least 2")
+    ids_parts, kind_parts = [], []
+    for ids, kinds in docs:
+        if len(ids) == 0:
+            continue
+        ids_parts += [np.asarray(ids, np.int32), np.array([eos_id], np.int32)]
+        kind_parts += [np.asarray(kinds, np.int8), np.array([TEXT], np.int8)]
+    if not ids_parts:
+        return Packed(np.zeros((0, seq_len), np.int32), np.zeros((0, seq_len), np.int8))
+    ids = np.concatenate(ids_parts)
+    kinds = np.concatenate(kind_parts)
+    n_full, rest = divmod(len(ids), seq_len)
+    if rest and not drop_last:
+        pad = seq_len - rest
+        ids = np.concatenate([ids, np.full(pad, pad_id, np.int32)])
+        kinds = np.concatenate([kinds, np.full(pad, PAD, np.int8)])
+        n_full += 1
+    n = n_full * seq_len
+    return Packed(ids[:n].reshape(-1, seq_len), kinds[:n].reshape(-1, seq_len))
+
+
+def encode_and_pack(texts: Sequence[str], tokenizer, variant: str, seq_len: int,
+                    drop_last: bool = False) -> Packed:
+    """Tokenize and pack a list of annotated documents: the one packing implementation."""
+    token_ids = special_token_ids(tokenizer)
+    eos_id, pad_id = eos_pad_ids(tokenizer)
+    docs = (encode_document(t, tokenizer, variant, token_ids, eos_id) for t in texts if t)
+    return pack(docs, seq_len, eos_id, pad_id, drop_last)
+
+
+@lru_cache(maxsize=4)
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _pack_batch(batch: dict, tokenizer_dir: str, variant: str, seq_len: int, column: str) -> dict:
+    packed = encode_and_pack([str(t) for t in batch[column]], _load_tokenizer(tokenizer_dir), variant, seq_len)
+    return {"input_ids": packed.input_ids, "kinds": packed.kinds}
+
+
+def pack_dataset(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str = "annotated_text",
+                 batch_size: int = 512, num_cpus: float = 0.5) -> Packed:
+    """Tokenize and pack a Ray Dataset in parallel (each block of `batch_size` documents packed on
+    its own, so at most one padded row per block), and gather the rows in order."""
+    from ray.data import DataContext
+
+    # Same rows in the same order on every call: a resumed run must see the same data order.
+    DataContext.get_current().execution_options.preserve_order = True
+    if column not in ds.schema().names:
+        raise ValueError(f"dataset: no column {column!r} (columns: {ds.schema().names})")
+    out = ds.map_batches(_pack_batch, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus,
+                         fn_kwargs=dict(tokenizer_dir=str(tokenizer_dir), variant=variant,
+                                        seq_len=seq_len, column=column))
+    ids, kinds = [], []
+    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
+        ids.append(np.asarray(b["input_ids"], np.int32).reshape(-1, seq_len))
+        kinds.append(np.asarray(b["kinds"], np.int8).reshape(-1, seq_len))
+    if not ids:
+        return Packed(np.zeros((0, seq_len), np.int32), np.zeros((0, seq_len), np.int8))
+    return Packed(np.concatenate(ids), np.concatenate(kinds))
+
+
+def build_packed(documents, tokenizer, variant: str, seq_len: int, tokenizer_dir: str | None = None,
+                 column: str = "annotated_text") -> Packed:
+    """Packed rows from a list of annotated texts (plain Python) or a Ray Dataset (Ray Data)."""
+    if isinstance(documents, (list, tuple)):
+        return encode_and_pack(documents, tokenizer, variant, seq_len)
+    if tokenizer_dir is None:
+        raise ValueError("tokenizer_dir: needed to pack a Ray Dataset (workers load the tokenizer from it)")
+    return pack_dataset(documents, tokenizer_dir, variant, seq_len, column)
+
+
+# --------------------------------------------------------------------------------------------
+# Documents and tokenizer of a run
+
+
+def load_documents(data_path: str = "", world_people: int = 0, world_seed: int = 0) -> list[str]:
+    """Annotated texts: a synthetic world's documents, or a corpus read by lmlm.corpus."""
+    if world_people > 0:
+        from lmlm.world import WorldConfig, generate_world
+
+        return [d.annotated_text or d.text for d in generate_world(WorldConfig(people=world_people, seed=world_seed)).documents]
+    if not data_path:
+        raise ValueError("data: give documents, data_path or world_people > 0")
+    from lmlm.corpus import read_corpus
+
+    texts = [r.annotated_text or r.text for r in read_corpus(data_path)]
+    if not any(texts):
+        raise ValueError(f"data_path: {data_path} holds no text")
+    return texts
+
+
+def save_tokenizer_dir(tokenizer, out_dir) -> str:
+    from pathlib import Path
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return str(out_dir)
+
+
+def prepare_tokenizer(texts: Sequence[str], out_dir, vocab_size: int, tokenizer_path: str = "", tokenizer=None):
+    """(tokenizer, directory): the given one (saved to `out_dir`), the one at `tokenizer_path`, the
+    one a previous attempt saved in `out_dir`, or a new byte-level BPE trained on `texts`."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    if tokenizer is not None:
+        return tokenizer, save_tokenizer_dir(tokenizer, out_dir)
+    if tokenizer_path:
+        if not Path(tokenizer_path).is_dir():
+            raise ValueError(f"tokenizer_path: {tokenizer_path} is not a directory")
+        tok = AutoTokenizer.from_pretrained(tokenizer_path)
+        special_token_ids(tok)
+        return tok, str(tokenizer_path)
+    if (Path(out_dir) / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(out_dir)), str(out_dir)
+    from lmlm.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([to_special(t).text for t in texts], vocab_size, str(out_dir))
+    return tok, save_tokenizer_dir(tok, out_dir)

@@ -1,0 +1,337 @@
+"""Pretraining with Ray Train (`TorchTrainer`) and DeepSpeed inside the train function.
+
+One code path for CPU (gloo, fp32) and GPU (NCCL, bf16). The loss of one optimizer step is
+
+    sum of token NLL over counted tokens / number of counted tokens in the whole step
+
+where the count runs over all workers and accumulation micro-steps (one all-reduce per step), so
+padding and masked value tokens never rescale it. Data order is a function of (seed, step) only:
+a resumed run reads exactly the rows the interrupted one would have.
+
+    result = run_pretraining(load_config(PretrainConfig, "pretrain.yaml"))
+    result.hf_dir  # AutoModelForCausalLM.from_pretrained(result.hf_dir)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmlm.config import from_dict, save_config, to_dict
+from lmlm.train.config import PretrainConfig
+from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
+
+STATE_FILE = "train_state.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+ATTEMPTS_JSONL = "attempts.jsonl"  # one line per (re)start of the train function: its start step
+PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
+
+
+@dataclass
+class PretrainResult:
+    run_dir: str  # the run directory
+    variant: str  # "lmlm" or "standard"
+    final_step: int  # optimizer steps completed
+    checkpoint_dir: str | None  # latest checkpoint: DeepSpeed state of every rank + hf/ + train_state.json
+    hf_dir: str | None  # HF export in that checkpoint (model + tokenizer), loadable by from_pretrained
+    tokenizer_dir: str  # the tokenizer used
+    metrics: list[dict] = field(default_factory=list)  # rows of metrics.jsonl, by step
+    attempts: list[dict] = field(default_factory=list)  # rows of attempts.jsonl: each start's step
+
+
+def total_steps(cfg: PretrainConfig, n_rows: int, world: int) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch)."""
+    rows_per_step = cfg.micro_batch_size * cfg.grad_accum * world
+    per_epoch = n_rows // rows_per_step
+    if per_epoch == 0:
+        raise ValueError(f"data: {n_rows} packed rows are fewer than one step needs ({rows_per_step}: "
+                         f"micro_batch_size x grad_accum x num_workers)")
+    return (cfg.max_steps or cfg.epochs * per_epoch), per_epoch
+
+
+def step_rows(step: int, micro: int, rank: int, cfg: PretrainConfig, n_rows: int, world: int) -> np.ndarray:
+    """Global row indices of one micro-batch of one rank: a seeded permutation per epoch."""
+    _, per_epoch = total_steps(cfg, n_rows, world)
+    epoch, s = divmod(step, per_epoch)
+    perm = _permutation(cfg.seed, epoch, n_rows)
+    base = s * cfg.micro_batch_size * cfg.grad_accum * world + (micro * world + rank) * cfg.micro_batch_size
+    return perm[base:base + cfg.micro_batch_size]
+
+
+_PERM: dict = {}
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _PERM:
+        _PERM.clear()
+        _PERM[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERM[key]
+
+
+def lr_lambda(cfg: PretrainConfig, steps: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
+    zero = {"stage": cfg.zero_stage}
+    if cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The checkpoint directory with the highest step under `run_dir` (None when there is none)."""
+    best, best_step = None, -1
+    for state in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"):
+        step = json.loads(state.read_text())["step"]
+        if step > best_step:
+            best, best_step = state.parent, step
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics log (rank 0 only)
+
+
+def _read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    return _read_jsonl(run_dir / METRICS_JSONL)
+
+
+def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    (run_dir / METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(run_dir / METRICS_CSV, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The train function (runs in every Ray Train worker)
+
+
+def _train_func(config: dict) -> None:
+    import deepspeed
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from lmlm.train.models import build_model
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    if not cfg.use_gpu:
+        torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cfg.use_gpu)
+
+    all_ids, all_kinds = ray.get(config["ids_ref"]), ray.get(config["kinds_ref"])
+    n_rows = len(all_ids)
+    steps, _ = total_steps(cfg, n_rows, world)
+    tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
+    model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, bf16))
+
+    step = 0
+    ckpt = ray.train.get_checkpoint()  # set after a worker failure, or when the run is restored
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            step = _load_checkpoint(engine, Path(d))
+    elif (found := latest_checkpoint(run_dir)) is not None:
+        step = _load_checkpoint(engine, found)
+    if rank == 0:
+        rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]  # drop rows of a crashed attempt
+        _write_metrics(run_dir, rows)
+        with open(run_dir / ATTEMPTS_JSONL, "a") as f:
+            f.write(json.dumps({"start_step": step, "steps": steps, "world_size": world, "time": time.time()}) + "\n")
+
+    not_trained = torch.tensor(NOT_TRAINED[cfg.variant], dtype=torch.int8)
+    kinds_of = {"text": (TEXT,), "value": (VALUE,), "query": (MARKER, ENTITY, RELATION)}
+    groups = [torch.tensor(kk, dtype=torch.int8, device=device) for kk in kinds_of.values()]
+    # loss sum, count, then sum/count per kind group; kept on the device (no host sync per step)
+    acc = torch.zeros(2 + 2 * len(kinds_of), dtype=torch.float64, device=device)
+    t_last, tokens_since = time.perf_counter(), 0
+
+    while step < steps:
+        micro = [step_rows(step, m, rank, cfg, n_rows, world) for m in range(cfg.grad_accum)]
+        kinds_m = [torch.from_numpy(all_kinds[r]) for r in micro]
+        counted_m = [~torch.isin(k[:, 1:], not_trained) for k in kinds_m]
+        count = torch.tensor([float(sum(int(c.sum()) for c in counted_m))], device=device)
+        dist.all_reduce(count)  # the global number of counted tokens in this step
+        global_count = max(count.item(), 1.0)
+        for rows, kinds, counted in zip(micro, kinds_m, counted_m):
+            x = torch.from_numpy(all_ids[rows]).long().to(device)
+            logits = engine(input_ids=x, use_cache=False).logits
+            nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
+                                  reduction="none").view(x.size(0), -1)
+            w = counted.to(device)
+            # DeepSpeed averages gradients over ranks: multiply by world to get sum / global count.
+            loss = (nll * w).sum() * (world / global_count)
+            engine.backward(loss, scale_wrt_gas=False)
+            engine.step()
+            with torch.no_grad():
+                nll_d, k = nll.detach().double(), kinds[:, 1:].to(device)
+                parts = [(nll_d * w).sum(), w.sum()]
+                for g in groups:
+                    m = (k.unsqueeze(-1) == g).any(-1)
+                    parts += [(nll_d * m).sum(), m.sum()]
+                acc += torch.stack([p.double() for p in parts])
+            tokens_since += x.numel() * world
+        step += 1
+
+        if cfg.fail_at_step and step == cfg.fail_at_step and rank == min(1, world - 1):
+            marker = run_dir / f".failed_at_step_{cfg.fail_at_step}"
+            if not marker.exists():
+                marker.write_text(f"rank {rank} exited at step {step}\n")
+                os._exit(1)
+
+        do_ckpt = step % cfg.checkpoint_every == 0 or step == steps
+        if step % cfg.log_every and not do_ckpt:
+            continue
+        tot = acc.clone()
+        dist.all_reduce(tot)
+        tot = tot.cpu().tolist()
+        acc.zero_()
+        now = time.perf_counter()
+        metrics = {"step": step, "loss": tot[0] / max(tot[1], 1), "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": tokens_since / (now - t_last), "counted_tokens": tot[1],
+                   "variant": cfg.variant, "world_size": world}
+        for i, name in enumerate(kinds_of):
+            s, c = tot[2 + 2 * i], tot[3 + 2 * i]
+            metrics[f"{name}_loss"] = s / c if c else float("nan")
+        if rank == 0:
+            _write_metrics(run_dir, _read_metrics(run_dir) + [metrics])
+        if do_ckpt:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save_checkpoint(engine, tokenizer, cfg, Path(tmp), step, rank, np.array(all_ids[:2]))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"checkpoint_{step:07d}")
+        else:
+            ray.train.report(metrics)
+        t_last, tokens_since = time.perf_counter(), 0
+
+
+def _load_checkpoint(engine, d: Path) -> int:
+    path, _ = engine.load_checkpoint(str(d), tag="ds")
+    if path is None:
+        raise RuntimeError(f"checkpoint {d}: DeepSpeed could not load its state")
+    return json.loads((d / STATE_FILE).read_text())["step"]
+
+
+def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, out: Path, step: int, rank: int, probe_ids) -> None:
+    """DeepSpeed state of this rank; on rank 0 also the HF export, the step and an export probe."""
+    import torch
+
+    engine.save_checkpoint(str(out), tag="ds")
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None
+    engine.eval()
+    with torch.no_grad():  # every rank runs it: ZeRO-3 gathers parameters collectively
+        x = torch.as_tensor(probe_ids).long().to(engine.device)
+        logits = engine(input_ids=x, use_cache=False).logits.float().cpu()
+    engine.train()
+    if rank != 0:
+        return
+    hf = out / "hf"
+    module = engine.module
+    module.save_pretrained(str(hf), state_dict=state_dict)
+    tokenizer.save_pretrained(str(hf))
+    torch.save({"input_ids": x.cpu(), "logits": logits}, out / PROBE_FILE)
+    (out / STATE_FILE).write_text(json.dumps({"step": step, "variant": cfg.variant, "config": to_dict(cfg)}))
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None) -> PretrainResult:
+    """Train an LMLM (`cfg.variant="lmlm"`) or the standard baseline with Ray Train + DeepSpeed.
+
+    `documents`: annotated texts (list of str, legacy or special-token form) or a Ray Dataset with
+    an `annotated_text` column; None reads `cfg.data_path` or generates `cfg.world_people`.
+    `tokenizer`: a tokenizer with the lookup tokens; None loads `cfg.tokenizer_path` or trains one.
+    Rerunning with the same `run_dir` resumes from its latest checkpoint. Raises on failure.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lmlm.train.data import build_packed, load_documents, prepare_tokenizer
+
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address or None, log_to_driver=False)
+    if documents is None:
+        documents = load_documents(cfg.data_path, cfg.world_people, cfg.world_seed)
+    texts = documents if isinstance(documents, (list, tuple)) else None
+    if texts is None and tokenizer is None and not cfg.tokenizer_path and not (run_dir / "tokenizer").is_dir():
+        texts_for_tok = [str(r["annotated_text"]) for r in documents.take(20000)]
+    else:
+        texts_for_tok = texts or []
+    tokenizer, tok_dir = prepare_tokenizer(texts_for_tok, run_dir / "tokenizer", cfg.vocab_size,
+                                           cfg.tokenizer_path, tokenizer)
+    packed = build_packed(documents, tokenizer, cfg.variant, cfg.seq_len, tok_dir)
+    save_config(cfg, run_dir / "pretrain_config.yaml")
+
+    trainer = TorchTrainer(
+        _train_func,
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "tokenizer_dir": str(tok_dir),
+                           "ids_ref": ray.put(packed.input_ids), "kinds_ref": ray.put(packed.kinds)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"pretraining {run_dir} failed: {result.error}") from result.error
+    ckpt = latest_checkpoint(run_dir)
+    final = json.loads((ckpt / STATE_FILE).read_text())["step"] if ckpt else 0
+    return PretrainResult(str(run_dir), cfg.variant, final, str(ckpt) if ckpt else None,
+                          str(ckpt / "hf") if ckpt else None, str(tok_dir), _read_metrics(run_dir),
+                          _read_jsonl(run_dir / ATTEMPTS_JSONL))

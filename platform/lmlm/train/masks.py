@@ -1,0 +1,123 @@
+"""The loss mask of LMLM.md §4, as a per-token kind computed by one small state machine.
+
+Every token of a sequence gets a kind. The state changes at the markers:
+
+    <|db_entity|>  -> entity      <|db_relationship|> -> relation
+    <|db_return|>  -> value       <|db_end|> or EOS   -> text
+
+A token takes the state left by the last marker before it; the markers themselves are MARKER
+(`<|db_entity|>`, `<|db_relationship|>`, `<|db_return|>`, in the loss), END (`<|db_end|>`, out of
+the loss) or TEXT (EOS, in the loss as a document separator). So a value runs to `<|db_end|>` or to
+EOS, whichever comes first, and a block cut by the end of a sequence leaves its tail as value.
+
+Kinds are aligned with `input_ids` (the target view: kind[i] describes token i as the target
+predicted at position i-1), so `labels[i] = input_ids[i]` or -100 exactly as HF models expect.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, SPECIAL_TOKENS
+
+TEXT, MARKER, ENTITY, RELATION, VALUE, END, PAD = range(7)
+KIND_NAMES = ("text", "marker", "entity", "relation", "value", "end", "pad")
+IGNORE_INDEX = -100
+
+# Kinds left out of the loss, per training variant. The standard baseline's text has no lookups;
+# its VALUE tokens (the restated fact, see lmlm.train.data) are measured and trained.
+NOT_TRAINED = {"lmlm": (VALUE, END, PAD), "standard": (PAD,)}
+
+# The state after each marker; states are kinds of the non-marker tokens that follow.
+_STATE_AFTER = {DB_ENTITY: ENTITY, DB_RELATIONSHIP: RELATION, DB_RETURN: VALUE, DB_END: TEXT}
+_MARKER_KIND = {DB_ENTITY: MARKER, DB_RELATIONSHIP: MARKER, DB_RETURN: MARKER, DB_END: END}
+
+
+def _check_ids(token_ids: Mapping[str, int]) -> None:
+    missing = [t for t in SPECIAL_TOKENS if t not in token_ids]
+    if missing:
+        raise ValueError(f"token_ids: missing ids for {missing} (have {sorted(token_ids)})")
+
+
+def token_kinds(
+    input_ids,
+    token_ids: Mapping[str, int],
+    eos_id: int | None = None,
+    attention_mask=None,
+    start_state: int | None = None,
+) -> torch.Tensor:
+    """Kinds (TEXT..PAD) of each token of `input_ids` ([T] or [B, T], tensor/array/list).
+
+    `start_state`: the state at the first token (TEXT, ENTITY, RELATION or VALUE). None infers it
+    per row from the first marker of the row: a row that opens with the tail of a block (its first
+    marker is `<|db_relationship|>`, `<|db_return|>` or `<|db_end|>`) started inside that block.
+    The packer computes kinds on whole documents, so it never needs the inference.
+    `attention_mask`: zeros mark padding (kind PAD); padding by id alone is ambiguous when the pad
+    token is EOS.
+    """
+    _check_ids(token_ids)
+    ids = torch.as_tensor(np.asarray(input_ids) if isinstance(input_ids, list) else input_ids).long()
+    squeeze = ids.dim() == 1
+    if squeeze:
+        ids = ids.unsqueeze(0)
+    B, T = ids.shape
+    markers = [(token_ids[t], _STATE_AFTER[t], _MARKER_KIND[t]) for t in SPECIAL_TOKENS]
+    if eos_id is not None:
+        markers.append((int(eos_id), TEXT, TEXT))
+
+    state_after = torch.full_like(ids, -1)   # state set by the marker at i, -1 where no marker
+    kind_of_marker = torch.full_like(ids, -1)
+    for tid, state, kind in markers:
+        hit = ids == tid
+        state_after[hit] = state
+        kind_of_marker[hit] = kind
+    is_marker = state_after >= 0
+
+    # The state before each token: the state left by the last marker strictly before it.
+    pos = torch.arange(T, device=ids.device).expand(B, T)
+    last = torch.where(is_marker, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    prev = torch.cat([torch.full((B, 1), -1, dtype=last.dtype, device=ids.device), last[:, :-1]], dim=1)
+
+    if start_state is None:
+        first = torch.where(is_marker, pos, torch.full_like(pos, T)).min(dim=1).values
+        first_tok = ids.gather(1, first.clamp(max=T - 1).unsqueeze(1)).squeeze(1)
+        initial = torch.full((B,), TEXT, dtype=torch.long, device=ids.device)
+        for tok, state in ((DB_RELATIONSHIP, ENTITY), (DB_RETURN, RELATION), (DB_END, VALUE)):
+            initial[(first < T) & (first_tok == token_ids[tok])] = state
+    else:
+        if start_state not in (TEXT, ENTITY, RELATION, VALUE):
+            raise ValueError(f"start_state: {start_state} is not TEXT, ENTITY, RELATION or VALUE")
+        initial = torch.full((B,), start_state, dtype=torch.long, device=ids.device)
+
+    before = torch.where(prev >= 0, state_after.gather(1, prev.clamp(min=0)), initial.unsqueeze(1))
+    kinds = torch.where(is_marker, kind_of_marker, before)
+    if attention_mask is not None:
+        am = torch.as_tensor(np.asarray(attention_mask) if isinstance(attention_mask, list) else attention_mask)
+        kinds = torch.where(am.reshape(kinds.shape).to(kinds.device).bool(), kinds, torch.full_like(kinds, PAD))
+    kinds = kinds.to(torch.int8)
+    return kinds.squeeze(0) if squeeze else kinds
+
+
+def labels_from_kinds(input_ids, kinds, variant: str = "lmlm") -> torch.Tensor:
+    """`input_ids` with IGNORE_INDEX where the variant's loss does not count the token."""
+    if variant not in NOT_TRAINED:
+        raise ValueError(f"variant: {variant!r} is not one of {sorted(NOT_TRAINED)}")
+    ids = torch.as_tensor(input_ids).long()
+    kinds = torch.as_tensor(kinds)
+    out = torch.isin(kinds, torch.tensor(NOT_TRAINED[variant], dtype=kinds.dtype, device=kinds.device))
+    return ids.masked_fill(out, IGNORE_INDEX)
+
+
+def lookup_labels(input_ids, token_ids: Mapping[str, int], eos_id: int | None = None,
+                  attention_mask=None, start_state: int | None = None) -> torch.Tensor:
+    """LMLM labels (LMLM.md §4): value tokens, `<|db_end|>` and padding set to -100."""
+    kinds = token_kinds(input_ids, token_ids, eos_id, attention_mask, start_state)
+    return labels_from_kinds(input_ids, kinds, "lmlm")
+
+
+def counted_mask(kinds, variant: str = "lmlm") -> torch.Tensor:
+    """Bool mask of the tokens the variant's loss counts."""
+    kinds = torch.as_tensor(kinds)
+    return ~torch.isin(kinds, torch.tensor(NOT_TRAINED[variant], dtype=kinds.dtype, device=kinds.device))

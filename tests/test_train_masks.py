@@ -1,0 +1,91 @@
+"""The loss mask of LMLM.md §4 on hand-made token sequences, and packing with EOS separators."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
+from lmlm.train.data import encode_and_pack, pack, strip_with_values
+from lmlm.train.masks import (END, ENTITY, IGNORE_INDEX, MARKER, PAD, RELATION, TEXT, VALUE,
+                              labels_from_kinds, lookup_labels, token_kinds)
+
+IDS = {DB_ENTITY: 1, DB_RELATIONSHIP: 2, DB_RETURN: 3, DB_END: 4}
+EOS = 0
+E, R, RET, END_ = 1, 2, 3, 4
+T = 9  # any ordinary token id (>= 5)
+
+
+def block(entity=(20,), relation=(30,), value=(40, 41)):
+    return [E, *entity, R, *relation, RET, *value, END_]
+
+
+def test_plain_block():
+    ids = [T, T, *block(), 50, 51]
+    kinds = token_kinds(ids, IDS, EOS).tolist()
+    assert kinds == [TEXT, TEXT, MARKER, ENTITY, MARKER, RELATION, MARKER, VALUE, VALUE, END, TEXT, TEXT]
+    labels = lookup_labels(ids, IDS, EOS).tolist()
+    # value tokens and <|db_end|> out; <|db_return|>, the query and the text after the block in
+    expected = list(ids)
+    expected[7] = expected[8] = expected[9] = IGNORE_INDEX
+    assert labels == expected
+
+
+def test_two_blocks_and_text_after_end():
+    ids = [T, *block(value=(40,)), 60, *block(entity=(21, 22), value=(42, 43, 44)), 61, 62]
+    labels = lookup_labels(torch.tensor(ids), IDS, EOS)
+    masked = [i for i, l in enumerate(labels.tolist()) if l == IGNORE_INDEX]
+    assert masked == [6, 7, 15, 16, 17, 18]
+    assert [ids[i] for i in masked] == [40, END_, 42, 43, 44, END_]
+    assert labels[8] == 60 and labels[-2:].tolist() == [61, 62]  # text after <|db_end|> is trained
+
+
+def test_block_cut_at_sequence_end_and_continued():
+    doc = [T, T, *block(value=(40, 41, 42)), 70, 71]
+    cut = 9  # the first row ends inside the value; the second starts with its tail
+    rows = torch.tensor([doc[:cut], doc[cut:] + [EOS] * (cut - len(doc[cut:]))])
+    mask = torch.tensor([[1] * cut, [1] * len(doc[cut:]) + [0] * (cut - len(doc[cut:]))])
+    kinds = token_kinds(rows, IDS, EOS, attention_mask=mask)
+    assert kinds[0].tolist()[-2:] == [VALUE, VALUE]  # the value runs to the end of the row
+    # the second row opens inside the value: its first marker is <|db_end|>
+    assert kinds[1].tolist()[:4] == [VALUE, END, TEXT, TEXT]
+    assert kinds[1].tolist()[4:] == [PAD] * 5
+    # packing computes kinds on whole documents, so the cut never matters there
+    packed = pack([(np.array(doc), token_kinds(doc, IDS, EOS, start_state=TEXT).numpy())], 8, EOS, EOS)
+    assert packed.kinds.reshape(-1).tolist()[:len(doc) + 1] == token_kinds(doc + [EOS], IDS, EOS).tolist()
+
+
+def test_value_cut_by_eos():
+    ids = [T, E, 20, R, 30, RET, 40, 41, EOS, T, *block(value=(45,)), 80]
+    kinds = token_kinds(ids, IDS, EOS).tolist()
+    assert kinds[6:8] == [VALUE, VALUE]
+    assert kinds[8] == TEXT and kinds[9] == TEXT  # EOS ends the value; the next document is text
+    assert kinds[-3:] == [VALUE, END, TEXT]
+    labels = labels_from_kinds(ids, kinds, "standard")
+    assert (labels != IGNORE_INDEX).all()  # the standard variant counts everything but padding
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="token_ids"):
+        token_kinds([1, 2], {DB_ENTITY: 1})
+    with pytest.raises(ValueError, match="variant"):
+        labels_from_kinds([1], [TEXT], "other")
+
+
+def test_pack_and_standard_value_spans(tiny_tokenizer):
+    doc = "Ann Lee was born in [dblookup('Ann Lee', 'Birth City') -> Paris] Paris in 1990."
+    stripped, spans = strip_with_values(doc)
+    assert stripped == "Ann Lee was born in Paris in 1990."
+    assert [stripped[s:e] for s, e in spans] == ["Paris"]
+    lm = encode_and_pack([doc, "Short one."], tiny_tokenizer, "lmlm", 16)
+    std = encode_and_pack([doc, "Short one."], tiny_tokenizer, "standard", 16)
+    eos = tiny_tokenizer.eos_token_id
+    for p in (lm, std):
+        flat_ids, flat_kinds = p.input_ids.reshape(-1), p.kinds.reshape(-1)
+        real = flat_ids[flat_kinds != PAD]
+        assert (real == eos).sum() == 2 and real[-1] == eos  # EOS after each document
+    std_text = tiny_tokenizer.decode(std.input_ids.reshape(-1)[std.kinds.reshape(-1) == VALUE])
+    assert std_text.strip() == "Paris"
+    lm_value = tiny_tokenizer.decode(lm.input_ids.reshape(-1)[lm.kinds.reshape(-1) == VALUE])
+    assert lm_value.strip() == "Paris"
+    assert DB_ENTITY not in tiny_tokenizer.decode(std.input_ids.reshape(-1))
