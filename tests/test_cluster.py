@@ -4,8 +4,6 @@ Every head is stopped by PID; each test checks that none of its processes outliv
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import time
 import urllib.error
@@ -14,29 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from lmlm.cluster import ClusterError, HeadConfig, fake_multinode_config, free_port, start_head, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-# An annotation-shaped workload: shards of documents, each "annotated" by a 1-CPU task that holds
-# its CPU for a few seconds. Three shards on a 1-CPU head leave demand the autoscaler must serve.
-WORKLOAD = textwrap.dedent('''
-    import json, sys, time
-    import ray
-
-    ray.init()
-
-    @ray.remote(num_cpus=1)
-    def annotate(shard):
-        time.sleep(6)
-        node = ray.get_runtime_context().get_node_id()
-        return {"shard": shard, "node": node, "n": sum(len(d.split()) for d in DOCS[shard])}
-
-    DOCS = [["Ada Lovelace was born in London."] * 50 for _ in range(3)]
-    out = ray.get([annotate.remote(i) for i in range(len(DOCS))])
-    json.dump(out, open(sys.argv[1], "w"))
-''')
 
 # Checks what infra/runtime_env.yaml promises: the repo is the working dir, `lmlm` comes from
 # py_modules (not the editable install), the env vars are set, on the driver and in tasks.
@@ -76,39 +56,73 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path):
     assert all(not 10002 <= free_port() <= 19999 for _ in range(50))
 
 
+PIPELINE = REPO / "jobs" / "pipeline.py"
+CI_CONFIG = REPO / "jobs" / "configs" / "ci.yaml"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
 @pytest.mark.slow
-def test_autoscaling_adds_and_releases_worker_nodes(tmp_path):
+def test_annotation_job_autoscales_worker_nodes(tmp_path):
+    """The real annotation job on a 1-CPU fake_multinode head: its Ray Data pool of 2 actors x 1 CPU
+    cannot fit, the autoscaler adds cpu_worker nodes, the job finishes and the idle nodes go."""
     cfg = fake_multinode_config(
         head_cpus=1,
         worker_types={"cpu_worker": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2}},
         idle_timeout_minutes=0.1)
-    (tmp_path / "annotate_shards.py").write_text(WORKLOAD)
-    out = tmp_path / "out.json"
+    run_dir = tmp_path / "run"
+    # The repo's runtime env, with the code `local://` (already on every node): fake nodes share the
+    # head's session dir, and a worker node unpacking an uploaded working_dir (overwrite=True)
+    # deletes the directory the driver runs in. Real nodes each have their own disk.
+    env = yaml.safe_load((REPO / "infra" / "runtime_env.yaml").read_text())
+    env.update(working_dir=f"local://{REPO}", py_modules=[f"local://{REPO / 'platform' / 'lmlm'}"])
+    env.pop("excludes", None)
+    # Ray Data starts the pool with whichever actors are up; on 60 documents the head's actor would
+    # finish before the new node's actor is ready. Wait for both, so annotation runs on the new node.
+    env["env_vars"]["RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S"] = "150"
+    (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(env))
     t0 = time.monotonic()
     with start_head(HeadConfig(num_cpus=1, autoscaling_config=cfg)) as head:
-        assert len(head.alive_nodes()) == 1, "the cluster must start with the head only"
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        job = subprocess.Popen(
-            [ray_bin, "job", "submit", "--address", head.dashboard_url, "--submission-id", "autoscale",
-             "--working-dir", str(tmp_path), "--", "python", "annotate_shards.py", str(out)],
-            env=head.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        counts = []
-        while job.poll() is None and time.monotonic() - t0 < 100:
+        nodes = [n["node_id"] for n in head.alive_nodes()]
+        assert len(nodes) == 1, f"the cluster must start with the head only: {nodes}"
+        head_node = nodes[0]
+        # The driver joins this cluster through the RAY_ADDRESS the job supervisor sets (ensure_ray).
+        res = head.ray_cli(
+            "job", "submit", "--no-wait", "--submission-id", "annotate",
+            "--runtime-env", str(tmp_path / "runtime_env.yaml"), "--",
+            "python", "jobs/pipeline.py", "--config", "jobs/configs/ci.yaml", "--set", f"run_dir={run_dir}",
+            "--set", "stages=[world,train_annotator,annotate,build_factstore]",
+            "--set", "annotate.num_actors=2", "--set", "annotate.num_cpus_per_actor=1",
+            cwd=REPO, timeout=120)
+        assert res.returncode == 0, f"{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+        counts, info = [], {}
+        while time.monotonic() - t0 < 240:
             counts.append(len(head.alive_nodes()))
+            info = head.job_info("annotate")
+            if info["status"] in TERMINAL:
+                break
             time.sleep(1)
-        log, _ = job.communicate(timeout=30)
-        info = head.job_info("autoscale")
-        assert info["status"] == "SUCCEEDED", f"{info['status']}: {info.get('message')}\n{log[-3000:]}"
+        logs = head.ray_cli("job", "logs", "annotate", timeout=60).stdout
+        assert info["status"] == "SUCCEEDED", f"{info['status']}: {info.get('message')}\n{logs[-4000:]}"
+        # The driver stopped its private Redis (run_dir/redis) itself, before the head goes.
+        leaked = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+                  if any(str(run_dir) in a for a in p.info["cmdline"] or ())]
+        assert not leaked, f"processes of the finished job still alive: {leaked}"
         assert max(counts) >= 2, f"the autoscaler added no node (counts {counts})\n{head.log_tail()}"
-        shards = json.loads(out.read_text())
-        assert sorted(s["shard"] for s in shards) == [0, 1, 2]
-        assert len({s["node"] for s in shards}) >= 2, "all shards ran on one node"
+        actors = head._get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
+        pool = [(a["class_name"], a["state"], a.get("node_id")) for a in actors if "AnnotateActor" in a["class_name"]]
+        # The head's one CPU holds one actor; the other ran on a node the autoscaler added for it.
+        assert any(node and node != head_node for _, _, node in pool), f"no annotation actor on a new node: {pool}"
         # Idle workers go after idle_timeout_minutes (6 s) plus an autoscaler round.
         wait_for(lambda: len(head.alive_nodes()) == 1, 60, "the worker nodes to be released")
         pids = head.pids()
         assert len(pids) > 3
     _assert_gone(pids, "autoscaling head")
-    print(f"autoscaling: node counts {counts}, total {time.monotonic() - t0:.1f} s")
+    shards = sorted((run_dir / "annotated" / "annotated").glob("*.parquet"))
+    assert shards, f"no annotated shards in {run_dir / 'annotated'}\n{logs[-3000:]}"
+    summary = json.loads((run_dir / "annotated" / "summary.json").read_text())
+    assert summary["annotated"] > 0 and summary["triples_loaded"] > 0, summary
+    assert summary["num_actors"] == 2 and len(summary["docs_per_worker"]) == 2, summary
+    print(f"autoscaling annotation job: node counts {counts}, total {time.monotonic() - t0:.1f} s")
 
 
 @pytest.mark.slow
@@ -140,10 +154,6 @@ def test_job_submit_with_repo_runtime_env(tmp_path):
         assert Path(p["lmlm"]).resolve() != (REPO / "platform" / "lmlm").resolve(), where
         assert "runtime_resources" in p["lmlm"], p["lmlm"]
         assert p["block"].startswith("<|db_entity|> Ada"), p["block"]
-
-
-PIPELINE = REPO / "jobs" / "pipeline.py"
-CI_CONFIG = REPO / "jobs" / "configs" / "ci.yaml"
 
 
 @pytest.mark.slow
