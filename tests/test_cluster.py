@@ -108,7 +108,7 @@ def test_annotation_job_autoscales_worker_nodes(tmp_path):
                   if any(str(run_dir) in a for a in p.info["cmdline"] or ())]
         assert not leaked, f"processes of the finished job still alive: {leaked}"
         assert max(counts) >= 2, f"the autoscaler added no node (counts {counts})\n{head.log_tail()}"
-        actors = head._get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
+        actors = head.actors()
         pool = [(a["class_name"], a["state"], a.get("node_id")) for a in actors if "AnnotateActor" in a["class_name"]]
         # The head's one CPU holds one actor; the other ran on a node the autoscaler added for it.
         assert any(node and node != head_node for _, _, node in pool), f"no annotation actor on a new node: {pool}"

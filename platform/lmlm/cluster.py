@@ -255,6 +255,10 @@ class RayHead:
     def alive_nodes(self) -> list[dict]:
         return [n for n in self.nodes() if n.get("state") == "ALIVE"]
 
+    def actors(self) -> list[dict]:
+        """The state API's actor records (class_name, state, address.raylet_id / node_id, ...)."""
+        return self._get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
+
     def job_info(self, submission_id: str) -> dict:
         """The Jobs API record of one job: status, message, entrypoint, ..."""
         return self._get(f"/api/jobs/{submission_id}")

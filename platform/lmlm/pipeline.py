@@ -44,6 +44,7 @@ class PipelineConfig:
     ray_num_cpus: int = 8  # logical CPUs of a local cluster (more than cores: no actor-pool deadlock)
     world: WorldConfig = field(default_factory=lambda: WorldConfig(people=400, seed=0))
     seed_docs: int = 100  # world documents whose gold annotations train the annotator
+    heldout_people: int = 100  # people of an unseen world whose documents measure perplexity
     vocab_size: int = 4096  # BPE vocabulary shared by both models
     train_annotator: TrainAnnotatorConfig = field(default_factory=TrainAnnotatorConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
@@ -94,7 +95,8 @@ def pretrain_config(cfg: PipelineConfig, variant: str) -> PretrainConfig:
 
 def eval_config(cfg: PipelineConfig) -> EvalConfig:
     return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain-lmlm")),
-                               standard_run_dir=str(cfg.path("pretrain-standard")))
+                               standard_run_dir=str(cfg.path("pretrain-standard")),
+                               ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,6 +130,15 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
+    heldout = cfg.path("heldout.jsonl")
+    if not heldout.is_file():
+        # Perplexity is measured on biographies of people no model was trained on: a second world
+        # from another seed, without the names the first one uses.
+        other = generate_world(dataclasses.replace(cfg.world, people=cfg.heldout_people, seed=cfg.world.seed + 7919))
+        known = {p.name for p in world.people}
+        docs = [d for d in other.documents if d.meta.get("person") not in known]
+        write_corpus([Record(d.id, d.text, d.annotated_text, "world-heldout", d.meta) for d in docs], heldout)
+        print(f"world: {len(docs)} held-out documents of unseen people -> {heldout}")
     seeds = cfg.path("seeds.jsonl")
     if not seeds.is_file():
         docs = world.documents[: cfg.seed_docs]
