@@ -34,6 +34,8 @@ class ServeDemoConfig:
     port: int = 0  # HTTP port of the Serve proxy on 127.0.0.1 (0: a free one)
     max_tokens: int = 64  # text tokens of the sample answer
     admin_token: str = "demo-admin-token"  # bearer token of /v1/facts in the demo app
+    repetition_penalty: float = 1.0  # the reference's 1.2 also penalises copying the name into a query
+    candidates: int = 5  # retain-split people tried for the sample request
 
 
 @dataclass
@@ -44,7 +46,7 @@ class PipelineConfig:
     ray_num_cpus: int = 8  # logical CPUs of a local cluster (more than cores: no actor-pool deadlock)
     world: WorldConfig = field(default_factory=lambda: WorldConfig(people=400, seed=0))
     seed_docs: int = 100  # world documents whose gold annotations train the annotator
-    heldout_people: int = 100  # people of an unseen world whose documents measure perplexity
+    heldout_people: int = 100  # held-out biographies (of known, and of unseen people) for perplexity
     vocab_size: int = 4096  # BPE vocabulary shared by both models
     train_annotator: TrainAnnotatorConfig = field(default_factory=TrainAnnotatorConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
@@ -96,7 +98,8 @@ def pretrain_config(cfg: PipelineConfig, variant: str) -> PretrainConfig:
 def eval_config(cfg: PipelineConfig) -> EvalConfig:
     return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain-lmlm")),
                                standard_run_dir=str(cfg.path("pretrain-standard")),
-                               ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")))
+                               ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")),
+                               unseen_ppl_docs=cfg.eval.unseen_ppl_docs or str(cfg.path("unseen.jsonl")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def ensure_ray(cfg: PipelineConfig) -> None:
 def stage_world(cfg: PipelineConfig):
     """Generate (or load) the synthetic world; write the annotator's seed documents."""
     from lmlm.corpus import Record, write_corpus
-    from lmlm.world import World, generate_world
+    from lmlm.world import World, generate_world, rewrite_biographies
 
     world_dir = cfg.path("world")
     if (world_dir / "documents.parquet").is_file():
@@ -130,15 +133,19 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
-    heldout = cfg.path("heldout.jsonl")
+    heldout, unseen = cfg.path("heldout.jsonl"), cfg.path("unseen.jsonl")
     if not heldout.is_file():
-        # Perplexity is measured on biographies of people no model was trained on: a second world
-        # from another seed, without the names the first one uses.
+        # Held-out text about known people: new biographies of them, which no model trained on.
+        docs = rewrite_biographies(world, seed=1, people=cfg.heldout_people)
+        write_corpus(docs, heldout)
+        print(f"world: {len(docs)} held-out biographies (new texts, known people) -> {heldout}")
+    if not unseen.is_file():
+        # And about people absent from training and from the database: a second world's.
         other = generate_world(dataclasses.replace(cfg.world, people=cfg.heldout_people, seed=cfg.world.seed + 7919))
         known = {p.name for p in world.people}
         docs = [d for d in other.documents if d.meta.get("person") not in known]
-        write_corpus([Record(d.id, d.text, d.annotated_text, "world-heldout", d.meta) for d in docs], heldout)
-        print(f"world: {len(docs)} held-out documents of unseen people -> {heldout}")
+        write_corpus(docs, unseen)
+        print(f"world: {len(docs)} biographies of unseen people -> {unseen}")
     seeds = cfg.path("seeds.jsonl")
     if not seeds.is_file():
         docs = world.documents[: cfg.seed_docs]
@@ -243,6 +250,32 @@ def _publish(hf_dir: Path, link: Path) -> None:
     link.symlink_to(os.path.relpath(hf_dir, link.parent))
 
 
+def restore_deleted_entities(cfg: PipelineConfig, store) -> int:
+    """Re-add the annotated facts of entities that have none left in the store.
+
+    Evaluation deletes the forget split and the serve demo one person; a rerun must measure
+    "before deletion" on the database the annotation built, not on what the last run left.
+    """
+    import pyarrow.dataset as ds
+
+    from lmlm.format import Triple
+
+    table = ds.dataset(cfg.path("annotated", "annotated"), format="parquet").to_table(
+        columns=["id", "triples", "annotator"])
+    by_entity: dict[str, list[tuple[Triple, str, str]]] = {}
+    for row in table.to_pylist():
+        for e, r, v in json.loads(row["triples"]):
+            by_entity.setdefault(e, []).append((Triple(e, r, v), row["id"], row["annotator"]))
+    restored = 0
+    for entity, facts in by_entity.items():
+        if all(store.get(t.entity, t.relation) is None for t, _, _ in facts):
+            restored += store.add_triples([t for t, _, _ in facts], doc_ids=[d for _, d, _ in facts],
+                                          annotator=facts[0][2])
+    if restored:
+        print(f"evaluate: restored {restored} deleted triples from the annotated corpus")
+    return restored
+
+
 def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world) -> dict:
     from lmlm.eval.suite import run_evaluation
 
@@ -250,6 +283,7 @@ def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world) ->
     if results.is_file() and "forget_quality_p" in json.loads(results.read_text()):
         print(f"evaluate: results exist in {results}")
         return json.loads(results.read_text())
+    restore_deleted_entities(cfg, store)
     return run_evaluation(eval_config(cfg), models["lmlm"], models["standard"], store, world, cfg.run_dir)
 
 
@@ -268,12 +302,13 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, world) -> dict:
     from serve.app import ServeConfig, build_app
 
     from lmlm.cluster import free_port
+    from lmlm.format import normalize_key
 
     ensure_ray(cfg)
     forget = set(world.forget_names)
-    person = next((p.name for p in world.people if p.name not in forget and store.lookup(
-        p.name, "Birth City", fallback="abstain") is not None), None)
-    if person is None:
+    candidates = [p.name for p in world.people if p.name not in forget and store.lookup(
+        p.name, "Birth City", fallback="abstain") is not None][: cfg.serve.candidates]
+    if not candidates:
         raise RuntimeError("serve_demo: no person of the world has facts left in the store")
     port = cfg.serve.port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -282,11 +317,18 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, world) -> dict:
     try:
         serve.run(app, name="lmlm-demo", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
-        prompt = f"Tell me a bio of {person}. {person} is"
-        body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens}
         auth = {"Authorization": f"Bearer {cfg.serve.admin_token}"}
         with httpx.Client(timeout=120) as http:
-            before = _ok(http.post(f"{base}/v1/generate", json=body))
+            # The first candidate whose answer looks its own name up shows the mechanism best.
+            for person in candidates:
+                prompt = f"Tell me a bio of {person}. {person} is"
+                body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens,
+                        "repetition_penalty": cfg.serve.repetition_penalty}
+                before = _ok(http.post(f"{base}/v1/generate", json=body))
+                if any(normalize_key(lk["entity"]) == normalize_key(person) for lk in before["lookups"]):
+                    break
+            print(f"serve_demo: asked about {person} ({candidates.index(person) + 1} of {len(candidates)} "
+                  f"candidates tried for an answer that looks its own name up)")
             deleted = _ok(http.request("DELETE", f"{base}/v1/facts", json={"entity": person}, headers=auth))
             after = _ok(http.post(f"{base}/v1/generate", json=body))
     finally:
@@ -351,7 +393,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
 
 
 RESULT_ROWS = (
-    ("normalized perplexity", "ppl_normalized_lmlm", "ppl_normalized_standard"),
+    ("normalized perplexity, held-out texts", "ppl_normalized_lmlm", "ppl_normalized_standard"),
+    ("normalized perplexity, unseen people", "ppl_normalized_unseen_lmlm", "ppl_normalized_unseen_standard"),
     ("value-token loss", "value_loss_lmlm", "value_loss_standard"),
     ("factual precision", "precision_lmlm", "precision_standard"),
     ("factual precision, lookups off", "precision_lmlm_db_off", None),

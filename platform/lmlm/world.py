@@ -338,6 +338,21 @@ def _biography(rng: random.Random, person: Person, cfg: WorldConfig) -> tuple[st
     return " ".join(plain), " ".join(annotated), cloze
 
 
+def rewrite_biographies(world: World, seed: int, people: int | None = None) -> list[Record]:
+    """Fresh biographies of the world's people: new phrasings and order, the same facts.
+
+    Held-out documents about known entities (the setting of the paper's evaluation text): no model
+    trained on `world.documents` has seen these texts, but their facts are in its database.
+    """
+    rng = random.Random(f"rewrite-{world.config.seed}-{seed}")
+    out = []
+    for i, person in enumerate(world.people[:people]):
+        plain, annotated, _ = _biography(rng, person, world.config)
+        out.append(Record(f"world-{world.config.seed}-rewrite{seed}-{i:05d}", plain, annotated, "world-rewrite",
+                          {"person": person.name}))
+    return out
+
+
 def generate_world(cfg: WorldConfig | None = None) -> World:
     cfg = cfg or WorldConfig()
     if cfg.people < 1:

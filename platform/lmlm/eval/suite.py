@@ -59,6 +59,7 @@ class EvalConfig:
     retain_model_dir: Optional[str] = None  # LMLM trained on retain-only docs (forget-quality reference)
     ppl_max_docs: int = 100  # documents for the synthetic-text perplexity
     ppl_docs: Optional[str] = None  # corpus file of held-out annotated documents; None: the evaluated people's world docs
+    unseen_ppl_docs: Optional[str] = None  # also: documents about entities absent from training and database
     wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: ../shared/data/lmlm-wiki when present
     wiki_max_docs: int = 99  # held-out real paragraphs for the real-text perplexity
     lmlm_run_dir: Optional[str] = None  # pretraining run dirs (metric logs) for the training-curve plot
@@ -139,6 +140,13 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
         docs = [d.annotated_text for d in world.documents if d.meta.get("person") in fset | rset][: cfg.ppl_max_docs]
     ppl = _perplexity(lmlm, standard, docs, cfg.batch_size)
     results["perplexity_world"] = ppl
+    if cfg.unseen_ppl_docs:
+        from lmlm.corpus import read_corpus
+
+        udocs = [r.annotated_text or r.text for r in read_corpus(cfg.unseen_ppl_docs)][: cfg.ppl_max_docs]
+        results["perplexity_unseen"] = _perplexity(lmlm, standard, udocs, cfg.batch_size)
+        results["ppl_normalized_unseen_lmlm"] = results["perplexity_unseen"]["ppl_normalized_lmlm"]
+        results["ppl_normalized_unseen_standard"] = results["perplexity_unseen"]["ppl_standard"]
     wiki = Path(cfg.wiki_dir) if cfg.wiki_dir else WIKI_DEFAULT
     if (wiki / WIKI_EVAL_FILE).is_file():
         from lmlm.corpus import read_corpus
