@@ -9,6 +9,8 @@ failure reason, so one bad document (or a dead endpoint) never fails or hangs a 
 """
 from __future__ import annotations
 
+import abc
+
 import json
 import os
 import random
@@ -30,14 +32,15 @@ class AnnotatorError(RuntimeError):
         self.reason = reason
 
 
-class Annotator:
+class Annotator(abc.ABC):
     """Turns plain documents into legacy-annotated ones: `[dblookup('E', 'R') -> V] V ...`."""
 
     name = "base"
     annotator_id = "base"
 
+    @abc.abstractmethod
     def annotate(self, texts: list[str]) -> list[str]:
-        raise NotImplementedError
+        """One annotated text per input text, in order."""
 
     def annotate_safe(self, texts: list[str]) -> list[tuple[str | None, str | None]]:
         """(annotated, None) or (None, reason) per text; a failing batch is retried one by one."""
