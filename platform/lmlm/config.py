@@ -158,6 +158,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override one config field, e.g. --set train.steps=20")
 
 
+def add_config_command(subparsers, name: str, func, help: str, description: str | None = None):
+    """A subcommand of `lmlm` that takes `--config FILE` and `--set key=value` and runs `func(args)`."""
+    parser = subparsers.add_parser(name, help=help, description=description or help)
+    add_config_arguments(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
     """The shared entrypoint parser: `--config FILE` and repeated `--set key.path=value`."""
     parser = argparse.ArgumentParser(description=description)

@@ -434,8 +434,7 @@ def main(argv: list[str] | None = None, stages: tuple[str, ...] | None = None) -
 
 
 def register(subparsers) -> None:
-    from lmlm.config import add_config_arguments
+    from lmlm.config import add_config_command
 
-    p = subparsers.add_parser("pipeline", help="run every stage in order (skips finished ones)")
-    add_config_arguments(p)
-    p.set_defaults(func=lambda a: run_pipeline(load(a.config, a.overrides)) and 0)
+    add_config_command(subparsers, "pipeline", lambda a: run_pipeline(load(a.config, a.overrides)) and 0,
+                       "run every stage in order (skips finished ones)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmlm.config import add_config_arguments, load_config
+from lmlm.config import add_config_command, load_config
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -25,13 +25,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("annotate", help="annotate a corpus with lookup calls (Ray Data) and load the fact store",
-                              description="Fields: see lmlm.annotate.config.AnnotateConfig, e.g. "
-                                          "--set input=corpus.jsonl --set output_dir=runs/ann --set num_actors=2")
-    add_config_arguments(p)
-    p.set_defaults(func=_annotate)
-    p = subparsers.add_parser("train-annotator", help="train the small learned annotator from seed annotations",
-                              description="Fields: see lmlm.annotate.config.TrainAnnotatorConfig, e.g. "
-                                          "--set seeds=seeds.json --set out_dir=runs/annotator")
-    add_config_arguments(p)
-    p.set_defaults(func=_train)
+    add_config_command(subparsers, "annotate", _annotate,
+                       "annotate a corpus with lookup calls (Ray Data) and load the fact store",
+                       "Fields: see lmlm.annotate.config.AnnotateConfig, e.g. "
+                       "--set input=corpus.jsonl --set output_dir=runs/ann --set num_actors=2")
+    add_config_command(subparsers, "train-annotator", _train,
+                       "train the small learned annotator from seed annotations",
+                       "Fields: see lmlm.annotate.config.TrainAnnotatorConfig, e.g. "
+                       "--set seeds=seeds.json --set out_dir=runs/annotator")

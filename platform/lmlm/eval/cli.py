@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmlm.config import add_config_arguments, load_config
+from lmlm.config import add_config_command, load_config
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -17,10 +17,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval", help="evaluate an LMLM against its standard baseline (precision, completion, unlearning, ppl)",
-        description="Fields of EvalJobConfig: lmlm_model, standard_model, world_dir | world_people/world_seed, "
-                    "store_url | store_json, out_dir, eval.* (EvalConfig). Example: lmlm eval "
-                    "--set lmlm_model=runs/lmlm/final --set standard_model=runs/std/final --set world_dir=runs/world")
-    add_config_arguments(p)
-    p.set_defaults(func=_run)
+    add_config_command(
+        subparsers, "eval", _run,
+        "evaluate an LMLM against its standard baseline (precision, completion, unlearning, ppl)",
+        "Fields of EvalJobConfig: lmlm_model, standard_model, world_dir | world_people/world_seed, "
+        "store_url | store_json, out_dir, eval.* (EvalConfig). Example: lmlm eval "
+        "--set lmlm_model=runs/lmlm/final --set standard_model=runs/std/final --set world_dir=runs/world")

@@ -24,19 +24,15 @@ class GenerateConfig:
 
 
 def register(subparsers) -> None:
-    from lmlm.config import add_config_arguments
+    from lmlm.config import add_config_command
 
-    p = subparsers.add_parser("generate", help="generate with interleaved fact lookups")
-    add_config_arguments(p)
+    p = add_config_command(subparsers, "generate", _generate, "generate with interleaved fact lookups")
     p.add_argument("prompts", nargs="*", help="prompts (or --set prompts_file=FILE)")
     p.add_argument("--json", action="store_true", help="one JSON result per line (raw text, lookups, counts)")
-    p.set_defaults(func=_generate)
 
-    s = subparsers.add_parser("serve", help="serve the model over HTTP with Ray Serve (blocks until Ctrl-C)")
-    add_config_arguments(s)
+    s = add_config_command(subparsers, "serve", _serve, "serve the model over HTTP with Ray Serve (blocks until Ctrl-C)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.set_defaults(func=_serve)
 
 
 def _generate(args) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmlm.config import add_config_arguments, load_config
+from lmlm.config import add_config_command, load_config
 
 
 def _summary(res) -> dict:
@@ -34,16 +34,13 @@ def _pretrain_both(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "pretrain", help="pretrain an LMLM or its standard baseline (Ray Train + DeepSpeed)",
-        description="Fields of PretrainConfig (lmlm.train.config), e.g. --set variant=standard "
-                    "--set world_people=300 --set max_steps=200 --set num_workers=2 --set zero_stage=2. "
-                    "Rerunning with the same run_dir resumes from its latest checkpoint.")
-    add_config_arguments(p)
-    p.set_defaults(func=_pretrain)
-    q = subparsers.add_parser(
-        "pretrain-both", help="train the LMLM and the standard model on the same data; plot value-token loss",
-        description="Same PretrainConfig fields (variant and run_dir are set per run under --out).")
-    add_config_arguments(q)
-    q.add_argument("--out", required=True, help="directory for both runs, the tokenizer and value_loss.png")
-    q.set_defaults(func=_pretrain_both)
+    add_config_command(
+        subparsers, "pretrain", _pretrain, "pretrain an LMLM or its standard baseline (Ray Train + DeepSpeed)",
+        "Fields of PretrainConfig (lmlm.train.config), e.g. --set variant=standard "
+        "--set world_people=300 --set max_steps=200 --set num_workers=2 --set zero_stage=2. "
+        "Rerunning with the same run_dir resumes from its latest checkpoint.")
+    both = add_config_command(
+        subparsers, "pretrain-both", _pretrain_both,
+        "train the LMLM and the standard model on the same data; plot value-token loss",
+        "Same PretrainConfig fields (variant and run_dir are set per run under --out).")
+    both.add_argument("--out", required=True, help="directory for both runs, the tokenizer and value_loss.png")
