@@ -145,11 +145,14 @@ def test_fact_checker_on_world_biographies():
     assert s2["facts_per_answer"] == 8.0 and s2["precision"] < 0.1
 
 
-def test_forced_lookup_continuation_strips_the_prompt_block():
+def test_completion_is_judged_on_the_engine_display_text():
+    # The engine strips the block a forced-lookup prompt opens (tests/test_generate.py); the
+    # completion score reads its display text, never the raw text with the query in it.
     from lmlm.eval.completion import display_continuation
     from lmlm.generate import GenerationResult
 
     raw = " Ada Vorn<|db_relationship|> Birth City<|db_return|> Oslo<|db_end|> Oslo, in<|db_entity|> x<|db_relationship|> y<|db_return|> z<|db_end|> z."
-    r = GenerationResult("p <|db_entity|>", "(engine display)", raw, [], [], 3, 4, 9, "eos")
-    assert display_continuation(r, "<|db_entity|>") == " Oslo, in z."
-    assert display_continuation(r) == "(engine display)"
+    r = GenerationResult("p <|db_entity|>", " Oslo, in z.", raw, [], [], 3, 4, 9, "eos")
+    assert display_continuation(r) == " Oslo, in z."
+    with pytest.raises(TypeError, match="display_text"):
+        display_continuation(object())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lmlm.factstore import FactStore, FactStoreConfig
-from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
+from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, strip_lookups
 from lmlm.generate import Engine, GenerationParams, ParamsError, reference_generate
 from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
 
@@ -58,6 +58,15 @@ def test_parity_with_reprefill_reference(engine64):
     # The fuzzy path answered with stored values (top1_anyway), injected exactly as in training text.
     lk = got[0].lookups[0]
     assert lk.triple is not None and f"{DB_RETURN} {lk.value}{DB_END}" in got[0].raw_text
+
+
+def test_prompt_opening_a_block_keeps_it_out_of_the_display_after_later_lookups(engine64):
+    # A cloze prompt forced into a lookup ends with <|db_entity|>; the query the model writes and
+    # every later block must leave the display text whole, however many lookups follow.
+    prompt = "Hugo Marsh works for " + DB_ENTITY
+    [res] = engine64.generate([prompt], GenerationParams(max_new_tokens=30, max_lookups=4, fallback="top1_anyway"))
+    assert len(res.lookups) >= 2
+    assert res.display_text == strip_lookups(DB_ENTITY + res.raw_text)
 
 
 def test_exact_lookup_injects_stored_value_and_deletion_is_immediate(engine64, store):

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lmlm.format import DB_ENTITY, normalize_key, strip_lookups
+from lmlm.format import DB_ENTITY, normalize_key
 
 
 def _words(text: str) -> list[str]:
@@ -43,15 +43,9 @@ def completion_prompt(context: str, force_lookup: bool) -> str:
     return context.rstrip() + " " + DB_ENTITY if force_lookup else context
 
 
-def display_continuation(result: Any, open_block: str = "") -> str:
-    """The generated text without lookups. `open_block` is the part of a lookup block that the
-    prompt opened (`<|db_entity|>` for forced lookups): the continuation is then re-derived from
-    `raw_text` with that prefix, so the block the prompt opened is stripped whole."""
-    if open_block:
-        raw = getattr(result, "raw_text", None)
-        if not isinstance(raw, str):
-            raise TypeError(f"display_continuation: result {type(result).__name__} has no raw_text string")
-        return strip_lookups(open_block + raw)
+def display_continuation(result: Any) -> str:
+    """The generated text without lookups: the engine's display text, which also strips a block
+    the prompt opened (`<|db_entity|>` of a forced lookup) however many lookups follow it."""
     text = getattr(result, "display_text", None)
     if not isinstance(text, str):
         raise TypeError(f"display_continuation: result {type(result).__name__} has no display_text string")
@@ -85,7 +79,7 @@ def score_completion(clozes: Sequence[Any], results: Sequence[Any], prompts: Seq
         raise ValueError(f"score_completion: {len(clozes)} clozes, {len(results)} results, {len(prompts)} prompts")
     outcomes = []
     for c, r, p in zip(clozes, results, prompts):
-        cont = display_continuation(r, DB_ENTITY if p.endswith(DB_ENTITY) else "")
+        cont = display_continuation(r)
         em = exact_match(cont, c.answer, n_words)
         values = lookup_values(r)
         by_lookup = bool(values) and normalize_key(values[0]) == normalize_key(c.answer)
