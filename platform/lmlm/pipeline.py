@@ -256,16 +256,12 @@ def restore_deleted_entities(cfg: PipelineConfig, store) -> int:
     Evaluation deletes the forget split and the serve demo one person; a rerun must measure
     "before deletion" on the database the annotation built, not on what the last run left.
     """
-    import pyarrow.dataset as ds
+    from lmlm.annotate.pipeline import shard_triples
 
-    from lmlm.format import Triple
-
-    table = ds.dataset(cfg.path("annotated", "annotated"), format="parquet").to_table(
-        columns=["id", "triples", "annotator"])
-    by_entity: dict[str, list[tuple[Triple, str, str]]] = {}
-    for row in table.to_pylist():
-        for e, r, v in json.loads(row["triples"]):
-            by_entity.setdefault(e, []).append((Triple(e, r, v), row["id"], row["annotator"]))
+    by_entity: dict[str, list] = {}
+    for shard in sorted(cfg.path("annotated", "annotated").glob("*.parquet")):
+        for fact in shard_triples(shard)[0]:
+            by_entity.setdefault(fact[0].entity, []).append(fact)
     restored = 0
     for entity, facts in by_entity.items():
         if all(store.get(t.entity, t.relation) is None for t, _, _ in facts):

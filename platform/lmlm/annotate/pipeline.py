@@ -207,33 +207,39 @@ def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], 
     _write_table(stats, out / STATS / f"{name}.parquet")  # last: marks the shard's documents finished
 
 
-def load_pending(out: Path, store, annotator_id: str, log=print) -> tuple[int, int]:
-    """Load the triples of every shard without a loaded/ marker; returns (triples loaded, invalid)."""
+def shard_triples(shard: Path) -> tuple[list[tuple[Triple, str, str]], int]:
+    """The valid (triple, document id, annotator) rows of one annotated shard, and how many were invalid."""
     import pyarrow.parquet as pq
     from lmlm.factstore.layout import Fact, InvalidFact
 
+    rows, invalid = [], 0
+    for row in pq.read_table(shard, columns=["id", "triples", "annotator"]).to_pylist():
+        for e, r, v in json.loads(row["triples"]):
+            try:
+                Fact.of(Triple(e, r, v))
+            except InvalidFact:
+                invalid += 1
+                continue
+            rows.append((Triple(e, r, v), row["id"], row["annotator"]))
+    return rows, invalid
+
+
+def load_pending(out: Path, store, annotator_id: str, log=print) -> tuple[int, int]:
+    """Load the triples of every shard without a loaded/ marker; returns (triples loaded, invalid)."""
     loaded = invalid = 0
     for stats in sorted((out / STATS).glob("*.parquet")):
         marker = out / LOADED / f"{stats.stem}.json"
         if marker.exists():
             continue
-        triples, doc_ids = [], []
+        rows: list[tuple[Triple, str, str]] = []
         shard = out / ANNOTATED / stats.name
         if shard.exists():
-            t = pq.read_table(shard, columns=["id", "triples", "annotator"]).to_pylist()
-            for row in t:
-                for e, r, v in json.loads(row["triples"]):
-                    try:
-                        Fact.of(Triple(e, r, v))
-                    except InvalidFact:
-                        invalid += 1
-                        continue
-                    triples.append(Triple(e, r, v))
-                    doc_ids.append(row["id"])
-            ann = t[0]["annotator"] if t else annotator_id
-            n = store.add_triples(triples, doc_ids=doc_ids, annotator=ann) if triples else 0
-            loaded += n
-        marker.write_text(json.dumps({"triples": len(triples), "at": time.time()}))
+            rows, bad = shard_triples(shard)
+            invalid += bad
+            ann = rows[0][2] if rows else annotator_id
+            loaded += store.add_triples([t for t, _, _ in rows], doc_ids=[d for _, d, _ in rows],
+                                        annotator=ann) if rows else 0
+        marker.write_text(json.dumps({"triples": len(rows), "at": time.time()}))
     if loaded:
         log(f"annotate: loaded {loaded} triples into the fact store")
     return loaded, invalid
