@@ -14,15 +14,11 @@ import argparse
 import concurrent.futures
 import json
 import os
-import socket
-import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -32,6 +28,7 @@ import torch  # noqa: E402
 from lmlm.factstore import FactStore, FactStoreConfig  # noqa: E402
 from lmlm.generate import Engine, GenerationParams, reference_generate  # noqa: E402
 from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer  # noqa: E402
+from lmlm.netutil import free_port  # noqa: E402
 
 PROMPTS = [f"Tell me a bio of {p}. {p} is" for p in
            ["Ada Varen", "Bo Lindqvist", "Cyra Moss", "Dario Fenn", "Elin Sato", "Farid Oyelaran", "Greta Holm",
@@ -52,18 +49,12 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_serve(model_dir: Path, store_url: str, max_batch_size: int = 16):
     """A local Serve app on 127.0.0.1 (returns its base URL); the caller calls serve.shutdown()."""
     import ray
     from ray import serve
 
-    from serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
+    from lmlm.serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     port = free_port()

@@ -17,8 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import PROMPTS, build, start_serve  # noqa: E402  (bench/generate.py)
+from generate import PROMPTS, build, start_serve  # bench/generate.py (this script's directory is on sys.path)
 
 
 def run_load(url: str, n: int, clients: int, max_tokens: int) -> dict:

@@ -1,4 +1,4 @@
-"""Real local Ray clusters started with `ray start --head` on free 127.0.0.1 ports (lmlm.cluster):
+"""Real local Ray clusters started with `ray start --head` on free 127.0.0.1 ports (ray_cluster_harness):
 an autoscaling run on the fake_multinode provider, and `ray job submit` with the repo's runtime env.
 Every head is stopped by PID; each test checks that none of its processes outlive it."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ import psutil
 import pytest
 import yaml
 
-from lmlm.cluster import ClusterError, HeadConfig, fake_multinode_config, free_port, start_head, wait_for
+from lmlm.netutil import free_port
+from ray_cluster_harness import ClusterError, HeadConfig, fake_multinode_config, start_head, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from lmlm.factstore import FactStore, FactStoreConfig, RedisServer, ServerError, StoreUnavailable
-from lmlm.factstore.server import check_version, free_port
+from lmlm.factstore.server import check_version
 from lmlm.format import Triple
+from lmlm.netutil import free_port
 
 
 @pytest.mark.slow

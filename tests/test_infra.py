@@ -14,7 +14,8 @@ import pytest
 import ray
 import yaml
 
-from lmlm.cluster import fake_multinode_config, free_port
+from lmlm.netutil import free_port
+from ray_cluster_harness import fake_multinode_config
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA, K8S = REPO / "infra", REPO / "infra" / "k8s"
@@ -142,7 +143,8 @@ def test_rayjob_runs_the_pipeline_from_the_repo():
 
 def _check_import_path(import_path: str) -> None:
     module, attr = import_path.split(":")
-    path = REPO / (module.replace(".", "/") + ".py")
+    assert module.startswith("lmlm."), f"import_path {import_path}: the app is a module of the lmlm package"
+    path = REPO / "platform" / (module.replace(".", "/") + ".py")
     assert path.is_file(), f"import_path {import_path}: {path} not found"
     top = {n.name for n in ast.parse(path.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     top |= {t.id for n in ast.parse(path.read_text()).body if isinstance(n, ast.Assign)

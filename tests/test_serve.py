@@ -2,38 +2,25 @@
 from __future__ import annotations
 
 import json
-import socket
-import sys
 from functools import partial
-from pathlib import Path
 
+import httpx
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # `serve.app` is imported by path, here and in the replicas
-
-import httpx  # noqa: E402
-
-from lmlm.factstore import FactStore, FactStoreConfig  # noqa: E402
-from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN  # noqa: E402
-from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer  # noqa: E402
+from lmlm.factstore import FactStore, FactStoreConfig
+from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
+from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
+from lmlm.netutil import free_port
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
+    from lmlm.serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
 
     d = tmp_path_factory.mktemp("tiny-model")
     tok = tiny_tokenizer(synthetic_texts(), out_dir=d)
@@ -45,7 +32,7 @@ def served(ray_cluster, tmp_path_factory):
                       max_batch_size=8, batch_wait_timeout_s=0.2, request_timeout_s=60, torch_threads=1,
                       defaults={"max_lookups": 2})
     loaders = dict(model_loader=partial(model_from_dir, str(d)), tokenizer_loader=partial(tokenizer_from_dir, str(d)))
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(cfg, store_loader=partial(store_at, store.url, 1.0), **loaders), name="lmlm", route_prefix="/")

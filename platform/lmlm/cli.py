@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "lmlm.annotate.cli",
     "lmlm.train.cli",
     "lmlm.generate.cli",
+    "lmlm.serve.cli",
     "lmlm.eval.cli",
     "lmlm.pipeline",
 )

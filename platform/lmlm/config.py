@@ -7,7 +7,16 @@ that can drift. Unknown keys and wrongly typed values are errors that name the k
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import importlib
+import inspect
+import io
+import re
+import shutil
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -152,16 +161,22 @@ def save_config(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, config: type | str | None = None) -> None:
+    """`--config FILE` and repeated `--set key.path=value`; with `config` (the dataclass, or
+    "module:Class" to import it only when help is shown), `--help` lists its fields."""
     parser.add_argument("--config", "-c", default=None, help="YAML config file")
     parser.add_argument("--set", "-s", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one config field, e.g. --set train.steps=20")
+    if config is not None:
+        add_config_help(parser, config)
 
 
-def add_config_command(subparsers, name: str, func, help: str, description: str | None = None):
-    """A subcommand of `lmlm` that takes `--config FILE` and `--set key=value` and runs `func(args)`."""
+def add_config_command(subparsers, name: str, func, help: str, description: str | None = None,
+                       config: type | str | None = None):
+    """A subcommand of `lmlm` that takes `--config FILE` and `--set key=value` and runs `func(args)`;
+    its `--help` lists every field of `config` (see add_config_arguments)."""
     parser = subparsers.add_parser(name, help=help, description=description or help)
-    add_config_arguments(parser)
+    add_config_arguments(parser, config)
     parser.set_defaults(func=func)
     return parser
 
@@ -169,6 +184,171 @@ def add_config_command(subparsers, name: str, func, help: str, description: str 
 def parse_args(cls: type[T], argv: Sequence[str] | None = None, description: str = "") -> T:
     """The shared entrypoint parser: `--config FILE` and repeated `--set key.path=value`."""
     parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser)
+    add_config_arguments(parser, cls)
     ns = parser.parse_args(argv)
     return load_config(cls, ns.config, ns.overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# `--help`: every field of a config, with its type, default and the comment written beside it.
+
+def add_config_help(parser: argparse.ArgumentParser, config: type | str) -> None:
+    """Show `config`'s fields (`config_help`) as the epilog of `parser`'s help. The text is built
+    when the help is printed, so building the `lmlm` parser reads no source and imports nothing."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep one field per line
+    show = parser.format_help
+
+    def format_help() -> str:
+        if not getattr(parser, "_config_help_done", False):
+            width = _help_width()
+            if parser.description:
+                parser.description = textwrap.fill(parser.description, width)
+            fields = config_help(_resolve(config), width)
+            parser.epilog = f"{parser.epilog}\n\n{fields}" if parser.epilog else fields
+            parser._config_help_done = True
+        return show()
+
+    parser.format_help = format_help
+
+
+def config_help(cls: type, width: int = 100) -> str:
+    """The help text of a config: a heading, then one entry per field (nested sections' fields
+    under dotted names) like `pretrain.lr (float, default 0.003): peak learning rate`."""
+    head = textwrap.fill(f"config fields of {cls.__name__} (set in the --config YAML file or with --set "
+                         "KEY=VALUE; a section's fields as section.field):", width)
+    entries = [textwrap.fill(line, width, initial_indent="  ", subsequent_indent="      ",
+                             break_long_words=False, break_on_hyphens=False) for line in describe_fields(cls)]
+    return "\n".join([head, *entries])
+
+
+def describe_fields(cls: type, obj: Any = None, prefix: str = "") -> list[str]:
+    """One line per field of dataclass `cls`: `name (type, default D): comment`. Defaults come from
+    `obj` (default: `cls()`), so a section's defaults are the ones its parent sets."""
+    if obj is None:
+        try:
+            obj = cls()
+        except Exception:  # noqa: BLE001 — a required field: fall back to each field's own default
+            obj = None
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 — an unresolvable annotation: show it as written
+        hints = {}
+    docs = field_docs(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints.get(f.name, f.type)
+        value = getattr(obj, f.name) if obj is not None else _field_default(f)
+        doc = docs.get(f.name, "")
+        section = _dataclass_in(tp)
+        if section is not None and dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name} ({_type_name(tp)} section)" + (f": {doc}" if doc else ""))
+            lines += describe_fields(section, value, f"{prefix}{f.name}.")
+            continue
+        default = "required" if value is dataclasses.MISSING else f"default {_short_repr(value)}"
+        lines.append(f"{prefix}{f.name} ({_type_name(tp)}, {default})" + (f": {doc}" if doc else ""))
+        if section is not None:  # e.g. Optional[Section] = None: its fields can still be set
+            lines += describe_fields(section, None, f"{prefix}{f.name}.")
+    return lines
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the comment documenting it in the class source: the trailing `# ...` of the
+    field's line(s), else the comment line(s) right above it. Empty when no source can be read."""
+    try:
+        tree, comments = _parsed_source(inspect.getsourcefile(cls) or "")
+    except (OSError, TypeError, SyntaxError, UnicodeDecodeError):
+        return {}
+    node = _find_class(tree, cls.__qualname__)
+    docs: dict[str, str] = {}
+    for stmt in node.body if node is not None else ():
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        trailing = [comments[ln][0] for ln in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+                    if ln in comments and not comments[ln][1]]
+        above, ln = [], stmt.lineno - 1
+        while ln in comments and comments[ln][1] and not comments[ln][0].startswith("---"):  # "# --- x": a heading
+            above.insert(0, comments[ln][0])
+            ln -= 1
+        text = " ".join(t for t in (trailing or above) if t)
+        if text:
+            docs[stmt.target.id] = text
+    return docs
+
+
+_PRAGMA = re.compile(r"^(noqa|type:|pragma|fmt:)", re.I)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_source(path: str) -> tuple[ast.Module, dict[int, tuple[str, bool]]]:
+    """The module's syntax tree, and line -> (comment text, whether the line holds only the comment)."""
+    src = Path(path).read_text(encoding="utf-8")
+    comments: dict[int, tuple[str, bool]] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            comments[tok.start[0]] = ("" if _PRAGMA.match(text) else text, not tok.line[:tok.start[1]].strip())
+    return ast.parse(src), comments
+
+
+def _find_class(tree: ast.AST, qualname: str) -> ast.ClassDef | None:
+    node: Any = tree
+    for part in qualname.split("."):
+        node = next((n for n in node.body if isinstance(n, ast.ClassDef) and n.name == part), None)
+        if node is None:
+            return None
+    return node
+
+
+def _resolve(config: type | str) -> type:
+    if isinstance(config, str):
+        module, _, name = config.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return config
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """`tp` itself if it is a dataclass, or the dataclass member of a union (Optional[Section])."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    if tp is Any:
+        return "any"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]" if args else name
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _short_repr(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _help_width() -> int:
+    return max(60, min(120, shutil.get_terminal_size().columns - 2))

@@ -294,11 +294,9 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, world) -> dict:
     import httpx
     from ray import serve
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds serve/
-    from serve.app import ServeConfig, build_app
-
-    from lmlm.cluster import free_port
     from lmlm.format import normalize_key
+    from lmlm.netutil import free_port
+    from lmlm.serve.app import ServeConfig, build_app
 
     ensure_ray(cfg)
     forget = set(world.forget_names)
@@ -433,4 +431,4 @@ def register(subparsers) -> None:
     from lmlm.config import add_config_command
 
     add_config_command(subparsers, "pipeline", lambda a: run_pipeline(load(a.config, a.overrides)) and 0,
-                       "run every stage in order (skips finished ones)")
+                       "run every stage in order (skips finished ones)", config=PipelineConfig)

@@ -27,9 +27,11 @@ def _train(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     add_config_command(subparsers, "annotate", _annotate,
                        "annotate a corpus with lookup calls (Ray Data) and load the fact store",
-                       "Fields: see lmlm.annotate.config.AnnotateConfig, e.g. "
-                       "--set input=corpus.jsonl --set output_dir=runs/ann --set num_actors=2")
+                       "Annotate a corpus with lookup calls (Ray Data) and load the fact store, e.g. "
+                       "--set input=corpus.jsonl --set output_dir=runs/ann --set num_actors=2",
+                       config="lmlm.annotate.config:AnnotateConfig")
     add_config_command(subparsers, "train-annotator", _train,
                        "train the small learned annotator from seed annotations",
-                       "Fields: see lmlm.annotate.config.TrainAnnotatorConfig, e.g. "
-                       "--set seeds=seeds.json --set out_dir=runs/annotator")
+                       "Train the small learned annotator from seed annotations, e.g. "
+                       "--set seeds=seeds.json --set out_dir=runs/annotator",
+                       config="lmlm.annotate.config:TrainAnnotatorConfig")

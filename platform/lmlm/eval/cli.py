@@ -20,6 +20,6 @@ def register(subparsers) -> None:
     add_config_command(
         subparsers, "eval", _run,
         "evaluate an LMLM against its standard baseline (precision, completion, unlearning, ppl)",
-        "Fields of EvalJobConfig: lmlm_model, standard_model, world_dir | world_people/world_seed, "
-        "store_url | store_json, out_dir, eval.* (EvalConfig). Example: lmlm eval "
-        "--set lmlm_model=runs/lmlm/final --set standard_model=runs/std/final --set world_dir=runs/world")
+        "Evaluate an LMLM against its standard baseline, e.g. lmlm eval "
+        "--set lmlm_model=runs/lmlm/final --set standard_model=runs/std/final --set world_dir=runs/world",
+        config="lmlm.eval.suite:EvalJobConfig")

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     def cmd(name, help, func, store=True):
         p = sub.add_parser(name, help=help)
         if store:
-            add_config_arguments(p)
+            add_config_arguments(p, "lmlm.factstore.config:FactStoreConfig")
         p.set_defaults(func=func)
         return p
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from lmlm.netutil import free_port
 
 
 class StoreUnavailable(Exception):
@@ -57,12 +58,6 @@ def binary_version(binary: str) -> str:
         if part.startswith("v="):
             return part[2:]
     raise ServerError(f"{binary}: cannot read its version from {out!r}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

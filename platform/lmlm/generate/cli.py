@@ -1,8 +1,7 @@
-"""`lmlm generate` (prompts in, display text or JSON results out) and `lmlm serve` (the HTTP app)."""
+"""`lmlm generate`: prompts in, display text or JSON results out (`lmlm serve` is in lmlm.serve.cli)."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,13 +25,10 @@ class GenerateConfig:
 def register(subparsers) -> None:
     from lmlm.config import add_config_command
 
-    p = add_config_command(subparsers, "generate", _generate, "generate with interleaved fact lookups")
+    p = add_config_command(subparsers, "generate", _generate, "generate with interleaved fact lookups",
+                           config=GenerateConfig)
     p.add_argument("prompts", nargs="*", help="prompts (or --set prompts_file=FILE)")
     p.add_argument("--json", action="store_true", help="one JSON result per line (raw text, lookups, counts)")
-
-    s = add_config_command(subparsers, "serve", _serve, "serve the model over HTTP with Ray Serve (blocks until Ctrl-C)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
 
 
 def _generate(args) -> int:
@@ -64,21 +60,3 @@ def _generate(args) -> int:
         print(json.dumps(r.to_dict()) if args.json else r.prompt + r.display_text)
     return 0
 
-
-def _serve(args) -> int:
-    import ray
-    from ray import serve
-
-    from lmlm.config import load_config
-
-    root = Path(__file__).resolve().parents[3]  # the repository: serve/ sits next to platform/
-    if not (root / "serve" / "app.py").is_file():
-        raise ValueError(f"serve: {root / 'serve' / 'app.py'} not found (run from a checkout)")
-    sys.path.insert(0, str(root))
-    from serve.app import ServeConfig, build_app
-
-    cfg = load_config(ServeConfig, args.config, args.overrides)
-    ray.init(include_dashboard=False, ignore_reinit_error=True)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(cfg), name="lmlm", route_prefix="/", blocking=True)
-    return 0

@@ -36,11 +36,13 @@ def _pretrain_both(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     add_config_command(
         subparsers, "pretrain", _pretrain, "pretrain an LMLM or its standard baseline (Ray Train + DeepSpeed)",
-        "Fields of PretrainConfig (lmlm.train.config), e.g. --set variant=standard "
+        "Pretrain an LMLM or its standard baseline, e.g. --set variant=standard "
         "--set world_people=300 --set max_steps=200 --set num_workers=2 --set zero_stage=2. "
-        "Rerunning with the same run_dir resumes from its latest checkpoint.")
+        "Rerunning with the same run_dir resumes from its latest checkpoint.",
+        config="lmlm.train.config:PretrainConfig")
     both = add_config_command(
         subparsers, "pretrain-both", _pretrain_both,
         "train the LMLM and the standard model on the same data; plot value-token loss",
-        "Same PretrainConfig fields (variant and run_dir are set per run under --out).")
+        "Train the LMLM and the standard model on the same data (variant and run_dir are set per run "
+        "under --out).", config="lmlm.train.config:PretrainConfig")
     both.add_argument("--out", required=True, help="directory for both runs, the tokenizer and value_loss.png")

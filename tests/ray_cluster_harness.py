@@ -1,8 +1,8 @@
-"""A private local Ray cluster: `ray start --head` on free 127.0.0.1 ports, stopped by PID.
+"""Test harness: a private local Ray cluster, `ray start --head` on free 127.0.0.1 ports, stopped by PID.
 
-Used by the cluster tests and the demo. Everything a head starts (GCS, raylet, dashboard, the
-autoscaler monitor, fake worker nodes, job drivers) lives in one new session, under one private
-temp dir, so `stop()` finds exactly these processes and kills them by PID; never `ray stop`
+Used by the cluster and infra tests; not part of the `lmlm` library (it needs `psutil`, declared in
+the `test` extra). Everything a head starts (GCS, raylet, dashboard, the autoscaler monitor, fake
+worker nodes, job drivers) lives in one new session, under one private temp dir, so `stop()` finds exactly these processes and kills them by PID; never `ray stop`
 (it kills every Ray process on the machine) and never a kill by name.
 
     with start_head(HeadConfig(num_cpus=1)) as head:
@@ -36,9 +36,9 @@ from typing import Any
 import psutil
 import yaml
 
+from lmlm.netutil import free_port, handed_out, port_free
+
 FAKE_HEAD_TYPE = "ray.head.default"  # the node type the fake_multinode provider gives its head
-_RESERVED = range(10002, 20000)  # Ray's client server may not sit here (STACK-NOTES)
-_handed_out: set[int] = set()  # ports given to heads of this process, never handed out twice
 
 
 class ClusterError(RuntimeError):
@@ -96,34 +96,13 @@ def fake_multinode_config(
     }
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now, outside 10002-19999, not handed out before."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _RESERVED and port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise ClusterError("no free port found on 127.0.0.1")
-
-
 def free_port_range(n: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
     """n consecutive free ports in [low, high) (worker ports; below the usual ephemeral range)."""
     for _ in range(200):
         base = random.randrange(low, high - n)
         ports = range(base, base + n)
-        if not _handed_out.intersection(ports) and all(_port_free(p) for p in ports):
-            _handed_out.update(ports)
+        if not handed_out.intersection(ports) and all(port_free(p) for p in ports):
+            handed_out.update(ports)
             return base, base + n - 1
     raise ClusterError(f"no {n} consecutive free ports in [{low}, {high})")
 
@@ -225,7 +204,7 @@ class RayHead:
             if self._proc.poll() is not None:
                 raise ClusterError(f"ray start exited with {self._proc.returncode}:\n{self.log_tail()}")
             if not self.cfg.include_dashboard:
-                if not _port_free(self.gcs_port) and self._gcs_up():
+                if not port_free(self.gcs_port) and self._gcs_up():
                     return
             else:
                 try:
@@ -346,7 +325,7 @@ class RayHead:
         leftover = self._collect()
         if not self.cfg.keep_temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
-        _handed_out.difference_update({self.gcs_port, self.dashboard_port, *self.ports.values()})
+        handed_out.difference_update({self.gcs_port, self.dashboard_port, *self.ports.values()})
         if leftover:
             raise ClusterError(f"processes survived stop: {[p.pid for p in leftover]}")
 

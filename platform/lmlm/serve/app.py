@@ -1,12 +1,14 @@
 """The LMLM Ray Serve app: OpenAI-style completions, generation with a lookup trace, fact admin.
 
-    serve run serve/config.yaml          # or: lmlm serve --set model_path=...
+    serve run serve/config.yaml          # import_path lmlm.serve.app:app_builder
+    lmlm serve --set model_path=...
 
 `build_app(cfg, model_loader=..., tokenizer_loader=..., store_loader=...)` returns the bound
 application; loaders are picklable zero-argument callables run inside each replica (tests pass a
-tiny saved model and a FactStore at a known Redis URL). Requests that arrive together are decoded
-together: the ingress validates, then one `@serve.batch` method runs the engine over the batch in a
-worker thread, streaming display-text deltas to `stream: true` clients as server-sent events.
+tiny saved model and a FactStore at a known Redis URL; the defaults are in `lmlm.serve.loaders`).
+Requests that arrive together are decoded together: the ingress validates, then one `@serve.batch`
+method runs the engine over the batch in a worker thread, streaming display-text deltas to
+`stream: true` clients as server-sent events.
 """
 
 import asyncio
@@ -17,37 +19,25 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from lmlm.config import load_config, from_dict
-from lmlm.factstore.config import FactStoreConfig
+from lmlm.config import from_dict, load_config, to_dict
 from lmlm.generate.params import GenerationParams, ParamsError
 
+from .config import ServeConfig
+from .loaders import (default_model_loader, default_store_loader, default_tokenizer_loader, model_from_dir,
+                      store_at, tokenizer_from_dir)
 from .schemas import CompletionRequest, FactsDelete, FactsPut, GenerateRequest, GenerationFields
 
-
-@dataclass
-class ServeConfig:
-    model_path: str = "runs/demo/model"   # HF checkpoint dir (model + tokenizer) written by training
-    tokenizer_path: str = ""              # "" = model_path
-    model_name: str = "lmlm"              # the id /v1/models lists and completions echo
-    dtype: str = "float32"                # float32 | bfloat16 | float64
-    store: FactStoreConfig = field(default_factory=FactStoreConfig)  # url None: a private Redis 8
-    admin_token: str = ""                 # bearer token for /v1/facts; "" = env LMLM_ADMIN_TOKEN
-    default_max_tokens: int = 64          # max_tokens when a request gives none
-    max_tokens_limit: int = 1024          # largest max_tokens accepted
-    max_batch_size: int = 16              # requests decoded together (@serve.batch)
-    batch_wait_timeout_s: float = 0.02    # how long a batch waits to fill
-    request_timeout_s: float = 120.0      # bound on one request's generation (504 after)
-    torch_threads: int = 1                # intra-op threads per replica (more only with free cores)
-    defaults: dict[str, Any] = field(default_factory=dict)  # GenerationParams defaults (e.g. max_lookups)
+__all__ = ["LMLMServer", "ServeConfig", "app", "app_builder", "build_app", "model_from_dir", "store_at",
+           "tokenizer_from_dir"]
 
 
 class HTTPError(Exception):
@@ -58,70 +48,6 @@ class HTTPError(Exception):
 
 def _error(status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error"):
     return JSONResponse({"error": {"message": message, "type": kind, "param": field_name}}, status_code=status)
-
-
-# Loaders: module-level functions, so that `functools.partial(fn, ...)` pickles by reference.
-def model_from_dir(path: str, dtype: str = "float32"):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model_path: {path} is not a checkpoint directory; train a model or set model_path")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-
-
-def tokenizer_from_dir(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def store_at(url: str, timeout_s: float = 2.0):
-    from lmlm.factstore import FactStore
-
-    return FactStore.open(FactStoreConfig(url=url, timeout_s=timeout_s))
-
-
-def default_model_loader(cfg: ServeConfig):
-    return model_from_dir(cfg.model_path, cfg.dtype)
-
-
-def default_tokenizer_loader(cfg: ServeConfig):
-    return tokenizer_from_dir(cfg.tokenizer_path or cfg.model_path)
-
-
-def default_store_loader(cfg: ServeConfig):
-    """The configured store; without a URL, one private Redis shared by all replicas (a named actor)."""
-    import dataclasses
-
-    import ray
-
-    from lmlm.factstore import FactStore
-
-    if cfg.store.resolved_url():
-        return FactStore.open(cfg.store)
-    host = ray.remote(num_cpus=0)(_StoreHost).options(
-        name=f"lmlm-store-{cfg.store.namespace}", get_if_exists=True, lifetime="detached").remote(cfg.store)
-    url = ray.get(host.url.remote(), timeout=120)
-    return FactStore.open(dataclasses.replace(cfg.store, url=url))
-
-
-class _StoreHost:
-    """Owns the private Redis of an app started without a store URL (stopped by its PID on exit)."""
-
-    def __init__(self, store_cfg: FactStoreConfig):
-        import atexit
-
-        from lmlm.factstore import FactStore
-
-        self.store = FactStore.open(store_cfg)
-        atexit.register(self.store.close)
-
-    def url(self) -> str:
-        return self.store.url
-
-    def __ray_shutdown__(self) -> None:  # graceful actor exit (ray.kill with no_restart, cluster shutdown)
-        self.store.close()
 
 
 app = FastAPI(title="LMLM")
@@ -382,15 +308,10 @@ def build_app(cfg: ServeConfig | dict | None = None, *, model_loader: Callable |
 
 
 def app_builder(args: dict):
-    """`serve run serve/config.yaml` entry: args {config: YAML path, overrides: ["k=v", ...]}."""
+    """`serve run serve/config.yaml` entry: args are ServeConfig fields, plus optional
+    `config` (a YAML file of them) and `overrides` (["k=v", ...])."""
     args = dict(args or {})
     cfg = load_config(ServeConfig, args.pop("config", None), args.pop("overrides", []))
     if args:
-        cfg = from_dict(ServeConfig, {**_plain(cfg), **args})
+        cfg = from_dict(ServeConfig, {**to_dict(cfg), **args})
     return build_app(cfg)
-
-
-def _plain(cfg) -> dict:
-    from lmlm.config import to_dict
-
-    return to_dict(cfg)

@@ -1,0 +1,75 @@
+"""What each replica loads: the model, the tokenizer and the fact store.
+
+Loaders are module-level functions, so that `functools.partial(fn, ...)` pickles by reference into
+the replicas; `build_app` defaults to the `default_*_loader`s of its `ServeConfig`.
+"""
+from __future__ import annotations
+
+import os
+
+from lmlm.factstore.config import FactStoreConfig
+
+from .config import ServeConfig
+
+
+def model_from_dir(path: str, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model_path: {path} is not a checkpoint directory; train a model or set model_path")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+
+
+def tokenizer_from_dir(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def store_at(url: str, timeout_s: float = 2.0):
+    from lmlm.factstore import FactStore
+
+    return FactStore.open(FactStoreConfig(url=url, timeout_s=timeout_s))
+
+
+def default_model_loader(cfg: ServeConfig):
+    return model_from_dir(cfg.model_path, cfg.dtype)
+
+
+def default_tokenizer_loader(cfg: ServeConfig):
+    return tokenizer_from_dir(cfg.tokenizer_path or cfg.model_path)
+
+
+def default_store_loader(cfg: ServeConfig):
+    """The configured store; without a URL, one private Redis shared by all replicas (a named actor)."""
+    import dataclasses
+
+    import ray
+
+    from lmlm.factstore import FactStore
+
+    if cfg.store.resolved_url():
+        return FactStore.open(cfg.store)
+    host = ray.remote(num_cpus=0)(_StoreHost).options(
+        name=f"lmlm-store-{cfg.store.namespace}", get_if_exists=True, lifetime="detached").remote(cfg.store)
+    url = ray.get(host.url.remote(), timeout=120)
+    return FactStore.open(dataclasses.replace(cfg.store, url=url))
+
+
+class _StoreHost:
+    """Owns the private Redis of an app started without a store URL (stopped by its PID on exit)."""
+
+    def __init__(self, store_cfg: FactStoreConfig):
+        import atexit
+
+        from lmlm.factstore import FactStore
+
+        self.store = FactStore.open(store_cfg)
+        atexit.register(self.store.close)
+
+    def url(self) -> str:
+        return self.store.url
+
+    def __ray_shutdown__(self) -> None:  # graceful actor exit (ray.kill with no_restart, cluster shutdown)
+        self.store.close()
