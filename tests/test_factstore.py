@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import astuple
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_partitions_share_hash_tags(fact_store_factory):
     store.add_triples(TRIPLES)
     for E in ("ivo jorgrove", "leona northorne"):
         ks = store.layout.of(E)
-        tags = {k[: k.index("}") + 1] for k in ks.script_keys(E)}
+        tags = {k[: k.index("}") + 1] for k in astuple(ks.script_keys(E))}
         assert len(tags) == 1
     assert store.lookup("Leona Northorne", "City of Birth").value == "Lyon"
     assert store.lookup("Magnus Pelqvist", "Birth City", mode="reference").value == "Oslo"
@@ -172,3 +173,51 @@ def test_meta_refuses_a_different_layout(fact_store, redis_server):
     cfg = FactStoreConfig(url=redis_server.url, namespace=fact_store.cfg.namespace, partitions=2, key_index=True)
     with pytest.raises(ValueError, match="partitions"):
         FactStore.open(cfg)
+
+
+def test_stored_layout_is_the_documented_one(fact_store):
+    from lmlm.factstore.records import KeyRecord
+
+    fact_store.add_triples([Triple("Orla Vantreck", "Birth City", "Tromso")], doc_ids=["d1"], annotator="gold")
+    ks = fact_store.layout.of("orla vantreck")
+    raw = json.loads(fact_store.r.hget(ks.entity("orla vantreck"), "birth city"))
+    assert raw["e"] == "Orla Vantreck" and raw["r"] == "Birth City" and len(raw["v"]) == 1
+    value, count, first_ms, last_ms, annotators, docs = raw["v"][0]
+    assert (value, count, annotators, docs) == ("Tromso", 1, ["gold"], ["d1"]) and first_ms == last_ms > 0
+    # a record written by hand in that layout (as an older store holds it) reads back the same
+    old = {"e": "Orla Vantreck", "r": "Employer", "v": [["Nimbus Air", 2, 5, 9, ["x"], {}]]}  # cjson: [] as {}
+    fact_store.r.hset(ks.entity("orla vantreck"), "employer", json.dumps(old))
+    rec = KeyRecord.decode(json.dumps(old))
+    assert KeyRecord.decode(rec.encode()) == rec and rec.chosen().annotators == ["x"]
+    a = fact_store.lookup("orla vantreck", "employer")
+    assert a.value == "Nimbus Air" and a.provenance["doc_ids"] == [] and a.provenance["count"] == 2
+    assert {k.decode() for k in fact_store.r.hgetall(ks.stats)} == {"triples", "keys", "entities", "mentions"}
+    entry = fact_store.audit(1)[0]
+    assert entry["op"] == "load" and entry["annotator"] == "gold" and entry["triples"] == "1"
+
+
+def test_entity_deleted_between_check_and_write_gets_its_vectors(fact_store, monkeypatch):
+    fact_store.add_triples([Triple("Orla Vantreck", "Birth City", "Tromso")])
+    real = fact_store._call
+
+    def racing(fn, *args, **kw):  # the first store call of the next write is its existence check
+        out = real(fn, *args, **kw)
+        monkeypatch.setattr(fact_store, "_call", real)
+        fact_store.delete("Orla Vantreck")
+        return out
+
+    monkeypatch.setattr(fact_store, "_call", racing)
+    fact_store.add_triples([Triple("Orla Vantreck", "Birth City", "Bergen"),
+                            Triple("Orla Vantreck", "Employer", "Fjord Works")])
+    s = fact_store.stats()
+    assert (s["triples"], s["keys"], s["entities"], s["entity_vectors"], s["key_vectors"]) == (2, 2, 1, 1, 2)
+    assert fact_store.lookup("Orla Vantrek", "Employer").value == "Fjord Works"
+
+
+def test_retrieval_uses_only_the_stores_public_methods():
+    import inspect
+    import re
+
+    from lmlm.factstore import retrieval
+
+    assert not re.findall(r"store\._\w+|store\.r\b|store\.layout\b", inspect.getsource(retrieval))

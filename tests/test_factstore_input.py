@@ -82,3 +82,13 @@ def test_lexical_bonus_reads_stems_and_acronyms():
     assert lexical_bonus("dob", "birth date") == 0.5 and lexical_bonus("dob", "spouse") == 0.0
     assert lexical_bonus("employed by", "employer") == 0.2
     assert lexical_bonus("works for", "employer") == 0.0
+
+
+def test_edit_distance_counts_adjacent_swaps_once_and_stops_at_the_limit():
+    from lmlm.factstore.retrieval import entity_similarity, osa_distance
+
+    assert osa_distance("ivo jorgrove", "ivo jorgrove") == 0
+    assert osa_distance("ivo jorgrove", "ivo jorgorve") == 1  # one transposition
+    assert osa_distance("ca", "abc") == 3  # optimal string alignment, not full Damerau-Levenshtein (2)
+    assert osa_distance("leona", "magnus pelquist") == 4 and osa_distance("ab", "xyz", limit=1) == 2
+    assert entity_similarity("ivo jorgorve", "ivo jorgrove", 0.8) > 0.87 > entity_similarity("ivo", "leona", 1.0)

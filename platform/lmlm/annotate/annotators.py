@@ -13,9 +13,7 @@ import abc
 
 import json
 import os
-import random
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +28,10 @@ class AnnotatorError(RuntimeError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+class _Retryable(AnnotatorError):
+    """A failure worth another try: a timeout, a connection error, 408/409/429/5xx."""
 
 
 class Annotator(abc.ABC):
@@ -203,36 +205,43 @@ class OpenAIAnnotator(Annotator):
         self.annotator_id = f"openai:{cfg.model}"
 
     def _call(self, text: str) -> str:
-        import httpx
+        """The completion of one document: `max_retries` more tries after a retryable failure, waiting
+        min(backoff_max_s, backoff_s * 2**k) x uniform(0.5, 1) before retry k + 1 (equal jitter)."""
+        from tenacity import (RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential,
+                              wait_random_exponential)
 
         body = {"model": self.cfg.model, "messages": build_messages(self.template, text),
                 "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        reason = "no_attempt"
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))
-            try:
-                r = self.client.post(self.url, json=body)
-            except httpx.TimeoutException:
-                reason = "timeout"
-                continue
-            except httpx.TransportError as e:
-                reason = f"connect:{type(e).__name__}"
-                continue
-            if r.status_code in self.RETRY_STATUS:
-                reason = f"http_{r.status_code}"
-                continue
-            if r.status_code != 200:
-                raise AnnotatorError(f"http_{r.status_code}", r.text[:200])
-            try:
-                content = r.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise AnnotatorError("bad_response", repr(e)) from e
-            if not isinstance(content, str):
-                raise AnnotatorError("bad_response", "message content is not a string")
-            return content
-        raise AnnotatorError(reason, f"after {self.cfg.max_retries + 1} tries to {self.url}")
+        tries = self.cfg.max_retries + 1
+        half, cap = self.cfg.backoff_s / 2, self.cfg.backoff_max_s / 2
+        wait = wait_exponential(multiplier=half, max=cap) + wait_random_exponential(multiplier=half, max=cap)
+        retrying = Retrying(stop=stop_after_attempt(tries), retry=retry_if_exception_type(_Retryable), wait=wait)
+        try:
+            return retrying(self._post, body)
+        except RetryError as e:
+            raise AnnotatorError(e.last_attempt.exception().reason, f"after {tries} tries to {self.url}") from None
+
+    def _post(self, body: dict) -> str:
+        """One request: the message content, or _Retryable, or AnnotatorError (not worth a retry)."""
+        import httpx
+
+        try:
+            r = self.client.post(self.url, json=body)
+        except httpx.TimeoutException as e:
+            raise _Retryable("timeout") from e
+        except httpx.TransportError as e:
+            raise _Retryable(f"connect:{type(e).__name__}") from e
+        if r.status_code in self.RETRY_STATUS:
+            raise _Retryable(f"http_{r.status_code}", r.text[:200])
+        if r.status_code != 200:
+            raise AnnotatorError(f"http_{r.status_code}", r.text[:200])
+        try:
+            content = r.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise AnnotatorError("bad_response", repr(e)) from e
+        if not isinstance(content, str):
+            raise AnnotatorError("bad_response", "message content is not a string")
+        return content
 
     def _safe(self, text: str) -> tuple[str | None, str | None]:
         try:

@@ -42,7 +42,8 @@ class OpenAIAnnotatorConfig:
     concurrency: int = 8
     # retries after the first try, for timeouts, connection errors, 429 and 5xx
     max_retries: int = 3
-    # first backoff in seconds; doubles each retry (with jitter), capped at backoff_max_s
+    # first backoff in seconds; doubles each retry, capped at backoff_max_s, then times a random 0.5-1
+    # (tenacity's exponential wait plus random-exponential wait, each over half the range)
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
     # per-request timeout (connect + read) in seconds

@@ -10,6 +10,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from .config import FALLBACKS, FUZZY_MODES
+
 
 def register(subparsers) -> None:
     from lmlm.config import add_config_arguments
@@ -30,8 +32,8 @@ def register(subparsers) -> None:
     p = cmd("get", "look a fact up (exact key, then fuzzy)", _get)
     p.add_argument("entity")
     p.add_argument("relation")
-    p.add_argument("--mode", choices=["two_stage", "reference"], default=None)
-    p.add_argument("--fallback", choices=["unknown", "top1_anyway", "abstain"], default=None)
+    p.add_argument("--mode", choices=FUZZY_MODES, default=None)
+    p.add_argument("--fallback", choices=FALLBACKS, default=None)
     p.add_argument("--threshold", type=float, default=None)
     p = cmd("search", "nearest keys to free text", _search)
     p.add_argument("text")

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
+# The one definition of each choice set; everything else (CLI choices, request validation, HTTP
+# schemas) imports these.
 FuzzyMode = Literal["two_stage", "reference"]
+FUZZY_MODES: tuple[str, ...] = get_args(FuzzyMode)
+# What a lookup without an accepted match returns: "unknown", the best candidate anyway, or None
 Fallback = Literal["unknown", "top1_anyway", "abstain"]
+FALLBACKS: tuple[str, ...] = get_args(Fallback)
 
 
 @dataclass

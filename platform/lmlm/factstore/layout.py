@@ -36,6 +36,10 @@ def entity_hash(norm_entity: str) -> int:
     return int.from_bytes(hashlib.blake2b(norm_entity.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+def _partition_key(suffix: str, doc: str) -> property:
+    return property(lambda self: f"{self.tag}:{suffix}", doc=doc)
+
+
 @dataclass(frozen=True)
 class Keys:
     """Redis key names of one partition."""
@@ -43,26 +47,27 @@ class Keys:
     tag: str
 
     def entity(self, norm_entity: str) -> str:
+        """The entity's hash: one field per normalised relation (records.KeyRecord)."""
         return f"{self.tag}:e:{norm_entity}"
 
-    @property
-    def entity_vectors(self) -> str:
-        return f"{self.tag}:ve"
+    entity_vectors = _partition_key("ve", "vector set of the partition's normalised entity names")
+    key_vectors = _partition_key("vk", 'vector set of "entity\\x1frelation" (the key index)')
+    stats = _partition_key("stats", "hash of running totals (records.PartitionStats)")
+    audit = _partition_key("audit", "stream of edits (records.AuditEntry)")
 
-    @property
-    def key_vectors(self) -> str:
-        return f"{self.tag}:vk"
+    def script_keys(self, norm_entity: str) -> "ScriptKeys":
+        return ScriptKeys(self.entity(norm_entity), self.entity_vectors, self.key_vectors, self.stats, self.audit)
 
-    @property
-    def stats(self) -> str:
-        return f"{self.tag}:stats"
 
-    @property
-    def audit(self) -> str:
-        return f"{self.tag}:audit"
+@dataclass(frozen=True)
+class ScriptKeys:
+    """KEYS of every edit script (scripts.py), in this order: the keys of one entity's partition."""
 
-    def script_keys(self, norm_entity: str) -> list[str]:
-        return [self.entity(norm_entity), self.entity_vectors, self.key_vectors, self.stats, self.audit]
+    entity_hash: str
+    entity_vectors: str
+    key_vectors: str
+    stats: str
+    audit: str
 
 
 class Layout:
@@ -168,22 +173,3 @@ class Fact:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def choose(values: list) -> tuple[int, list]:
-    """The value record returned for a key: most frequent, then most recently seen, then latest added."""
-    if len(values) == 1:
-        return 0, values[0]
-    i = max(range(len(values)), key=lambda j: (values[j][1], values[j][3], j))
-    return i, values[i]
-
-
-def provenance(rec: dict, v: list) -> dict:
-    return {
-        "count": v[1],
-        "first_seen": v[2] / 1000.0,
-        "last_seen": v[3] / 1000.0,
-        "annotators": list(v[4] or []),
-        "doc_ids": list(v[5] or []),
-        "n_values": len(rec["v"]),
-    }

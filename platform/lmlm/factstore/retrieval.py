@@ -2,29 +2,30 @@
 
 two_stage: an entity that exists exactly is taken as is; otherwise the entity vector set proposes
 `top_k` names (VSIM) and each is rescored with a character similarity (optimal-string-alignment edit
-distance), which catches one-edit typos that shift MiniLM's word pieces and rejects absent names that
-merely sound alike. The relation is then chosen among that entity's few keys by cosine between cached
+distance, from rapidfuzz), which catches one-edit typos that shift MiniLM's word pieces and rejects
+absent names that merely sound alike. The relation is then chosen among that entity's few keys by cosine between cached
 relation-label embeddings, in process (no second vector search).
+
+Retrieval reads the store only through its public methods (`records`, `entity_records`,
+`nearest_entities`, `nearest_keys`, `embedder`, `cfg`).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from rapidfuzz.distance import OSA
 
-from lmlm.format import Triple
+from lmlm.format import Triple, normalize_key
 
-from .layout import SEP, InvalidFact, choose, clean_name, norm_name, provenance
+from .config import FALLBACKS, FUZZY_MODES
+from .layout import InvalidFact, clean_name, norm_name
+from .records import KeyRecord
 
 if TYPE_CHECKING:
     from .store import FactStore
-
-MODES = ("two_stage", "reference")
-_decode = json.JSONDecoder().decode
-FALLBACKS = ("unknown", "top1_anyway", "abstain")
 
 
 @dataclass
@@ -41,21 +42,9 @@ class Answer:
 
 
 def osa_distance(a: str, b: str, limit: int = 3) -> int:
-    """Edit distance with adjacent transpositions (capped at `limit` + 1 for speed)."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    prev2, prev = None, list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        cur = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cost = a[i - 1] != b[j - 1]
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-            if cost and prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        if min(cur) > limit:
-            return limit + 1
-        prev2, prev = prev, cur
-    return prev[-1]
+    """Edit distance with adjacent transpositions (optimal string alignment); `limit` + 1 when above
+    `limit` (rapidfuzz stops early there)."""
+    return OSA.distance(a, b, score_cutoff=limit)
 
 
 def entity_similarity(query: str, name: str, cos: float) -> float:
@@ -101,12 +90,12 @@ def lexical_bonus(query: str, label: str) -> float:
     return b
 
 
-def _answer(rec: dict, score: float, stage: str, extra: dict | None = None) -> Answer:
-    _, v = choose(rec["v"])
-    prov = provenance(rec, v)
+def _answer(rec: KeyRecord, score: float, stage: str, extra: dict | None = None) -> Answer:
+    v = rec.chosen()
+    prov = rec.provenance(v)
     if extra:
         prov.update(extra)
-    return Answer(v[0], Triple(rec["e"], rec["r"], v[0]), float(score), stage, prov)
+    return Answer(v.value, Triple(rec.entity, rec.relation, v.value), float(score), stage, prov)
 
 
 def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, str]) -> Answer | None:
@@ -121,24 +110,10 @@ def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, s
                    "best": [best.triple.entity, best.triple.relation, best.value] if best and best.triple else None})
 
 
-def _vsim(pipe, key: str, vec: np.ndarray, k: int, flt: str | None = None) -> None:
-    args = ["VSIM", key, "FP32", vec.astype(np.float32).tobytes(), "WITHSCORES", "COUNT", k]
-    if flt:
-        args += ["FILTER", flt]
-    pipe.execute_command(*args)
-
-
-def _pairs(res) -> list[tuple[str, float]]:
-    """VSIM WITHSCORES reply (RESP2 flat list) -> [(element, cosine)]."""
-    if not res:
-        return []
-    return [(res[i].decode(), 2.0 * float(res[i + 1]) - 1.0) for i in range(0, len(res), 2)]
-
-
 def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_threshold, relation_threshold,
                  top_k, fallback) -> list[Answer | None]:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode not in FUZZY_MODES:
+        raise ValueError(f"mode must be one of {FUZZY_MODES}, not {mode!r}")
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
     cfg = store.cfg
@@ -151,11 +126,11 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
         except (InvalidFact, TypeError, IndexError) as e:
             out[i] = _fallback(fallback, None, f"invalid query: {e}", tuple(map(str, q))[:2])
     misses = []
-    for i, blob in _exact(store, parsed):
-        if blob is None:
+    for i, rec in zip(parsed, store.records(list(parsed.values())) if parsed else []):
+        if rec is None:
             misses.append(i)
         else:
-            out[i] = _answer(_decode(blob.decode()), 1.0, "exact")
+            out[i] = _answer(rec, 1.0, "exact")
     if misses:
         fuzzy = _two_stage if mode == "two_stage" else _reference
         for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], threshold=threshold,
@@ -165,33 +140,6 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
     return out
 
 
-def _exact(store: "FactStore", parsed: dict[int, tuple[str, str]]):
-    """(query index, blob or None) of every parsed query: one HGET for a single query, else one
-    script call per partition (all of a partition's keys share its hash tag), pipelined."""
-    if len(parsed) == 1:
-        (i, (E, R)), = parsed.items()
-        return [(i, store._call(store.r.hget, store.layout.of(E).entity(E), R))]
-    groups: dict = {}
-    for i, (E, R) in parsed.items():
-        ks = store.layout.of(E)
-        g = groups.get(ks.tag)
-        if g is None:
-            g = groups[ks.tag] = ([], [], [])
-        g[0].append(i)
-        g[1].append(ks.entity(E))
-        g[2].append(R)
-    if not groups:
-        return []
-    if len(groups) == 1:
-        (idx, keys, rels), = groups.values()
-        return zip(idx, store._call(store._hget_many, keys=keys, args=rels))
-    pipe = store.r.pipeline(transaction=False)
-    for _, keys, rels in groups.values():
-        store._hget_many(keys=keys, args=rels, client=pipe)
-    res = store._call(pipe.execute)
-    return [(i, b) for (idx, _, _), blobs in zip(groups.values(), res) for i, b in zip(idx, blobs)]
-
-
 def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | None]:
     """LMLM.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
     if not store.cfg.key_index:
@@ -199,31 +147,15 @@ def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | N
                          "with FactStoreConfig(key_index=True)")
     thr = store.cfg.threshold if threshold is None else threshold
     vecs = store.embedder.encode([f"{E} {R}" for E, R in qs])
-    pipe = store.r.pipeline(transaction=False)
-    parts = store.layout.parts
-    for v in vecs:
-        for ks in parts:
-            _vsim(pipe, ks.key_vectors, v, top_k)
-    res = store._call(pipe.execute)
-    best = []
-    for qi in range(len(qs)):
-        cands = [c for p in range(len(parts)) for c in _pairs(res[qi * len(parts) + p])]
-        best.append(max(cands, key=lambda c: c[1]) if cands else None)
-    pipe = store.r.pipeline(transaction=False)
-    for b in best:
-        if b:
-            E, R = b[0].split(SEP, 1)
-            pipe.hget(store.layout.of(E).entity(E), R)
-    blobs = iter(store._call(pipe.execute))
+    best = [max(cands, key=lambda c: c[2]) if cands else None for cands in store.nearest_keys(vecs, top_k)]
+    recs = iter(store.records([b[:2] for b in best if b]))
     out = []
     for (E, R), b in zip(qs, best):
-        blob = next(blobs) if b else None
+        rec = next(recs) if b else None
         cand = None
-        if blob is not None:
-            rec = json.loads(blob)
-            stage = "relation" if b[0].split(SEP, 1)[0] == E else "entity"
-            cand = _answer(rec, b[1], stage, {"cosine": b[1]})
-        if cand is not None and b[1] >= thr:
+        if rec is not None:
+            cand = _answer(rec, b[2], "relation" if b[0] == E else "entity", {"cosine": b[2]})
+        if cand is not None and b[2] >= thr:
             out.append(cand)
         else:
             out.append(_fallback(fallback, cand, f"no key with cosine >= {thr}", (E, R)))
@@ -235,60 +167,45 @@ def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, to
     e_thr = cfg.entity_threshold if entity_threshold is None else entity_threshold
     r_thr = relation_threshold if relation_threshold is not None else (
         threshold if threshold is not None else cfg.relation_threshold)
-    parts = store.layout.parts
-    pipe = store.r.pipeline(transaction=False)
-    for E, _ in qs:
-        pipe.hgetall(store.layout.of(E).entity(E))
-    hashes = store._call(pipe.execute)
-    need = [i for i, h in enumerate(hashes) if not h]
+    recs = store.entity_records([E for E, _ in qs])  # per query: {relation: record} of its entity
+    need = [i for i, h in enumerate(recs) if not h]
     # One model call for the query strings and the labels of entities found exactly; labels of
     # fuzzily found entities come from the cache (a second call only for labels never seen).
-    known = sorted({R.decode() for h in hashes if h for R in h})
+    known = sorted({R for h in recs for R in h})
     tmpl = cfg.relation_template
     texts = [qs[i][0] for i in need] + [tmpl.format(relation=R) for _, R in qs] + [tmpl.format(relation=r) for r in known]
     vecs = store.embedder.encode(texts)
     evecs, rvecs = vecs[: len(need)], vecs[len(need): len(need) + len(qs)]
-    # entity[i] = (stored normalised name, entity score, stage) or a rejected best candidate
-    entity: dict[int, tuple[str, float]] = {i: (qs[i][0], 1.0) for i, h in enumerate(hashes) if h}
+    # entity[i] = (stored normalised name, entity score); rejected[i]: the best candidate below threshold
+    entity: dict[int, tuple[str, float]] = {i: (qs[i][0], 1.0) for i, h in enumerate(recs) if h}
     rejected: dict[int, tuple[str, float]] = {}
     if need:
-        pipe = store.r.pipeline(transaction=False)
-        for v in evecs:
-            for ks in parts:
-                _vsim(pipe, ks.entity_vectors, v, top_k)
-        res = store._call(pipe.execute)
-        for n, i in enumerate(need):
-            cands = [c for p in range(len(parts)) for c in _pairs(res[n * len(parts) + p])]
+        for i, cands in zip(need, store.nearest_entities(evecs, top_k)):
             scored = [(name, entity_similarity(qs[i][0], name, cos)) for name, cos in cands]
             if not scored:
                 continue
             name, s = max(scored, key=lambda c: (c[1], c[0]))
             (entity if s >= e_thr else rejected)[i] = (name, s)
-        pipe = store.r.pipeline(transaction=False)
         fetch = [i for i in need if i in entity or (fallback == "top1_anyway" and i in rejected)]
-        for i in fetch:
-            E = (entity.get(i) or rejected[i])[0]
-            pipe.hgetall(store.layout.of(E).entity(E))
-        for i, h in zip(fetch, store._call(pipe.execute)):
-            hashes[i] = h
+        for i, h in zip(fetch, store.entity_records([(entity.get(i) or rejected[i])[0] for i in fetch])):
+            recs[i] = h
     # Relation stage: cosine between the query label and this entity's labels (cached embeddings).
-    labels = sorted({R.decode() for h in hashes if h for R in h})
+    labels = sorted({R for h in recs for R in h})
     lvec = dict(zip(labels, _label_vectors(store, labels))) if labels else {}
     out: list[Answer | None] = []
     for i, (E, R) in enumerate(qs):
-        h = hashes[i]
+        h = recs[i]
         ent = entity.get(i) or rejected.get(i)
         if not h or ent is None:
             out.append(_fallback(fallback, None, "entity not found", (E, R)))
             continue
-        rels = [r.decode() for r in h]
+        rels = list(h)
         cos = np.array([1.0 if r == R else min(1.0, float(lvec[r] @ rvecs[i]) + lexical_bonus(R, r))
                         for r in rels])
         j = int(np.argmax(cos))
-        rec = json.loads(h[rels[j].encode()])
         e_ok, r_ok = i in entity, cos[j] >= r_thr
         stage = "relation" if ent[1] == 1.0 and ent[0] == E else "entity"
-        ans = _answer(rec, ent[1] * float(cos[j]), stage,
+        ans = _answer(h[rels[j]], ent[1] * float(cos[j]), stage,
                       {"entity_score": ent[1], "relation_score": float(cos[j])})
         if e_ok and r_ok:
             out.append(ans)
@@ -303,31 +220,12 @@ def _label_vectors(store, labels: list[str]) -> np.ndarray:
 
 
 def search(store: "FactStore", text: str, k: int, entity: str | None) -> list[Answer]:
-    """Top-k keys by cosine to free text. With `entity`, only that entity's keys: the VSIM FILTER
-    compares a numeric entity id computed here, so no user string ever enters a filter expression."""
+    """Top-k keys by cosine to free text; with `entity`, only that entity's keys."""
     if not store.cfg.key_index:
         raise ValueError("search needs the key vector set: create the store with FactStoreConfig(key_index=True)")
-    q = store.embedder.encode([normalize(text)])[0]
-    pipe = store.r.pipeline(transaction=False)
-    if entity is not None:
-        E = clean_name(entity, "entity")[1]
-        _vsim(pipe, store.layout.of(E).key_vectors, q, k, flt=f".eid == {store.layout.eid(E)}")
-    else:
-        for ks in store.layout.parts:
-            _vsim(pipe, ks.key_vectors, q, k)
-    cands = sorted((c for r in store._call(pipe.execute) for c in _pairs(r)), key=lambda c: -c[1])[:k]
-    pipe = store.r.pipeline(transaction=False)
-    for name, _ in cands:
-        E, R = name.split(SEP, 1)
-        pipe.hget(store.layout.of(E).entity(E), R)
-    out = []
-    for (name, cos), blob in zip(cands, store._call(pipe.execute)):
-        if blob is not None and (entity is None or name.split(SEP, 1)[0] == E):
-            out.append(_answer(json.loads(blob), cos, "entity", {"cosine": cos}))
-    return out
-
-
-def normalize(text: str) -> str:
-    from lmlm.format import normalize_key
-
-    return normalize_key(text)
+    E = clean_name(entity, "entity")[1] if entity is not None else None
+    q = store.embedder.encode([normalize_key(text)])
+    cands = sorted(store.nearest_keys(q, k, entity=E)[0], key=lambda c: -c[2])[:k]
+    cands = [c for c in cands if E is None or c[0] == E]
+    return [_answer(rec, cos, "entity", {"cosine": cos})
+            for (_, _, cos), rec in zip(cands, store.records([c[:2] for c in cands])) if rec is not None]

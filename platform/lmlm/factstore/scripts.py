@@ -1,138 +1,273 @@
 """Server-side Lua: every write touches one entity's keys (one hash tag), atomically.
 
-Entity hash field = normalised relation; value = JSON {"e": entity, "r": relation, "v": [[value,
-count, first_ms, last_ms, [annotators], [doc ids]], ...]}. Vector elements: the normalised entity in
-the entity set, "entity\\x1frelation" in the key set (normalised strings never hold \\x1f).
-KEYS of every script: 1 entity hash, 2 entity vector set, 3 key vector set, 4 stats hash, 5 audit stream.
+A `Script` pairs a Lua body with the dataclass of its arguments and the dataclass of its reply.
+`Script.bind(client)` gives a callable that builds KEYS from a `ScriptKeys` (layout.py) and ARGV from
+the arguments dataclass; `Script.parse` turns a reply into the reply dataclass. The Lua text that runs
+is generated around the body from the same dataclasses: one Lua local per key and per argument, named
+as the field and converted from its type (int: a number, bool: "1"/"0", list: JSON), the positions of
+a stored value record and writers of the stats hash and audit stream (records.py), and, at the end,
+`return {fields of the reply}`. So neither the Lua nor the Python side refers to an argument or a
+reply field by its number.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Callable, Optional
+
+from .layout import SEP, ScriptKeys
+from .records import KEY_RECORD_JSON, AuditEntry, PartitionStats, ValueRecord, field_names, field_values
+
+
+@dataclass
+class AddArgs:
+    """ADD: add one value (with `count` mentions) under a key, or with `replace` make it the key's only
+    value; creates the entity and key vectors it is given, updates the stats, and audits single edits."""
+
+    E: str                  # normalised entity
+    R: str                  # normalised relation
+    entity: str             # display forms, kept in the record
+    relation: str
+    value: str
+    count: int              # mentions of this value in the write
+    annotator: str
+    docs: list              # document ids
+    now_ms: int
+    max_docs: int           # annotators and document ids kept per value
+    entity_vector: bytes    # FP32 embedding for a new entity; b"": not computed
+    key_vector: bytes       # FP32 embedding of "{entity} {relation}" for a new key; b"": not computed
+    eid: str                # Layout.eid(E) in decimal, "" without the key index (text: Lua numbers round it)
+    replace: bool
+    actor: str              # "": no audit entry (a bulk write is audited once per partition)
+    audit_maxlen: int
+    op: str                 # audit op name ("put", "add")
+
+
+@dataclass
+class AddReply:
+    new_entity: bool
+    new_key: bool
+    new_triple: bool
+    removed: int                  # values `replace` removed
+    need_entity_vector: bool      # a new entity whose vector was not given: add it with ADD_VECTOR
+    need_key_vector: bool
+
+
+@dataclass
+class DeleteArgs:
+    """DELETE: a whole entity (R == ""), a key, or one value of a key (has_value), with its vectors."""
+
+    E: str
+    R: str
+    value: str
+    has_value: bool
+    actor: str
+    audit_maxlen: int
+    entity: str             # display form, for the audit entry
+
+
+@dataclass
+class DeleteReply:
+    triples: int
+    keys: int
+    entities: int
+    mentions: int
+
+
+@dataclass
+class VectorArgs:
+    """ADD_VECTOR: add a missing vector, only while its fact is still stored."""
+
+    E: str
+    R: str                  # "": the entity's vector; else the key's
+    vector: bytes
+    eid: str
+
+
+def _encode(x):
+    if isinstance(x, bool):
+        return "1" if x else "0"
+    if isinstance(x, (list, tuple)):
+        return json.dumps(list(x))
+    return x
+
+
+def _lua_locals(source: str, cls) -> str:
+    """`local <field> = <source>[i]` for each field of `cls`, converted from the field's type."""
+    conv = {"int": "tonumber({})", "bool": "({} == '1')", "list": "cjson.decode({})"}
+    return "\n".join(f"local {f.name} = " + conv.get(str(f.type).split("[")[0], "{}").format(f"{source}[{i}]")
+                     for i, f in enumerate(fields(cls), 1))
+
+
+def _lua_lib() -> str:
+    v = field_names(ValueRecord)
+    stats = field_names(PartitionStats)
+    audit = list(AuditEntry.EDIT_FIELDS)
+    rec = KEY_RECORD_JSON
+    return "\n".join([
+        f"local {', '.join(n.upper() for n in v)} = {', '.join(str(i) for i in range(1, len(v) + 1))}",
+        f"local REC_VALUES = '{rec['values']}'",
+        f"local SEP = '\\{ord(SEP)}'",
+        f"local function value_record({', '.join(v)}) return {{{', '.join(v)}}} end",
+        f"local function key_record(entity, relation) return {{{rec['entity']} = entity, {rec['relation']} = relation, "
+        f"{rec['values']} = {{}}}} end",
+        f"local function add_stats({', '.join(stats)})",
+        *[f"  redis.call('HINCRBY', stats, '{s}', {s})" for s in stats],
+        "end",
+        f"local function add_audit(maxlen, {', '.join(audit)})",
+        "  redis.call('XADD', audit, 'MAXLEN', '~', maxlen, '*', " + ", ".join(f"'{a}', {a}" for a in audit) + ")",
+        "end",
+        _LIB,
+    ])
+
+
+_LIB = r"""
+local function key_element(E, R) return E .. SEP .. R end
+local function add_entity_vector(E, vec) return redis.call('VADD', entity_vectors, 'FP32', vec, E, 'Q8') end
+local function add_key_vector(E, R, vec, eid)
+  return redis.call('VADD', key_vectors, 'FP32', vec, key_element(E, R), 'Q8', 'SETATTR', '{"eid":' .. eid .. '}')
+end
+-- append the items not in `list` yet, while it holds fewer than `cap`
+local function add_unique(list, items, cap)
+  for _, x in ipairs(items) do
+    if #list >= cap then break end
+    local dup = false
+    for _, y in ipairs(list) do if y == x then dup = true; break end end
+    if not dup then table.insert(list, x) end
+  end
+end
 """
 
-# ARGV: 1 E, 2 R, 3 entity, 4 relation, 5 value, 6 count, 7 annotator, 8 docs (JSON list), 9 now_ms,
-# 10 max docs, 11 entity vector (FP32 or ""), 12 key vector (or ""), 13 eid, 14 replace ("1": put),
-# 15 actor ("" = no audit entry), 16 audit maxlen, 17 op name
-ADD = r"""
-local blob = redis.call('HGET', KEYS[1], ARGV[2])
-local newent, newkey, newtriple, removed, removed_n = 0, 0, 0, 0, 0
+
+class Script:
+    def __init__(self, args: type, body: str, reply: Optional[type] = None):
+        self.args, self.reply = args, reply
+        ret = f"return {{{', '.join(field_names(reply))}}}" if reply else ""
+        self.lua = "\n".join([_lua_locals("KEYS", ScriptKeys), _lua_locals("ARGV", args), _lua_lib(), body, ret])
+
+    def argv(self, a) -> list:
+        if not isinstance(a, self.args):
+            raise TypeError(f"expected {self.args.__name__}, got {type(a).__name__}")
+        return [_encode(x) for x in field_values(a)]
+
+    def parse(self, raw):
+        if self.reply is None:
+            return raw
+        return self.reply(**{f.name: (bool if f.type == "bool" else int)(x)
+                             for f, x in zip(fields(self.reply), raw, strict=True)})
+
+    def bind(self, client) -> Callable:
+        """`call(keys: ScriptKeys, args, client=None)`: run the script (on `client`, a pipeline, if given)."""
+        registered = client.register_script(self.lua)
+
+        def call(keys: ScriptKeys, args, client=None):
+            return registered(keys=field_values(keys), args=self.argv(args), client=client)
+
+        return call
+
+
+ADD = Script(AddArgs, r"""
+local blob = redis.call('HGET', entity_hash, R)
+local new_entity, new_key, new_triple, removed, removed_mentions = 0, 0, 0, 0, 0
 local rec
 if blob then
   rec = cjson.decode(blob)
 else
-  newkey = 1
-  if redis.call('EXISTS', KEYS[1]) == 0 then newent = 1 end
-  rec = {e = ARGV[3], r = ARGV[4], v = {}}
+  new_key = 1
+  if redis.call('EXISTS', entity_hash) == 0 then new_entity = 1 end
+  rec = key_record(entity, relation)
 end
-local now, n, maxd = tonumber(ARGV[9]), tonumber(ARGV[6]), tonumber(ARGV[10])
-local docs = cjson.decode(ARGV[8])
-if ARGV[14] == '1' then
+if replace then
   local keep = {}
-  for _, v in ipairs(rec.v) do
-    if v[1] == ARGV[5] then keep[1] = v else removed = removed + 1; removed_n = removed_n + v[2] end
+  for _, v in ipairs(rec[REC_VALUES]) do
+    if v[VALUE] == value then keep[1] = v else removed = removed + 1; removed_mentions = removed_mentions + v[COUNT] end
   end
-  rec.v = keep
+  rec[REC_VALUES] = keep
 end
 local found = nil
-for _, v in ipairs(rec.v) do if v[1] == ARGV[5] then found = v; break end end
+for _, v in ipairs(rec[REC_VALUES]) do if v[VALUE] == value then found = v; break end end
 if found then
-  found[2] = found[2] + n
-  found[4] = now
-  local has = false
-  for _, a in ipairs(found[5]) do if a == ARGV[7] then has = true; break end end
-  if not has and #found[5] < maxd then table.insert(found[5], ARGV[7]) end
-  for _, d in ipairs(docs) do
-    if #found[6] >= maxd then break end
-    local dup = false
-    for _, x in ipairs(found[6]) do if x == d then dup = true; break end end
-    if not dup then table.insert(found[6], d) end
-  end
+  found[COUNT] = found[COUNT] + count
+  found[LAST_MS] = now_ms
+  add_unique(found[ANNOTATORS], {annotator}, max_docs)
+  add_unique(found[DOC_IDS], docs, max_docs)
 else
-  newtriple = 1
+  new_triple = 1
   local ds = {}
-  for i, d in ipairs(docs) do if i > maxd then break end; ds[i] = d end
-  table.insert(rec.v, {ARGV[5], n, now, now, {ARGV[7]}, ds})
+  add_unique(ds, docs, max_docs)
+  table.insert(rec[REC_VALUES], value_record(value, count, now_ms, now_ms, {annotator}, ds))
 end
-redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(rec))
-local need_e, need_k = 0, 0
-if newent == 1 then
-  if ARGV[11] ~= '' then redis.call('VADD', KEYS[2], 'FP32', ARGV[11], ARGV[1], 'Q8') else need_e = 1 end
+redis.call('HSET', entity_hash, R, cjson.encode(rec))
+local need_entity_vector, need_key_vector = 0, 0
+if new_entity == 1 then
+  if entity_vector ~= '' then add_entity_vector(E, entity_vector) else need_entity_vector = 1 end
 end
-if newkey == 1 and ARGV[13] ~= '' then
-  if ARGV[12] ~= '' then
-    redis.call('VADD', KEYS[3], 'FP32', ARGV[12], ARGV[1] .. '\31' .. ARGV[2], 'Q8', 'SETATTR', '{"eid":' .. ARGV[13] .. '}')
-  else need_k = 1 end
+if new_key == 1 and eid ~= '' then
+  if key_vector ~= '' then add_key_vector(E, R, key_vector, eid) else need_key_vector = 1 end
 end
-redis.call('HINCRBY', KEYS[4], 'triples', newtriple - removed)
-redis.call('HINCRBY', KEYS[4], 'keys', newkey)
-redis.call('HINCRBY', KEYS[4], 'entities', newent)
-redis.call('HINCRBY', KEYS[4], 'mentions', n - removed_n)
-if ARGV[15] ~= '' then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[16], '*', 'op', ARGV[17], 'who', ARGV[15],
-             'entity', ARGV[3], 'relation', ARGV[4], 'value', ARGV[5], 'removed', removed)
-end
-return {newent, newkey, newtriple, removed, need_e, need_k}
-"""
+add_stats(new_triple - removed, new_key, new_entity, count - removed_mentions)
+if actor ~= '' then add_audit(audit_maxlen, op, actor, entity, relation, value, removed) end
+""", AddReply)
 
-# ARGV: 1 E, 2 R ("" = the whole entity), 3 value, 4 "1" when a value is given, 5 actor, 6 maxlen,
-# 7 entity (display, for the audit entry)
-DELETE = r"""
-local existed = redis.call('EXISTS', KEYS[1])
+DELETE = Script(DeleteArgs, r"""
+local existed = redis.call('EXISTS', entity_hash)
 local triples, keys, mentions = 0, 0, 0
 local function drop_key(r, blob)
   local rec = cjson.decode(blob)
-  for _, v in ipairs(rec.v) do triples = triples + 1; mentions = mentions + v[2] end
-  redis.call('HDEL', KEYS[1], r)
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('VREM', KEYS[3], ARGV[1] .. '\31' .. r) end
+  for _, v in ipairs(rec[REC_VALUES]) do triples = triples + 1; mentions = mentions + v[COUNT] end
+  redis.call('HDEL', entity_hash, r)
+  if redis.call('EXISTS', key_vectors) == 1 then redis.call('VREM', key_vectors, key_element(E, r)) end
   keys = keys + 1
 end
-if ARGV[2] == '' then
-  local all = redis.call('HGETALL', KEYS[1])
+if R == '' then
+  local all = redis.call('HGETALL', entity_hash)
   for i = 1, #all, 2 do drop_key(all[i], all[i + 1]) end
 else
-  local blob = redis.call('HGET', KEYS[1], ARGV[2])
+  local blob = redis.call('HGET', entity_hash, R)
   if blob then
-    if ARGV[4] == '1' then
+    if has_value then
       local rec = cjson.decode(blob)
-      local keep, gone, gone_n = {}, 0, 0
-      for _, v in ipairs(rec.v) do
-        if v[1] == ARGV[3] then gone = gone + 1; gone_n = gone_n + v[2] else table.insert(keep, v) end
+      local keep, gone, gone_mentions = {}, 0, 0
+      for _, v in ipairs(rec[REC_VALUES]) do
+        if v[VALUE] == value then
+          gone = gone + 1; gone_mentions = gone_mentions + v[COUNT]
+        else
+          table.insert(keep, v)
+        end
       end
       if #keep == 0 then
-        drop_key(ARGV[2], blob)
+        drop_key(R, blob)
       elseif gone > 0 then
-        rec.v = keep
-        redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(rec))
-        triples, mentions = gone, gone_n
+        rec[REC_VALUES] = keep
+        redis.call('HSET', entity_hash, R, cjson.encode(rec))
+        triples, mentions = gone, gone_mentions
       end
     else
-      drop_key(ARGV[2], blob)
+      drop_key(R, blob)
     end
   end
 end
 local entities = 0
-if existed == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+if existed == 1 and redis.call('EXISTS', entity_hash) == 0 then
   entities = 1
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('VREM', KEYS[2], ARGV[1]) end
+  if redis.call('EXISTS', entity_vectors) == 1 then redis.call('VREM', entity_vectors, E) end
 end
-redis.call('HINCRBY', KEYS[4], 'triples', -triples)
-redis.call('HINCRBY', KEYS[4], 'keys', -keys)
-redis.call('HINCRBY', KEYS[4], 'entities', -entities)
-redis.call('HINCRBY', KEYS[4], 'mentions', -mentions)
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'op', 'delete', 'who', ARGV[5],
-           'entity', ARGV[7], 'relation', ARGV[2], 'value', ARGV[3], 'removed', triples)
-return triples
-"""
+add_stats(-triples, -keys, -entities, -mentions)
+add_audit(audit_maxlen, 'delete', actor, entity, R, value, triples)
+""", DeleteReply)
 
-# Add a missing vector only while its fact is still there. ARGV: 1 E, 2 R ("" = entity vector),
-# 3 vector, 4 eid
-ADD_VECTOR = r"""
-if ARGV[2] == '' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('VADD', KEYS[2], 'FP32', ARGV[3], ARGV[1], 'Q8') end
-elseif redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
-  return redis.call('VADD', KEYS[3], 'FP32', ARGV[3], ARGV[1] .. '\31' .. ARGV[2], 'Q8', 'SETATTR', '{"eid":' .. ARGV[4] .. '}')
+ADD_VECTOR = Script(VectorArgs, r"""
+if R == '' then
+  if redis.call('EXISTS', entity_hash) == 1 then return add_entity_vector(E, vector) end
+elseif redis.call('HEXISTS', entity_hash, R) == 1 then
+  return add_key_vector(E, R, vector, eid)
 end
 return 0
-"""
+""")
 
 # Batched exact read: one command per partition instead of one HGET each. KEYS: entity hashes (one
-# hash tag); ARGV: the relation field of each. Returns the blobs, nil where absent.
+# hash tag); ARGV: the relation field of each (a list of pairs, not a record). Returns the blobs, nil
+# where absent.
 HGET_MANY = r"""
 local out = {}
 for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[i]) end

@@ -5,6 +5,7 @@ import getpass
 import json
 import os
 from collections import defaultdict
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,9 +18,10 @@ from lmlm.format import Triple
 from . import retrieval
 from .config import FactStoreConfig
 from .embed import DIM, MODEL_NAME, Embedder, get_embedder
-from .layout import Fact, InvalidFact, Layout, choose, now_ms, provenance
+from .layout import SEP, Fact, InvalidFact, Layout, ScriptKeys, clean_name, now_ms
+from .records import AuditEntry, KeyRecord, PartitionStats, StoreMeta, ValueRecord
 from .retrieval import Answer
-from .scripts import ADD, ADD_VECTOR, DELETE, HGET_MANY
+from .scripts import ADD, ADD_VECTOR, DELETE, HGET_MANY, AddArgs, DeleteArgs, VectorArgs
 from .server import RedisServer, StoreUnavailable, connect
 
 _DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
@@ -37,9 +39,9 @@ class FactStore:
         self.layout = Layout(cfg.namespace, cfg.partitions)
         self.actor = cfg.actor or os.environ.get("USER") or _user()
         self._embedder = embedder
-        self._add = self.r.register_script(ADD)
-        self._delete = self.r.register_script(DELETE)
-        self._add_vector = self.r.register_script(ADD_VECTOR)
+        self._add = ADD.bind(self.r)
+        self._delete = DELETE.bind(self.r)
+        self._add_vector = ADD_VECTOR.bind(self.r)
         self._hget_many = self.r.register_script(HGET_MANY)
         self._check_meta()
 
@@ -94,8 +96,8 @@ class FactStore:
             raise StoreUnavailable(f"fact store at {self.url} is unavailable: {e}") from e
 
     def _check_meta(self) -> None:
-        want = {"format": str(FORMAT_VERSION), "partitions": str(self.cfg.partitions), "dim": str(DIM),
-                "model": MODEL_NAME, "key_index": str(int(self.cfg.key_index))}
+        want = StoreMeta(format=FORMAT_VERSION, partitions=self.cfg.partitions, dim=DIM, model=MODEL_NAME,
+                         key_index=self.cfg.key_index).to_hash()
         have = {k.decode(): v.decode() for k, v in self._call(self.r.hgetall, self.layout.meta).items()}
         if not have:
             self._call(self.r.hset, self.layout.meta, mapping=want)
@@ -158,17 +160,17 @@ class FactStore:
         pipe = self.r.pipeline(transaction=False)
         order = []
         for (E, R, value), (f, n, ds) in agg.items():
-            ks = self.layout.of(E)
-            eid = str(self.layout.eid(E)) if self.cfg.key_index else ""
-            self._add(keys=ks.script_keys(E), client=pipe, args=[
-                E, R, f.entity, f.relation, value, n, annotator, json.dumps(ds), ms,
-                self.cfg.max_docs_per_value, evec.pop(E, b""), kvec.pop((E, R), b""), eid,
-                "1" if replace else "0", audit, self.cfg.audit_maxlen, audit_op])
+            self._add(self._keys(E), AddArgs(
+                E=E, R=R, entity=f.entity, relation=f.relation, value=value, count=n, annotator=annotator,
+                docs=ds, now_ms=ms, max_docs=self.cfg.max_docs_per_value, entity_vector=evec.pop(E, b""),
+                key_vector=kvec.pop((E, R), b""), eid=self._eid(E), replace=replace, actor=audit,
+                audit_maxlen=self.cfg.audit_maxlen, op=audit_op), client=pipe)
             order.append((E, R))
-        results = self._call(pipe.execute)
-        missing = [(E, R, flags) for (E, R), flags in zip(order, results) if flags[4] or flags[5]]
-        if missing:  # an entity deleted between the check and the write: add its vectors now
-            self._repair_vectors(missing)
+        replies = [ADD.parse(raw) for raw in self._call(pipe.execute)]
+        need_ents = [E for (E, _), a in zip(order, replies) if a.need_entity_vector]
+        need_keys = [k for k, a in zip(order, replies) if a.need_key_vector]
+        if need_ents or need_keys:  # an entity deleted between the check and the write: add its vectors now
+            self._repair_vectors(need_ents, need_keys)
         if not audit:
             self._audit_summary(agg, annotator, audit_op)
         return len(rows)
@@ -179,17 +181,21 @@ class FactStore:
         vecs = self.embedder.encode(texts)
         return {t: v.astype(np.float32).tobytes() for t, v in zip(texts, vecs)}
 
-    def _repair_vectors(self, missing: list) -> None:
+    def _keys(self, E: str) -> ScriptKeys:
+        return self.layout.of(E).script_keys(E)
+
+    def _eid(self, E: str) -> str:
+        return str(self.layout.eid(E)) if self.cfg.key_index else ""
+
+    def _repair_vectors(self, ents: list[str], keys: list[tuple[str, str]]) -> None:
         pipe = self.r.pipeline(transaction=False)
-        ents = [E for E, R, fl in missing if fl[4]]
-        keys = [(E, R) for E, R, fl in missing if fl[5]]
         ev = self._vectors(ents)
         kv = self._vectors([f"{E} {R}" for E, R in keys])
         for E in ents:
-            self._add_vector(keys=self.layout.of(E).script_keys(E), args=[E, "", ev[E], 0], client=pipe)
+            self._add_vector(self._keys(E), VectorArgs(E=E, R="", vector=ev[E], eid=""), client=pipe)
         for E, R in keys:
-            self._add_vector(keys=self.layout.of(E).script_keys(E),
-                             args=[E, R, kv[f"{E} {R}"], self.layout.eid(E)], client=pipe)
+            self._add_vector(self._keys(E), VectorArgs(E=E, R=R, vector=kv[f"{E} {R}"], eid=self._eid(E)),
+                             client=pipe)
         self._call(pipe.execute)
 
     def _audit_summary(self, agg: dict, annotator: str, op: str) -> None:
@@ -198,21 +204,20 @@ class FactStore:
             per_part[self.layout.of(E).audit] += 1
         pipe = self.r.pipeline(transaction=False)
         for key, n in per_part.items():
-            pipe.xadd(key, {"op": op, "who": self.actor, "annotator": annotator, "triples": n},
+            pipe.xadd(key, AuditEntry(op=op, who=self.actor, annotator=annotator, triples=n).to_stream(),
                       maxlen=self.cfg.audit_maxlen, approximate=True)
         self._call(pipe.execute)
 
     def delete(self, entity: str, relation: str | None = None, value: str | None = None) -> int:
         """Delete a triple, a key (entity, relation) or a whole entity, with its vector elements, in
         one atomic script; returns the number of (entity, relation, value) triples removed."""
-        ent, E = _name(entity, "entity")
-        R = _name(relation, "relation")[1] if relation is not None else ""
+        ent, E = clean_name(entity, "entity")
+        R = clean_name(relation, "relation")[1] if relation is not None else ""
         if value is not None and relation is None:
             raise InvalidFact("delete: a value needs a relation")
-        v = value.strip() if value is not None else ""
-        ks = self.layout.of(E)
-        return int(self._call(self._delete, keys=ks.script_keys(E), args=[
-            E, R, v, "1" if value is not None else "0", self.actor, self.cfg.audit_maxlen, ent]))
+        args = DeleteArgs(E=E, R=R, value=value.strip() if value is not None else "", has_value=value is not None,
+                          actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, entity=ent)
+        return DELETE.parse(self._call(self._delete, self._keys(E), args)).triples
 
     def delete_entity(self, entity: str) -> int:
         return self.delete(entity)
@@ -222,20 +227,15 @@ class FactStore:
         for ks in self.layout.parts:
             for batch in _chunks(self._call(lambda: list(self.r.scan_iter(match=f"{ks.tag}:*", count=1000))), 1000):
                 self._call(self.r.delete, *batch)
-            self._call(self.r.xadd, ks.audit, {"op": "flush", "who": self.actor})
+            self._call(self.r.xadd, ks.audit, AuditEntry(op="flush", who=self.actor).to_stream())
 
     # ---------------------------------------------------------------------------------------------
     # Reads
 
     def get(self, entity: str, relation: str) -> dict | None:
         """Everything stored under a key: {"entity", "relation", "values": [{value, count, ...}]}."""
-        E, R = _name(entity, "entity")[1], _name(relation, "relation")[1]
-        blob = self._call(self.r.hget, self.layout.of(E).entity(E), R)
-        if blob is None:
-            return None
-        rec = json.loads(blob)
-        return {"entity": rec["e"], "relation": rec["r"], "chosen": choose(rec["v"])[1][0],
-                "values": [{"value": v[0], **provenance(rec, v)} for v in rec["v"]]}
+        rec = self.records([(clean_name(entity, "entity")[1], clean_name(relation, "relation")[1])])[0]
+        return rec.as_dict() if rec is not None else None
 
     def lookup(self, entity: str, relation: str, **kw) -> Answer | None:
         """Exact key first, then fuzzy (`mode`, `threshold`, `entity_threshold`, `top_k`, `fallback`)."""
@@ -256,7 +256,68 @@ class FactStore:
         """Nearest keys to free text ("{entity} {relation}"), optionally only among one entity's keys."""
         return retrieval.search(self, text, k, entity)
 
-    def iter_records(self) -> Iterator[tuple[dict, list]]:
+    # Reads by normalised names, for retrieval: parsed records and vector-set neighbours
+
+    def records(self, keys: list[tuple[str, str]]) -> list[KeyRecord | None]:
+        """The record under each (entity, relation) key, None where absent: one HGET for a single key,
+        else one script call per partition (a partition's keys share its hash tag), pipelined."""
+        if len(keys) == 1:
+            (E, R), = keys
+            blobs = [self._call(self.r.hget, self.layout.of(E).entity(E), R)]
+        else:
+            groups: dict[str, tuple[list, list, list]] = {}
+            for i, (E, R) in enumerate(keys):
+                ks = self.layout.of(E)
+                g = groups.setdefault(ks.tag, ([], [], []))
+                g[0].append(i)
+                g[1].append(ks.entity(E))
+                g[2].append(R)
+            blobs = [None] * len(keys)
+            if len(groups) == 1:  # no pipeline: a pipelined script costs an extra SCRIPT EXISTS round trip
+                (idx, hashes, rels), = groups.values()
+                res = [self._call(self._hget_many, keys=hashes, args=rels)]
+            else:
+                pipe = self.r.pipeline(transaction=False)
+                for _, hashes, rels in groups.values():
+                    self._hget_many(keys=hashes, args=rels, client=pipe)
+                res = self._call(pipe.execute)
+            for (idx, _, _), got in zip(groups.values(), res):
+                for i, b in zip(idx, got):
+                    blobs[i] = b
+        return [KeyRecord.decode(b) if b is not None else None for b in blobs]
+
+    def entity_records(self, entities: list[str]) -> list[dict[str, KeyRecord]]:
+        """Every record of each entity by relation ({} where the entity is absent), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for E in entities:
+            pipe.hgetall(self.layout.of(E).entity(E))
+        return [{R.decode(): KeyRecord.decode(b) for R, b in h.items()} for h in self._call(pipe.execute)]
+
+    def nearest_entities(self, vectors, k: int) -> list[list[tuple[str, float]]]:
+        """Per query vector, the `k` nearest entities of each partition's entity vector set: (E, cosine)."""
+        return self._nearest(vectors, k, [ks.entity_vectors for ks in self.layout.parts])
+
+    def nearest_keys(self, vectors, k: int, entity: str | None = None) -> list[list[tuple[str, str, float]]]:
+        """Per query vector, the `k` nearest keys of each partition's key vector set (the key index):
+        (E, R, cosine). With `entity`, only that entity's keys: the VSIM FILTER compares a numeric id
+        computed here, so no user string ever enters a filter expression."""
+        if entity is None:
+            sets, flt = [ks.key_vectors for ks in self.layout.parts], None
+        else:
+            sets, flt = [self.layout.of(entity).key_vectors], f".eid == {self.layout.eid(entity)}"
+        return [[(*name.split(SEP, 1), cos) for name, cos in cands] for cands in self._nearest(vectors, k, sets, flt)]
+
+    def _nearest(self, vectors, k: int, sets: list[str], flt: str | None = None) -> list[list[tuple[str, float]]]:
+        pipe = self.r.pipeline(transaction=False)
+        extra = ["FILTER", flt] if flt else []
+        for v in vectors:
+            blob = np.asarray(v, dtype=np.float32).tobytes()
+            for key in sets:
+                pipe.execute_command("VSIM", key, "FP32", blob, "WITHSCORES", "COUNT", k, *extra)
+        res = iter(self._call(pipe.execute))
+        return [[c for _ in sets for c in _pairs(next(res))] for _ in vectors]
+
+    def iter_records(self) -> Iterator[tuple[KeyRecord, ValueRecord]]:
         """(key record, value record) of every stored triple, entities in sorted order per partition."""
         for ks in self.layout.parts:
             names = sorted(self._call(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000))))
@@ -266,18 +327,18 @@ class FactStore:
                     pipe.hgetall(n)
                 for h in self._call(pipe.execute):
                     for R in sorted(h):
-                        rec = json.loads(h[R])
-                        for v in rec["v"]:
+                        rec = KeyRecord.decode(h[R])
+                        for v in rec.values:
                             yield rec, v
 
     def triples(self) -> list[Triple]:
-        return [Triple(rec["e"], rec["r"], v[0]) for rec, v in self.iter_records()]
+        return [Triple(rec.entity, rec.relation, v.value) for rec, v in self.iter_records()]
 
     def stats(self) -> dict:
         """Counts (triples, keys, entities, mentions), memory (bytes) and vector-set sizes."""
-        out = {"triples": 0, "keys": 0, "entities": 0, "mentions": 0, "entity_vectors": 0,
-               "key_vectors": 0, "vector_bytes": 0, "partitions": self.layout.partitions,
-               "namespace": self.cfg.namespace, "key_index": self.cfg.key_index}
+        totals = PartitionStats()
+        out = {**asdict(totals), "entity_vectors": 0, "key_vectors": 0, "vector_bytes": 0,
+               "partitions": self.layout.partitions, "namespace": self.cfg.namespace, "key_index": self.cfg.key_index}
         pipe = self.r.pipeline(transaction=False)
         for ks in self.layout.parts:
             pipe.hgetall(ks.stats)
@@ -287,13 +348,13 @@ class FactStore:
         pipe = self.r.pipeline(transaction=False)
         sizes = []
         for i, ks in enumerate(self.layout.parts):
-            for k, v in res[3 * i].items():
-                out[k.decode()] += int(v)
+            totals += PartitionStats.from_hash(res[3 * i])
             for j, (vs, name) in enumerate(((ks.entity_vectors, "entity_vectors"), (ks.key_vectors, "key_vectors"))):
                 if res[3 * i + 1 + j]:
                     pipe.execute_command("VCARD", vs)
                     pipe.memory_usage(vs, samples=0)
                     sizes.append(name)
+        out.update(asdict(totals))
         res = self._call(pipe.execute)
         for j, name in enumerate(sizes):
             out[name] += int(res[2 * j])
@@ -305,12 +366,10 @@ class FactStore:
 
     def audit(self, count: int = 100) -> list[dict]:
         """The latest audit entries of all partitions, newest first."""
-        rows = []
-        for ks in self.layout.parts:
-            for sid, fields in self._call(self.r.xrevrange, ks.audit, count=count):
-                rows.append({"id": sid.decode(), **{k.decode(): v.decode() for k, v in fields.items()}})
-        rows.sort(key=lambda r: tuple(int(x) for x in r["id"].split("-")), reverse=True)
-        return rows[:count]
+        rows = [AuditEntry.from_stream(sid, raw) for ks in self.layout.parts
+                for sid, raw in self._call(self.r.xrevrange, ks.audit, count=count)]
+        rows.sort(key=AuditEntry.sort_key, reverse=True)
+        return [e.as_dict() for e in rows[:count]]
 
     # ---------------------------------------------------------------------------------------------
     # Reference database JSON
@@ -320,13 +379,13 @@ class FactStore:
         `provenance_too` adds a "provenance" list parallel to "triplets". Returns triples written."""
         rows = list(self.iter_records())
         db = {
-            "entities": list(dict.fromkeys(rec["e"] for rec, _ in rows)),
-            "relationships": list(dict.fromkeys(rec["r"] for rec, _ in rows)),
-            "return_values": list(dict.fromkeys(v[0] for _, v in rows)),
-            "triplets": [[rec["e"], rec["r"], v[0]] for rec, v in rows],
+            "entities": list(dict.fromkeys(rec.entity for rec, _ in rows)),
+            "relationships": list(dict.fromkeys(rec.relation for rec, _ in rows)),
+            "return_values": list(dict.fromkeys(v.value for _, v in rows)),
+            "triplets": [[rec.entity, rec.relation, v.value] for rec, v in rows],
         }
         if provenance_too:
-            db["provenance"] = [provenance(rec, v) for rec, v in rows]
+            db["provenance"] = [rec.provenance(v) for rec, v in rows]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8")
         return len(rows)
@@ -367,10 +426,11 @@ class FactStore:
             self._write(rows, annotator, audit_op="import")
 
 
-def _name(x, field: str) -> tuple[str, str]:
-    from .layout import clean_name
-
-    return clean_name(x, field)
+def _pairs(res) -> list[tuple[str, float]]:
+    """VSIM WITHSCORES reply (RESP2 flat list) -> [(element, cosine)]."""
+    if not res:
+        return []
+    return [(res[i].decode(), 2.0 * float(res[i + 1]) - 1.0) for i in range(0, len(res), 2)]
 
 
 def _chunks(xs: list, n: int) -> Iterator[list]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-FALLBACKS = ("unknown", "top1_anyway", "abstain")
+from lmlm.factstore.config import FALLBACKS, Fallback
 
 
 class ParamsError(ValueError):
@@ -26,7 +26,7 @@ class GenerationParams:
     max_query_tokens: int = 24           # entity (and relation) length cap; then the next marker is forced
     stop: list[str] = field(default_factory=list)  # stop strings, searched in the display text
     use_lookups: bool = True             # False bans the four lookup tokens (database-off ablation)
-    fallback: Optional[Literal["unknown", "top1_anyway", "abstain"]] = None  # None: the store's default
+    fallback: Optional[Fallback] = None  # None: the store's default
     threshold: Optional[float] = None    # fuzzy-match threshold (None: the store's default)
     on_store_error: Literal["fail", "disable_lookups"] = "fail"  # store unreachable: fail or go on without
     ignore_eos: bool = False             # keep generating past EOS (benchmarks of fixed length)

@@ -1,9 +1,11 @@
 """HTTP request bodies (strict: wrong types and unknown fields are 400s naming the field)."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict
+
+from lmlm.factstore.config import Fallback
 
 
 class _Strict(BaseModel):
@@ -22,7 +24,7 @@ class GenerationFields(_Strict):
     use_lookups: Optional[bool] = None
     max_lookups: Optional[int] = None
     max_query_tokens: Optional[int] = None
-    fallback: Optional[Literal["unknown", "top1_anyway", "abstain"]] = None
+    fallback: Optional[Fallback] = None
     threshold: Optional[float] = None
     allow_lookups_disabled: Optional[bool] = None   # store unreachable: answer without lookups, not 503
 
