@@ -61,14 +61,14 @@ def mask_cost(packed, tokenizer, cfg, reps: int = 20) -> float:
     """Seconds to compute kinds + counted mask for one micro-batch from raw ids."""
     import torch
 
-    from lmlm.train.data import special_token_ids
+    from lmlm.tokenizer import lookup_token_ids
     from lmlm.train.masks import counted_mask, token_kinds
 
     ids = torch.from_numpy(packed.input_ids[:cfg.micro_batch_size]).long()
-    token_ids = special_token_ids(tokenizer)
+    token_ids = lookup_token_ids(tokenizer)
     t0 = time.perf_counter()
     for _ in range(reps):
-        counted_mask(token_kinds(ids, token_ids, tokenizer.eos_token_id), "lmlm")
+        counted_mask(token_kinds(ids, token_ids), "lmlm")
     return (time.perf_counter() - t0) / reps
 
 

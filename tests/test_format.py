@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lmlm.format import (
@@ -21,6 +22,7 @@ from lmlm.format import (
     render_block,
     render_legacy,
     strip_lookups,
+    strip_with_spans,
     to_special,
     unescape,
 )
@@ -139,8 +141,78 @@ def test_convert_then_strip_equals_strip(doc):
 @given(triples, prose, prose)
 def test_strip_removes_block_and_one_space(t, a, b):
     a, b = a.rstrip() or "x", b.lstrip() or "y"
+    assume("dblookup(" not in a + b)  # prose only: a bare `dblookup(` is deleted as a mangled call
     assert strip_lookups(f"{a} {render_block(t)} {b}") == f"{a} {b}"
     assert strip_lookups(f"{a} {render_legacy(t)} {b}") == f"{a} {b}"
+
+
+@st.composite
+def restated_docs(draw):
+    """Prose where each lookup (either syntax) is followed by a space and its value, verbatim."""
+    parts, calls = [draw(prose)], []
+    for _ in range(draw(st.integers(0, 5))):
+        t = draw(triples)
+        call = render_block(t) if draw(st.booleans()) else render_legacy(t)
+        parts.append(f" {call} {t.value}{draw(prose)}")
+        calls.append(t)
+    return "".join(parts), calls
+
+
+@settings(max_examples=300, deadline=None)
+@given(restated_docs())
+def test_strip_with_spans_round_trip(doc_calls):
+    doc, calls = doc_calls
+    s = strip_with_spans(doc)
+    assert s.text == strip_lookups(doc)
+    assert [lk.triple for lk in s.lookups] == calls == to_special(doc).triples
+    # The plain text at each value span is the value.
+    assert [s.text[a:b] for a, b in s.value_spans] == [t.value for t in calls]
+    assert all(lk.at <= lk.value_span[0] for lk in s.lookups)
+    # Re-annotating the plain text right before each value and stripping again gives it back.
+    again = s.text
+    for lk in reversed(s.lookups):
+        start = lk.value_span[0]
+        again = again[:start] + " " + render_block(lk.triple) + again[start:]
+    s2 = strip_with_spans(again)
+    assert s2.text == s.text
+    assert s2.lookups == tuple(type(lk)(lk.triple, lk.value_span[0], lk.value_span) for lk in s.lookups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prose)
+def test_strip_with_spans_without_lookups_is_identity(text):
+    s = strip_with_spans(text)
+    assert s.text == text and s.lookups == ()
+
+
+@settings(max_examples=300, deadline=None)
+@given(legacy_docs() | noise)
+def test_strip_with_spans_agrees_with_strip_and_parse(doc):
+    s = strip_with_spans(doc)
+    assert s.text == strip_lookups(doc)
+    assert [lk.triple for lk in s.lookups] == to_special(doc).triples
+    ats = [lk.at for lk in s.lookups]
+    assert ats == sorted(ats) and all(0 <= a <= len(s.text) for a in ats)
+    for lk in s.lookups:
+        if lk.value_span is not None:
+            a, b = lk.value_span
+            assert lk.at <= a and re.fullmatch(re.escape(lk.triple.value), s.text[a:b], re.IGNORECASE)
+
+
+def test_strip_with_spans_whitespace_rule():
+    block = render_block(Triple("Ann Lee", "Birth City", "Paris"))
+    # One whitespace before a block goes with it (a newline too), as in strip_lookups.
+    for before in (" ", "\n", "\t", ""):
+        doc = f"She was born in{before}{block} Paris."
+        s = strip_with_spans(doc)
+        assert s.text == strip_lookups(doc) == "She was born in Paris."
+        assert s.lookups[0].at == len("She was born in") and s.value_spans == [(16, 21)]
+    # Stray tokens and a trailing open block go too; positions shift with them.
+    s = strip_with_spans(f"A{DB_END} b {block} paris. Later {DB_ENTITY} A{DB_RELATIONSHIP} D")
+    assert s.text == "A b paris. Later" and s.lookups[0].at == 3 and s.value_spans == [(4, 9)]
+    # A value restated in another form, or only after the next block, has no span.
+    s = strip_with_spans(f"In {block} the capital. {render_block(Triple('B', 'C', 'Rome'))} Paris Rome.")
+    assert [lk.value_span for lk in s.lookups] == [None, (22, 26)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, SPECIAL_TOKENS, Triple, render_block, to_special
-from lmlm.tokenizer import EOS_TOKEN, add_lookup_tokens, load_tokenizer, lookup_token_ids, train_tokenizer
+from lmlm.tokenizer import (EOS_TOKEN, LookupTokenIds, add_lookup_tokens, load_tokenizer, lookup_token_ids,
+                            train_tokenizer)
 from lmlm.world import WorldConfig, generate_world
 
 BLOCK_DOC = ("Itakura was born in <|db_entity|> Ko Itakura<|db_relationship|> Birth Place<|db_return|> "
@@ -32,17 +33,19 @@ def test_trained_tokenizer_loads_with_auto(tok_dir):
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     assert tok.eos_token == tok.pad_token == tok.bos_token == EOS_TOKEN
     assert tok.eos_token_id == 0
-    assert lookup_token_ids(tok) == {t: i for i, t in enumerate(SPECIAL_TOKENS, 1)}
+    ids = lookup_token_ids(tok)
+    assert ids == LookupTokenIds(entity=1, relationship=2, return_=3, end=4, eos=0, pad=0)
+    assert ids.by_token() == {t: i for i, t in enumerate(SPECIAL_TOKENS, 1)}
     assert 500 < len(tok) <= 1000
     for t in SPECIAL_TOKENS:
-        assert tok.encode(t, add_special_tokens=False) == [lookup_token_ids(tok)[t]]
+        assert tok.encode(t, add_special_tokens=False) == [ids.by_token()[t]]
     assert tok.encode(EOS_TOKEN, add_special_tokens=False) == [0]
 
 
 def _pieces_ids(tok, pieces):
     ids = []
     for p in pieces:
-        ids += [lookup_token_ids(tok)[p]] if p in SPECIAL_TOKENS else tok.encode(p, add_special_tokens=False)
+        ids += [lookup_token_ids(tok).by_token()[p]] if p in SPECIAL_TOKENS else tok.encode(p, add_special_tokens=False)
     return ids
 
 
@@ -66,7 +69,7 @@ def test_any_block_round_trips(tok_dir, field):
     text = f"He met {render_block(Triple(field, 'Spouse', field))} {field}."
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
-    assert sum(i in lookup_token_ids(tok).values() for i in ids) == 4
+    assert sum(i in lookup_token_ids(tok).markers for i in ids) == 4
 
 
 _CACHE: dict = {}
@@ -97,8 +100,8 @@ def test_add_lookup_tokens_to_existing_dir(tmp_path, texts):
 
     tok = add_lookup_tokens(tmp_path / "plain", out_dir=tmp_path / "with")
     ids = lookup_token_ids(tok)
-    assert sorted(ids.values()) == list(range(len(plain), len(plain) + 4))
-    assert tok.pad_token == "</s>"
+    assert list(ids.markers) == list(range(len(plain), len(plain) + 4))
+    assert tok.pad_token == "</s>" and ids.pad == ids.eos == plain.eos_token_id
     again = load_tokenizer(tmp_path / "with")
     assert lookup_token_ids(again) == ids
     assert again.encode("Ko was born in Yokohama.", add_special_tokens=False) == before

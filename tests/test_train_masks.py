@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
-from lmlm.train.data import encode_and_pack, pack, strip_with_values
+from lmlm.format import DB_ENTITY, strip_with_spans
+from lmlm.tokenizer import LookupTokenIds
+from lmlm.train.data import encode_and_pack, pack
 from lmlm.train.masks import (END, ENTITY, IGNORE_INDEX, MARKER, PAD, RELATION, TEXT, VALUE,
                               labels_from_kinds, lookup_labels, token_kinds)
 
-IDS = {DB_ENTITY: 1, DB_RELATIONSHIP: 2, DB_RETURN: 3, DB_END: 4}
 EOS = 0
+IDS = LookupTokenIds(entity=1, relationship=2, return_=3, end=4, eos=EOS, pad=EOS)
 E, R, RET, END_ = 1, 2, 3, 4
 T = 9  # any ordinary token id (>= 5)
 
@@ -22,9 +23,9 @@ def block(entity=(20,), relation=(30,), value=(40, 41)):
 
 def test_plain_block():
     ids = [T, T, *block(), 50, 51]
-    kinds = token_kinds(ids, IDS, EOS).tolist()
+    kinds = token_kinds(ids, IDS).tolist()
     assert kinds == [TEXT, TEXT, MARKER, ENTITY, MARKER, RELATION, MARKER, VALUE, VALUE, END, TEXT, TEXT]
-    labels = lookup_labels(ids, IDS, EOS).tolist()
+    labels = lookup_labels(ids, IDS).tolist()
     # value tokens and <|db_end|> out; <|db_return|>, the query and the text after the block in
     expected = list(ids)
     expected[7] = expected[8] = expected[9] = IGNORE_INDEX
@@ -33,7 +34,7 @@ def test_plain_block():
 
 def test_two_blocks_and_text_after_end():
     ids = [T, *block(value=(40,)), 60, *block(entity=(21, 22), value=(42, 43, 44)), 61, 62]
-    labels = lookup_labels(torch.tensor(ids), IDS, EOS)
+    labels = lookup_labels(torch.tensor(ids), IDS)
     masked = [i for i, l in enumerate(labels.tolist()) if l == IGNORE_INDEX]
     assert masked == [6, 7, 15, 16, 17, 18]
     assert [ids[i] for i in masked] == [40, END_, 42, 43, 44, END_]
@@ -45,19 +46,19 @@ def test_block_cut_at_sequence_end_and_continued():
     cut = 9  # the first row ends inside the value; the second starts with its tail
     rows = torch.tensor([doc[:cut], doc[cut:] + [EOS] * (cut - len(doc[cut:]))])
     mask = torch.tensor([[1] * cut, [1] * len(doc[cut:]) + [0] * (cut - len(doc[cut:]))])
-    kinds = token_kinds(rows, IDS, EOS, attention_mask=mask)
+    kinds = token_kinds(rows, IDS, attention_mask=mask)
     assert kinds[0].tolist()[-2:] == [VALUE, VALUE]  # the value runs to the end of the row
     # the second row opens inside the value: its first marker is <|db_end|>
     assert kinds[1].tolist()[:4] == [VALUE, END, TEXT, TEXT]
     assert kinds[1].tolist()[4:] == [PAD] * 5
     # packing computes kinds on whole documents, so the cut never matters there
-    packed = pack([(np.array(doc), token_kinds(doc, IDS, EOS, start_state=TEXT).numpy())], 8, EOS, EOS)
-    assert packed.kinds.reshape(-1).tolist()[:len(doc) + 1] == token_kinds(doc + [EOS], IDS, EOS).tolist()
+    packed = pack([(np.array(doc), token_kinds(doc, IDS, start_state=TEXT).numpy())], 8, EOS, EOS)
+    assert packed.kinds.reshape(-1).tolist()[:len(doc) + 1] == token_kinds(doc + [EOS], IDS).tolist()
 
 
 def test_value_cut_by_eos():
     ids = [T, E, 20, R, 30, RET, 40, 41, EOS, T, *block(value=(45,)), 80]
-    kinds = token_kinds(ids, IDS, EOS).tolist()
+    kinds = token_kinds(ids, IDS).tolist()
     assert kinds[6:8] == [VALUE, VALUE]
     assert kinds[8] == TEXT and kinds[9] == TEXT  # EOS ends the value; the next document is text
     assert kinds[-3:] == [VALUE, END, TEXT]
@@ -66,7 +67,7 @@ def test_value_cut_by_eos():
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(ValueError, match="token_ids"):
+    with pytest.raises(TypeError, match="token_ids"):
         token_kinds([1, 2], {DB_ENTITY: 1})
     with pytest.raises(ValueError, match="variant"):
         labels_from_kinds([1], [TEXT], "other")
@@ -74,9 +75,9 @@ def test_bad_inputs_are_named():
 
 def test_pack_and_standard_value_spans(tiny_tokenizer):
     doc = "Ann Lee was born in [dblookup('Ann Lee', 'Birth City') -> Paris] Paris in 1990."
-    stripped, spans = strip_with_values(doc)
-    assert stripped == "Ann Lee was born in Paris in 1990."
-    assert [stripped[s:e] for s, e in spans] == ["Paris"]
+    stripped = strip_with_spans(doc)
+    assert stripped.text == "Ann Lee was born in Paris in 1990."
+    assert [stripped.text[s:e] for s, e in stripped.value_spans] == ["Paris"]
     lm = encode_and_pack([doc, "Short one."], tiny_tokenizer, "lmlm", 16)
     std = encode_and_pack([doc, "Short one."], tiny_tokenizer, "standard", 16)
     eos = tiny_tokenizer.eos_token_id

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import PROBE_FILE, STATE_FILE, run_pretraining, step_rows
+from lmlm.train.loop import COMPLETE_FILE, PROBE_FILE, STATE_FILE, run_pretraining, step_rows
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_data_order_depends_only_on_seed_and_step():
     assert len(set(flat.tolist())) == len(flat)  # no row twice within an epoch
 
 
-def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs, tiny_tokenizer):
+def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs, tiny_tokenizer, capsys):
     from transformers import AutoModelForCausalLM
 
     run_dir = tmp_path / "run"
@@ -50,6 +50,14 @@ def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs
     ds_files = sorted(p.name for p in (run_dir / "checkpoint_0000006" / "ds").iterdir())
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in ds_files
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in ds_files
+    # checkpoints were renamed into place complete (keep_checkpoints=2); no temporary one is left
+    assert sorted(p.name for p in run_dir.glob("*checkpoint_*")) == ["checkpoint_0000003", "checkpoint_0000006"]
+    assert (run_dir / "checkpoint_0000006" / COMPLETE_FILE).is_file()
+    # the driver printed the workers' progress (their stdout is not forwarded), and TensorBoard has it
+    out = capsys.readouterr().out
+    assert "pretrain[lmlm] attempt 2 resumes at step 3/6 on 2 worker(s)" in out
+    assert "pretrain[lmlm] step 6/6 (100.0%) | loss " in out and " eta 0m00s" in out
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     # the HF export loads with transformers and reproduces the trained engine's logits
     probe = torch.load(run_dir / "checkpoint_0000006" / PROBE_FILE)
@@ -58,7 +66,12 @@ def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs
         logits = model(input_ids=probe["input_ids"]).logits
     torch.testing.assert_close(logits, probe["logits"], atol=1e-4, rtol=1e-4)
 
-    # a second run on the same directory continues at the saved step
+    # a second run on the same directory continues at the saved step, past a crash's leftovers:
+    # an incomplete later checkpoint (no complete.json) and a torn last metrics line
+    (run_dir / "checkpoint_0000007").mkdir()
+    (run_dir / "checkpoint_0000007" / STATE_FILE).write_text(json.dumps({"step": 7}))
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 1.')
     cfg2 = PretrainConfig(**{**cfg.__dict__, "max_steps": 8, "fail_at_step": 0})
     res2 = run_pretraining(cfg2, documents=docs, tokenizer=tiny_tokenizer)
     assert [a["start_step"] for a in res2.attempts] == [0, 3, 6]

@@ -6,9 +6,13 @@ transformers tokenizer directory (`add_lookup_tokens`). Both give a tokenizer th
 their neighbours, so the space that follows `<|db_entity|>`, `<|db_relationship|>` and
 `<|db_return|>` in a block belongs to the next word (`Ġ` prefix), exactly as in ordinary prose, and
 decode(encode(block)) gives the block back byte for byte.
+
+`lookup_token_ids(tokenizer)` is the one place that computes the lookup-token, EOS and pad ids
+(a `LookupTokenIds`) for packing, the loss mask, perplexity and generation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -92,19 +96,53 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def lookup_token_ids(tokenizer) -> dict[str, int]:
-    """{token: id} for the four lookup tokens, in SPECIAL_TOKENS order."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        raise ValueError(f"tokenizer lacks lookup tokens {missing}: call lmlm.tokenizer.add_lookup_tokens")
-    return {t: vocab[t] for t in SPECIAL_TOKENS}
+@dataclass(frozen=True)
+class LookupTokenIds:
+    """The ids a tokenizer gives the four lookup tokens, plus its EOS and padding ids.
+
+    `eos` is None for a tokenizer without an EOS token; `pad` is the pad token, else EOS, else 0.
+    """
+
+    entity: int        # <|db_entity|>
+    relationship: int  # <|db_relationship|>
+    return_: int       # <|db_return|>
+    end: int           # <|db_end|>
+    eos: int | None
+    pad: int
+
+    @property
+    def markers(self) -> tuple[int, int, int, int]:
+        """The four lookup-token ids in SPECIAL_TOKENS order."""
+        return self.entity, self.relationship, self.return_, self.end
+
+    def by_token(self) -> dict[str, int]:
+        """{lookup token: id}, in SPECIAL_TOKENS order."""
+        return dict(zip(SPECIAL_TOKENS, self.markers))
+
+
+def lookup_token_ids(tokenizer, require_eos: bool = False) -> LookupTokenIds:
+    """The lookup-token, EOS and padding ids of `tokenizer`: the one place that computes them.
+
+    Raises ValueError unless each lookup token encodes to exactly one id (a tokenizer without them
+    needs `add_lookup_tokens`), or, with `require_eos`, when the tokenizer has no EOS token.
+    """
+    ids = []
+    for t in SPECIAL_TOKENS:
+        got = tokenizer.encode(t, add_special_tokens=False)
+        if len(got) != 1:
+            raise ValueError(f"tokenizer: lookup token {t} encodes to {got}, not one id; "
+                             "call lmlm.tokenizer.add_lookup_tokens")
+        ids.append(int(got[0]))
+    eos = tokenizer.eos_token_id
+    if eos is None and require_eos:
+        raise ValueError("tokenizer: it has no EOS token; documents are packed with EOS separators")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return LookupTokenIds(*ids, eos=None if eos is None else int(eos), pad=int(pad or 0))
 
 
 def check_lookup_tokens(tokenizer, name: str) -> None:
     """Raise ValueError unless each lookup token encodes to exactly its own single id."""
-    ids = lookup_token_ids(tokenizer)
-    for t, i in ids.items():
-        got = tokenizer.encode(t, add_special_tokens=False)
-        if got != [i]:
-            raise ValueError(f"{name}: lookup token {t} encodes to {got}, expected the single id {i}")
+    try:
+        lookup_token_ids(tokenizer)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None

@@ -24,7 +24,7 @@ from lmlm.annotate.metrics import score
 from lmlm.annotate.trained import (ENT, NEAREST, OTHER, SUBJECT, TaggerNet, TrainedAnnotator, entity_for,
                                    hash_features, spans, token_features, tokenize)
 from lmlm.config import to_dict
-from lmlm.format import Triple, normalize_key, to_special
+from lmlm.format import Triple, normalize_key, strip_with_spans, to_special
 
 
 @dataclass
@@ -36,22 +36,6 @@ class Aligned:
     tags: list[str]
     calls: list[tuple[int, int, Triple]]  # token span [i, j) of the value, and the seed triple
     unaligned: int
-
-
-def _strip_with_marks(annotated: str) -> tuple[str, list[tuple[int, Triple]]]:
-    """Plain text (blocks and one preceding whitespace removed) and where each block stood."""
-    parsed = to_special(annotated)
-    parts, marks, pos, length = [], [], 0, 0
-    for lk in parsed.lookups:
-        seg = parsed.text[pos:lk.start]
-        if seg and seg[-1] in " \t":
-            seg = seg[:-1]
-        parts.append(seg)
-        length += len(seg)
-        marks.append((length, lk.triple))
-        pos = lk.end
-    parts.append(parsed.text[pos:])
-    return "".join(parts), marks
 
 
 def _find_span(keys: list[str], k: int, value_keys: list[str], window: int = 6) -> tuple[int, int] | None:
@@ -91,14 +75,16 @@ def _mentions(keys: list[str], entity: str) -> list[tuple[int, int]]:
 
 def align(annotated: str, relation_tag: dict[str, str] | None = None) -> Aligned:
     """Word tags for one seed document (relation_tag maps a normalised relation to its tag name)."""
-    text, marks = _strip_with_marks(annotated)
+    stripped = strip_with_spans(annotated)  # the plain text the annotator sees (strip_lookups)
+    text = stripped.text
     tokens = tokenize(text)
     keys = [normalize_key(w) for w, _, _ in tokens]
     tags = ["O"] * len(tokens)
     calls, unaligned = [], 0
     starts = [s for _, s, _ in tokens]
-    for offset, triple in marks:
-        k = int(np.searchsorted(starts, offset))
+    for lk in stripped.lookups:
+        triple = lk.triple
+        k = int(np.searchsorted(starts, lk.at))
         span = _find_span(keys, k, [normalize_key(w) for w, _, _ in tokenize(triple.value)])
         if span is None or any(t != "O" for t in tags[span[0]:span[1]]):
             unaligned += 1

@@ -8,7 +8,7 @@ so every token is predicted exactly once), with the token kinds of lmlm.train.ma
 - normalized perplexity: exp(the same NLL sum / number of tokens of the same documents with every
   lookup removed), comparable to the standard model's ordinary perplexity on the lookup-free text;
 - mean NLL on value, entity, relation and text tokens. For the standard model "value" tokens are
-  the words that restate a removed lookup's value (lmlm.train.data.strip_with_values).
+  the words that restate a removed lookup's value (their `value_span` in lmlm.format.strip_with_spans).
 
 `acceptance_run` trains both variants on a synthetic world and checks issue 5's acceptance.
 """
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from lmlm.format import strip_lookups
-from lmlm.train.data import eos_pad_ids, encode_document, special_token_ids
+from lmlm.tokenizer import lookup_token_ids
+from lmlm.train.data import encode_document
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, PAD, RELATION, TEXT, VALUE
 
 
@@ -73,14 +74,14 @@ def evaluate_perplexity(model, tokenizer, documents: Sequence[str], variant: str
     if max_len < 2:
         raise ValueError(f"max_len: {max_len} must be at least 2")
     device = next(model.parameters()).device
-    token_ids = special_token_ids(tokenizer)
-    eos, pad = eos_pad_ids(tokenizer)
+    token_ids = lookup_token_ids(tokenizer, require_eos=True)
+    eos, pad = token_ids.eos, token_ids.pad
     was_training = model.training
     model.eval()
 
     windows, n_plain = [], 0
     for doc in docs:
-        ids, kinds = encode_document(doc, tokenizer, variant, token_ids, eos)
+        ids, kinds = encode_document(doc, tokenizer, variant, token_ids)
         ids = np.concatenate([[eos], ids, [eos]]).astype(np.int64)
         kinds = np.concatenate([[TEXT], kinds, [TEXT]]).astype(np.int8)
         windows += list(_windows(ids, kinds, max_len))

@@ -34,13 +34,15 @@ class EvalModel:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A saved model directory, or a pretraining run directory (its latest checkpoint's `hf/`)."""
+    """A saved model directory, or a pretraining run directory (its latest complete checkpoint's `hf/`)."""
+    from lmlm.train.loop import latest_checkpoint
+
     p = Path(path)
     if (p / "config.json").is_file():
         return p
-    exports = sorted(p.glob("checkpoint_*/hf/config.json"))
-    if exports:
-        return exports[-1].parent
+    ckpt = latest_checkpoint(p)
+    if ckpt is not None and (ckpt / "hf" / "config.json").is_file():
+        return ckpt / "hf"
     raise FileNotFoundError(f"model directory {p}: no config.json, and no checkpoint_*/hf export inside")
 
 

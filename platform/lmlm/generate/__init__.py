@@ -2,7 +2,7 @@
 from .engine import Engine
 from .params import GenerationParams, ParamsError
 from .reference import reference_generate
-from .state import GenerationResult, LookupRecord, lookup_token_ids
+from .state import GenerationResult, LookupRecord
 
 __all__ = ["Engine", "GenerationParams", "GenerationResult", "LookupRecord", "ParamsError",
-           "lookup_token_ids", "reference_generate"]
+           "reference_generate"]

@@ -13,10 +13,11 @@ import torch
 from transformers import DynamicCache
 
 from lmlm.factstore import StoreUnavailable
+from lmlm.tokenizer import lookup_token_ids
 
 from .params import GenerationParams
 from .sampling import choose_tokens
-from .state import GenerationResult, SequenceState, lookup_token_ids
+from .state import GenerationResult, SequenceState
 
 Prompt = Union[str, Sequence[int]]
 # on_token(prompt_index, state) after each token a sequence takes (for streaming).
@@ -32,12 +33,11 @@ class Engine:
         self.store = store
         self.max_batch_size = max_batch_size
         self.token_ids = lookup_token_ids(tokenizer)
-        self.eos_id = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+        self.eos_id = self.token_ids.eos
+        self.pad_id = self.token_ids.pad
         self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.device = next(model.parameters()).device
-        self.lookup_ids = torch.tensor(self.token_ids)
+        self.lookup_ids = torch.tensor(self.token_ids.markers)
 
     # ---------------------------------------------------------------- helpers shared with the reference
     def encode(self, text: str) -> list[int]:
@@ -56,7 +56,7 @@ class Engine:
             raise ValueError("prompt: must not be empty")
         if params.use_lookups and self.store is None:
             raise ValueError("use_lookups: this engine has no fact store; pass use_lookups=False")
-        return SequenceState(text, ids, params, self.token_ids, self.eos_id, self.max_len, self.decode)
+        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode)
 
     def answer_pending(self, states: Sequence[SequenceState]) -> None:
         """Answer every pending query: one `lookup_batch` call per distinct store policy (usually one)."""

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lmlm.format import SPECIAL_TOKENS, Triple, clean_field, strip_lookups
+from lmlm.tokenizer import LookupTokenIds
 
 from .params import GenerationParams
 
@@ -66,17 +67,6 @@ class GenerationResult:
         return d
 
 
-def lookup_token_ids(tokenizer) -> list[int]:
-    """Ids of the four lookup tokens (in SPECIAL_TOKENS order); each must be one token."""
-    ids = []
-    for tok in SPECIAL_TOKENS:
-        enc = tokenizer.encode(tok, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"tokenizer: {tok} is not a single token (got {enc}); add the lookup tokens first")
-        ids.append(enc[0])
-    return ids
-
-
 def sanitize_value(value: str) -> str:
     """A stored value as injected text: no lookup tokens inside, whitespace collapsed."""
     for tok in SPECIAL_TOKENS:
@@ -85,11 +75,11 @@ def sanitize_value(value: str) -> str:
 
 
 class SequenceState:
-    def __init__(self, prompt: str, prompt_ids: list[int], params: GenerationParams, token_ids: list[int],
-                 eos_id: Optional[int], max_len: int, decode: Callable[[list[int]], str]):
+    def __init__(self, prompt: str, prompt_ids: list[int], params: GenerationParams, token_ids: LookupTokenIds,
+                 max_len: int, decode: Callable[[list[int]], str]):
         self.prompt, self.params, self.decode, self.max_len = prompt, params, decode, max_len
-        self.ent, self.rel, self.ret, self.end = token_ids
-        self.eos_id = eos_id
+        self.ent, self.rel, self.ret, self.end = token_ids.markers
+        self.eos_id = token_ids.eos
         self.ids = list(prompt_ids)
         self.n_prompt = len(prompt_ids)
         self.forced: deque[int] = deque()
@@ -257,4 +247,4 @@ class SequenceState:
                                 self.error)
 
 
-__all__ = ["GenerationResult", "LookupRecord", "SequenceState", "lookup_token_ids", "sanitize_value"]
+__all__ = ["GenerationResult", "LookupRecord", "SequenceState", "sanitize_value"]

@@ -16,8 +16,9 @@
       result.hf_dir                            # AutoModelForCausalLM.from_pretrained(result.hf_dir)
       result.metrics                           # rows of run_dir/metrics.jsonl
 
-  Rerunning with the same `run_dir` resumes from its latest checkpoint; a worker that dies is
-  restarted by Ray Train from the last checkpoint (up to `max_failures` times).
+  Rerunning with the same `run_dir` resumes from its latest complete checkpoint; a worker that dies
+  is restarted by Ray Train from there (up to `max_failures` times). The driver prints a progress
+  line per logged step; TensorBoard events go to `run_dir/tensorboard/`.
 - `compare`: `train_both` (LMLM + standard, same data) and `plot_value_loss` (PNG).
 - `cli`: `lmlm pretrain` and `lmlm pretrain-both`.
 """

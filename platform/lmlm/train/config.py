@@ -8,7 +8,7 @@ from typing import Literal
 @dataclass
 class PretrainConfig:
     variant: Literal["lmlm", "standard"] = "lmlm"  # lmlm: value tokens out of the loss; standard: lookups stripped
-    run_dir: str = "runs/pretrain"  # checkpoints, metrics.jsonl/.csv, tokenizer; a rerun resumes from here
+    run_dir: str = "runs/pretrain"  # checkpoints, metrics.jsonl/.csv, tensorboard/, tokenizer; a rerun resumes here
     # --- data (documents may also be passed to run_pretraining directly)
     data_path: str = ""  # corpus file/dir read by lmlm.corpus.read_corpus (annotated_text, else text)
     world_people: int = 0  # > 0: train on the documents of a synthetic world of this many people
@@ -25,8 +25,8 @@ class PretrainConfig:
     max_steps: int = 100  # optimizer steps; 0: epochs x steps per epoch
     epochs: int = 1  # passes over the data when max_steps is 0
     lr: float = 5e-4  # peak learning rate (AdamW)
-    min_lr_ratio: float = 0.1  # cosine decays to lr x this
-    warmup_steps: int = 10  # linear warmup steps
+    min_lr_ratio: float = 0.1  # cosine decays to lr x this at the last step
+    warmup_steps: int = 10  # linear warmup steps (from 0)
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9
     beta2: float = 0.95
@@ -40,9 +40,9 @@ class PretrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     ray_address: str = ""  # Ray cluster to join ("" : the running one, else a new local one)
     # --- logging, checkpoints, faults
-    log_every: int = 10  # steps between ray.train.report / metrics lines
+    log_every: int = 10  # steps between metrics lines, progress lines, TensorBoard points
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2  # checkpoints kept on disk
+    keep_checkpoints: int = 2  # complete checkpoints kept on disk
     max_failures: int = 2  # worker failures Ray Train recovers from (restart from last checkpoint)
     fail_at_step: int = 0  # test hook: rank 1 (else 0) exits at this step, first attempt only
 

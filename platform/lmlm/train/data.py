@@ -5,9 +5,10 @@ Each document becomes token ids plus per-token kinds (lmlm.train.masks):
 - variant "lmlm": the document in special-token form (`lmlm.format.to_special`); kinds from the
   mask state machine, computed on the whole document so a block cut by a sequence boundary keeps
   its value masked in the next sequence.
-- variant "standard": the same document with every lookup removed (`lmlm.format.strip_lookups`),
-  loss on every token. The words right after a removed block that restate its value are marked
-  VALUE (still trained): they are "the same value tokens" whose loss we track for the baseline.
+- variant "standard": the same document with every lookup removed (`lmlm.format.strip_with_spans`,
+  the text of `strip_lookups`), loss on every token. The words right after a removed block that
+  restate its value (its `value_span`) are marked VALUE (still trained): they are "the same value
+  tokens" whose loss we track for the baseline.
 
 Documents are then concatenated with EOS after each one and cut into rows of `seq_len` tokens;
 the last partial row is padded (kind PAD). `encode_and_pack` is the one packing implementation: it
@@ -15,18 +16,17 @@ runs on a Python list directly, or per block inside Ray Data `map_batches` (`pac
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from lmlm.format import DB_ENTITY, SPECIAL_TOKENS, strip_lookups, to_special
+from lmlm.format import strip_with_spans, to_special
+from lmlm.tokenizer import LookupTokenIds, lookup_token_ids
 from lmlm.train.masks import PAD, TEXT, VALUE, token_kinds
 
 VARIANTS = ("lmlm", "standard")
-_RESTATE_WINDOW = 64  # characters after a removed block searched for the restated value
 
 
 @dataclass
@@ -44,74 +44,20 @@ class Packed:
         return int((self.kinds != PAD).sum())
 
 
-def special_token_ids(tokenizer) -> dict[str, int]:
-    """Ids of the four lookup tokens; each must be one token of `tokenizer`."""
-    ids = {}
-    for tok in SPECIAL_TOKENS:
-        enc = tokenizer.encode(tok, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"tokenizer: {tok} is not a single token (got {enc}); add the lookup tokens first")
-        ids[tok] = enc[0]
-    return ids
-
-
-def eos_pad_ids(tokenizer) -> tuple[int, int]:
-    if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer: it has no EOS token; documents are packed with EOS separators")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(tokenizer.eos_token_id), int(pad)
-
-
-def strip_with_values(special_text: str) -> tuple[str, list[tuple[int, int]]]:
-    """The lookup-free text and the character spans in it that restate each removed value.
-
-    The text equals `strip_lookups(special_text)`: each block goes with one preceding whitespace.
-    A value counts as restated when it occurs (case-insensitively) within a short window after
-    its block; values restated in another surface form are not marked.
-    """
-    parsed = to_special(special_text)
-    text = parsed.text
-    out: list[str] = []
-    length = 0
-    spans: list[tuple[int, int]] = []
-    pos = 0
-    for lk in parsed.lookups:
-        piece = text[pos:lk.start]
-        if piece and piece[-1].isspace():
-            piece = piece[:-1]
-        elif not piece and out and out[-1] and out[-1][-1].isspace():
-            # Adjacent blocks: the whitespace before the second one was emitted already.
-            out[-1] = out[-1][:-1]
-            length -= 1
-        out.append(piece)
-        length += len(piece)
-        pos = lk.end
-        after = text[pos:pos + _RESTATE_WINDOW]
-        after = after.split(DB_ENTITY)[0]
-        m = re.search(re.escape(lk.triple.value), after, re.IGNORECASE)
-        if m:
-            # Offsets in the stripped text: the text after this block starts at `length`.
-            spans.append((length + m.start(), length + m.end()))
-    out.append(text[pos:])
-    stripped = "".join(out)
-    if stripped != strip_lookups(text):
-        return strip_lookups(text), []
-    return stripped, spans
-
-
-def encode_document(text: str, tokenizer, variant: str, token_ids: dict[str, int] | None = None,
-                    eos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode_document(text: str, tokenizer, variant: str, token_ids: LookupTokenIds | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and kinds of one annotated document (legacy or special-token form)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
     if variant == "lmlm":
-        token_ids = token_ids or special_token_ids(tokenizer)
+        token_ids = token_ids or lookup_token_ids(tokenizer)
         ids = tokenizer(to_special(text).text, add_special_tokens=False)["input_ids"]
         if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int8)
-        kinds = token_kinds(ids, token_ids, eos_id, start_state=TEXT).numpy()
+        kinds = token_kinds(ids, token_ids, start_state=TEXT).numpy()
         return np.asarray(ids, np.int32), kinds
-    stripped, spans = strip_with_values(text)
+    stripped = strip_with_spans(text)
+    stripped, spans = stripped.text, stripped.value_spans
     enc = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=bool(spans))
     ids = np.asarray(enc["input_ids"], np.int32)
     kinds = np.full(len(ids), TEXT, np.int8)
@@ -150,10 +96,9 @@ def pack(docs: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, eos_id: in
 def encode_and_pack(texts: Sequence[str], tokenizer, variant: str, seq_len: int,
                     drop_last: bool = False) -> Packed:
     """Tokenize and pack a list of annotated documents: the one packing implementation."""
-    token_ids = special_token_ids(tokenizer)
-    eos_id, pad_id = eos_pad_ids(tokenizer)
-    docs = (encode_document(t, tokenizer, variant, token_ids, eos_id) for t in texts if t)
-    return pack(docs, seq_len, eos_id, pad_id, drop_last)
+    token_ids = lookup_token_ids(tokenizer, require_eos=True)
+    docs = (encode_document(t, tokenizer, variant, token_ids) for t in texts if t)
+    return pack(docs, seq_len, token_ids.eos, token_ids.pad, drop_last)
 
 
 @lru_cache(maxsize=4)
@@ -241,7 +186,7 @@ def prepare_tokenizer(texts: Sequence[str], out_dir, vocab_size: int, tokenizer_
         if not Path(tokenizer_path).is_dir():
             raise ValueError(f"tokenizer_path: {tokenizer_path} is not a directory")
         tok = AutoTokenizer.from_pretrained(tokenizer_path)
-        special_token_ids(tok)
+        lookup_token_ids(tok)
         return tok, str(tokenizer_path)
     if (Path(out_dir) / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(out_dir)), str(out_dir)

@@ -6,7 +6,22 @@ One code path for CPU (gloo, fp32) and GPU (NCCL, bf16). The loss of one optimiz
 
 where the count runs over all workers and accumulation micro-steps (one all-reduce per step), so
 padding and masked value tokens never rescale it. Data order is a function of (seed, step) only:
-a resumed run reads exactly the rows the interrupted one would have.
+a resumed run reads exactly the rows the interrupted one would have. The learning rate follows
+`transformers.get_cosine_with_min_lr_schedule_with_warmup` (linear warmup from 0, cosine down to
+lr x min_lr_ratio at the last step).
+
+What a run directory holds, and how it survives crashes:
+
+- `checkpoint_NNNNNNN/`: every rank writes into `.tmp-checkpoint_NNNNNNN/`; when every rank's
+  files are there, rank 0 writes `complete.json` and renames the directory into place. Resume and
+  `latest_checkpoint` only see complete checkpoints; a leftover temporary one is deleted.
+- `metrics.jsonl` (+ `metrics.csv`): rank 0 appends one flushed line per `log_every` steps; a
+  torn last line (a crash mid-write) is ignored when read, and resume drops rows past its step.
+- `tensorboard/`: the same scalars as TensorBoard events (`tensorboard --logdir <parent dir>`).
+- `attempts.jsonl`: one line per (re)start of the train function with its start step.
+
+Workers' stdout does not reach the driver (the platform starts Ray with log_to_driver=False), so
+the driver prints the progress: it follows metrics.jsonl while the trainer runs (`ProgressPrinter`).
 
     result = run_pretraining(load_config(PretrainConfig, "pretrain.yaml"))
     result.hf_dir  # AutoModelForCausalLM.from_pretrained(result.hf_dir)
@@ -15,9 +30,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-import tempfile
+import shutil
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +45,10 @@ from lmlm.train.config import PretrainConfig
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 
 STATE_FILE = "train_state.json"
+COMPLETE_FILE = "complete.json"  # written last into a checkpoint: every rank's files are there
+CHECKPOINT_PREFIX = "checkpoint_"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-checkpoint_NNNNNNN
+TENSORBOARD_DIR = "tensorboard"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 ATTEMPTS_JSONL = "attempts.jsonl"  # one line per (re)start of the train function: its start step
@@ -77,13 +97,12 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return _PERM[key]
 
 
-def lr_lambda(cfg: PretrainConfig, steps: int):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+def lr_scheduler(optimizer, cfg: PretrainConfig, steps: int):
+    """Linear warmup over `warmup_steps`, then cosine decay to lr x `min_lr_ratio` at `steps`."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=cfg.warmup_steps,
+                                                       num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
 
 
 def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
@@ -103,35 +122,189 @@ def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
     }
 
 
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete checkpoint under `run_dir`, oldest first.
+
+    Complete: renamed into place with its `complete.json` and `train_state.json`; temporary
+    (`.tmp-...`) and incomplete directories are ignored.
+    """
+    out = []
+    for d in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        try:
+            json.loads((d / COMPLETE_FILE).read_text())
+            step = int(json.loads((d / STATE_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append((step, d))
+    return sorted(out)
+
+
 def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint directory with the highest step under `run_dir` (None when there is none)."""
-    best, best_step = None, -1
-    for state in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"):
-        step = json.loads(state.read_text())["step"]
-        if step > best_step:
-            best, best_step = state.parent, step
-    return best
+    """The complete checkpoint with the highest step under `run_dir` (None when there is none)."""
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; delete older ones and stale temporary ones."""
+    found = complete_checkpoints(run_dir)
+    for _, d in found[:max(0, len(found) - keep)]:
+        shutil.rmtree(d, ignore_errors=True)
+    for d in run_dir.glob(f"{TMP_PREFIX}{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics log (rank 0 only)
+# Metrics log (rank 0 writes; anyone reads)
 
 
-def _read_jsonl(p: Path) -> list[dict]:
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+def read_jsonl(p: Path) -> list[dict]:
+    """Rows of a JSON-lines log; a torn last line (no newline yet: a crash mid-write) is ignored."""
+    p = Path(p)
+    if not p.exists():
+        return []
+    lines = p.read_text().split("\n")
+    rows = []
+    for i, line in enumerate(lines[:-1]):  # lines[-1] is "" or the unterminated (torn) tail
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {i + 1} is not JSON ({e})") from None
+    return rows
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    return _read_jsonl(run_dir / METRICS_JSONL)
+def read_metrics(run_dir) -> list[dict]:
+    """Rows of `run_dir/metrics.jsonl`, by step."""
+    return read_jsonl(Path(run_dir) / METRICS_JSONL)
 
 
-def _write_metrics(run_dir: Path, rows: list[dict]) -> None:
-    (run_dir / METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in rows))
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append_line(path: Path, row: dict) -> None:
+    """Append one JSON line, flushed to disk, so a crash leaves at most a torn last line."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_csv(run_dir: Path, rows: list[dict]) -> None:
+    import io
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(run_dir / METRICS_CSV, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_write(run_dir / METRICS_CSV, buf.getvalue())
+
+
+class MetricsLog:
+    """Rank 0's metrics: metrics.jsonl (appended, one flushed line per row), metrics.csv and
+    TensorBoard events under `tensorboard/`. Opening it for a run resumed at `start_step` drops the
+    rows (and TensorBoard events) an interrupted attempt logged past that step."""
+
+    SCALARS = ("loss", "lr", "tokens_per_s", "text_loss", "value_loss", "query_loss")
+
+    def __init__(self, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
+        _atomic_write(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, row: dict) -> None:
+        _append_line(self.run_dir / METRICS_JSONL, row)
+        self.rows.append(row)
+        _write_csv(self.run_dir, self.rows)
+        for k in self.SCALARS:
+            if k in row:
+                self.writer.add_scalar(f"train/{k}", row[k], row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, rest = divmod(s, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def progress_line(row: dict, name: str = "") -> str:
+    """One human-readable progress line of a metrics row."""
+    steps = row.get("max_steps") or row["step"]
+    parts = [f"pretrain[{name or row.get('variant', '?')}] step {row['step']}/{steps} "
+             f"({100 * row['step'] / max(steps, 1):5.1f}%)", f"loss {row['loss']:.4f}"]
+    for k in ("value_loss", "query_loss"):
+        if row.get(k) is not None and row[k] == row[k]:  # skip NaN (no such tokens)
+            parts.append(f"{k.removesuffix('_loss')} {row[k]:.4f}")
+    parts.append(f"{row.get('tokens_per_s', 0):,.0f} tok/s")
+    if "elapsed_s" in row:
+        parts.append(f"elapsed {_duration(row['elapsed_s'])}")
+    if row.get("eta_s") is not None:
+        parts.append(f"eta {_duration(row['eta_s'])}")
+    return " | ".join(parts)
+
+
+class ProgressPrinter:
+    """Follows a run's metrics.jsonl and attempts.jsonl from the driver and prints a progress line
+    per new row (flushed), so progress shows even when workers' stdout is not forwarded."""
+
+    def __init__(self, run_dir, name: str = "", interval: float = 1.0, out=None):
+        self.run_dir, self.name, self.interval = Path(run_dir), name, interval
+        self.out = out or sys.stdout
+        self.n_attempts = len(read_jsonl(self.run_dir / ATTEMPTS_JSONL))
+        self.last_step = float("inf")  # print nothing until this run's first attempt starts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmlm-progress", daemon=True)
+
+    def poll(self) -> None:
+        try:
+            attempts = read_jsonl(self.run_dir / ATTEMPTS_JSONL)
+            rows = read_metrics(self.run_dir)
+        except (OSError, ValueError):
+            return  # being rewritten: try again at the next poll
+        for a in attempts[self.n_attempts:]:
+            self.last_step = a["start_step"]
+            what = "starts" if a["start_step"] == 0 else "resumes at"
+            self._print(f"pretrain[{self.name}] attempt {len(attempts)} {what} step {a['start_step']}/{a['steps']} "
+                        f"on {a['world_size']} worker(s)")
+        self.n_attempts = len(attempts)
+        for r in rows:
+            if r["step"] > self.last_step:
+                self._print(progress_line(r, self.name))
+                self.last_step = r["step"]
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> "ProgressPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,22 +344,21 @@ def _train_func(config: dict) -> None:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
+    scheduler = lr_scheduler(optimizer, cfg, steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, bf16))
 
-    step = 0
-    ckpt = ray.train.get_checkpoint()  # set after a worker failure, or when the run is restored
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            step = _load_checkpoint(engine, Path(d))
-    elif (found := latest_checkpoint(run_dir)) is not None:
-        step = _load_checkpoint(engine, found)
+    # Checkpoints live in run_dir (not in Ray's checkpoint store): after a worker failure Ray Train
+    # restarts this function and it resumes from the newest complete one, as a rerun does.
+    step = start_step = 0
+    if (found := latest_checkpoint(run_dir)) is not None:
+        step = start_step = _load_checkpoint(engine, found)
+    log = None
     if rank == 0:
-        rows = [r for r in _read_metrics(run_dir) if r["step"] <= step]  # drop rows of a crashed attempt
-        _write_metrics(run_dir, rows)
-        with open(run_dir / ATTEMPTS_JSONL, "a") as f:
-            f.write(json.dumps({"start_step": step, "steps": steps, "world_size": world, "time": time.time()}) + "\n")
+        log = MetricsLog(run_dir, step)  # drops rows a crashed attempt logged past this step
+        _append_line(run_dir / ATTEMPTS_JSONL, {"start_step": step, "steps": steps, "world_size": world,
+                                                 "time": time.time()})
+    t_start = time.perf_counter()
 
     not_trained = torch.tensor(NOT_TRAINED[cfg.variant], dtype=torch.int8)
     kinds_of = {"text": (TEXT,), "value": (VALUE,), "query": (MARKER, ENTITY, RELATION)}
@@ -236,22 +408,22 @@ def _train_func(config: dict) -> None:
         tot = tot.cpu().tolist()
         acc.zero_()
         now = time.perf_counter()
-        metrics = {"step": step, "loss": tot[0] / max(tot[1], 1), "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": tokens_since / (now - t_last), "counted_tokens": tot[1],
-                   "variant": cfg.variant, "world_size": world}
+        elapsed = now - t_start
+        metrics = {"step": step, "max_steps": steps, "loss": tot[0] / max(tot[1], 1),
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_since / (now - t_last),
+                   "counted_tokens": tot[1], "variant": cfg.variant, "world_size": world,
+                   "elapsed_s": elapsed, "eta_s": elapsed / (step - start_step) * (steps - step)}
         for i, name in enumerate(kinds_of):
             s, c = tot[2 + 2 * i], tot[3 + 2 * i]
             metrics[f"{name}_loss"] = s / c if c else float("nan")
-        if rank == 0:
-            _write_metrics(run_dir, _read_metrics(run_dir) + [metrics])
+        if log is not None:
+            log.log(metrics)
         if do_ckpt:
-            with tempfile.TemporaryDirectory() as tmp:
-                _save_checkpoint(engine, tokenizer, cfg, Path(tmp), step, rank, np.array(all_ids[:2]))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_{step:07d}")
-        else:
-            ray.train.report(metrics)
+            _save_checkpoint(engine, tokenizer, cfg, run_dir, step, rank, world, np.array(all_ids[:2]))
+        ray.train.report(metrics)
         t_last, tokens_since = time.perf_counter(), 0
+    if log is not None:
+        log.close()
 
 
 def _load_checkpoint(engine, d: Path) -> int:
@@ -261,7 +433,41 @@ def _load_checkpoint(engine, d: Path) -> int:
     return json.loads((d / STATE_FILE).read_text())["step"]
 
 
-def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, out: Path, step: int, rank: int, probe_ids) -> None:
+def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step: int, rank: int, world: int,
+                     probe_ids, wait_s: float = 120.0) -> None:
+    """Write checkpoint_NNNNNNN atomically (every rank calls this).
+
+    Each rank writes its DeepSpeed state into `.tmp-checkpoint_NNNNNNN/` and then a `rank_R.done`
+    marker; rank 0 adds the HF export, the step and an export probe, waits until every rank's
+    marker is there, writes `complete.json`, renames the directory into place and prunes old ones.
+    """
+    import torch
+    import torch.distributed as dist
+
+    final = run_dir / checkpoint_name(step)
+    out = run_dir / f"{TMP_PREFIX}{final.name}"
+    if rank == 0:
+        shutil.rmtree(out, ignore_errors=True)  # left by an attempt that crashed while saving
+        out.mkdir(parents=True)
+    dist.barrier()
+    _write_rank_files(engine, tokenizer, cfg, out, step, rank, probe_ids)
+    (out / f"rank_{rank}.done").write_text(json.dumps({"rank": rank, "step": step}))
+    dist.barrier()
+    if rank == 0:
+        deadline = time.monotonic() + wait_s  # a shared file system may show other ranks' files late
+        while missing := [r for r in range(world) if not (out / f"rank_{r}.done").is_file()]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"checkpoint {out}: ranks {missing} wrote no files within {wait_s:.0f} s")
+            time.sleep(0.5)
+        _atomic_write(out / COMPLETE_FILE, json.dumps({"step": step, "world_size": world}))
+        if final.exists():  # an incomplete directory of an older layout: never resumed from
+            shutil.rmtree(final)
+        os.replace(out, final)
+        _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+    dist.barrier()
+
+
+def _write_rank_files(engine, tokenizer, cfg: PretrainConfig, out: Path, step: int, rank: int, probe_ids) -> None:
     """DeepSpeed state of this rank; on rank 0 also the HF export, the step and an export probe."""
     import torch
 
@@ -286,16 +492,17 @@ def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, out: Path, step: in
 # Driver
 
 
-def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None) -> PretrainResult:
+def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progress: bool = True) -> PretrainResult:
     """Train an LMLM (`cfg.variant="lmlm"`) or the standard baseline with Ray Train + DeepSpeed.
 
     `documents`: annotated texts (list of str, legacy or special-token form) or a Ray Dataset with
     an `annotated_text` column; None reads `cfg.data_path` or generates `cfg.world_people`.
     `tokenizer`: a tokenizer with the lookup tokens; None loads `cfg.tokenizer_path` or trains one.
-    Rerunning with the same `run_dir` resumes from its latest checkpoint. Raises on failure.
+    Rerunning with the same `run_dir` resumes from its latest complete checkpoint. Raises on failure.
+    `progress`: print a progress line per logged step (and per attempt) while training.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from lmlm.train.data import build_packed, load_documents, prepare_tokenizer
@@ -324,14 +531,17 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None) -> Pret
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
-    result = trainer.fit()
+    if progress:
+        with ProgressPrinter(run_dir, cfg.variant):
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"pretraining {run_dir} failed: {result.error}") from result.error
     ckpt = latest_checkpoint(run_dir)
     final = json.loads((ckpt / STATE_FILE).read_text())["step"] if ckpt else 0
     return PretrainResult(str(run_dir), cfg.variant, final, str(ckpt) if ckpt else None,
-                          str(ckpt / "hf") if ckpt else None, str(tok_dir), _read_metrics(run_dir),
-                          _read_jsonl(run_dir / ATTEMPTS_JSONL))
+                          str(ckpt / "hf") if ckpt else None, str(tok_dir), read_metrics(run_dir),
+                          read_jsonl(run_dir / ATTEMPTS_JSONL))

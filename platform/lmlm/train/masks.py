@@ -15,12 +15,10 @@ predicted at position i-1), so `labels[i] = input_ids[i]` or -100 exactly as HF 
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import numpy as np
 import torch
 
-from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, SPECIAL_TOKENS
+from lmlm.tokenizer import LookupTokenIds
 
 TEXT, MARKER, ENTITY, RELATION, VALUE, END, PAD = range(7)
 KIND_NAMES = ("text", "marker", "entity", "relation", "value", "end", "pad")
@@ -30,25 +28,21 @@ IGNORE_INDEX = -100
 # its VALUE tokens (the restated fact, see lmlm.train.data) are measured and trained.
 NOT_TRAINED = {"lmlm": (VALUE, END, PAD), "standard": (PAD,)}
 
-# The state after each marker; states are kinds of the non-marker tokens that follow.
-_STATE_AFTER = {DB_ENTITY: ENTITY, DB_RELATIONSHIP: RELATION, DB_RETURN: VALUE, DB_END: TEXT}
-_MARKER_KIND = {DB_ENTITY: MARKER, DB_RELATIONSHIP: MARKER, DB_RETURN: MARKER, DB_END: END}
-
-
-def _check_ids(token_ids: Mapping[str, int]) -> None:
-    missing = [t for t in SPECIAL_TOKENS if t not in token_ids]
-    if missing:
-        raise ValueError(f"token_ids: missing ids for {missing} (have {sorted(token_ids)})")
+# (state after the marker: the kind of the non-marker tokens that follow, kind of the marker), in
+# LookupTokenIds.markers order (entity, relationship, return, end).
+_MARKER_STATES = ((ENTITY, MARKER), (RELATION, MARKER), (VALUE, MARKER), (TEXT, END))
 
 
 def token_kinds(
     input_ids,
-    token_ids: Mapping[str, int],
-    eos_id: int | None = None,
+    token_ids: LookupTokenIds,
     attention_mask=None,
     start_state: int | None = None,
 ) -> torch.Tensor:
     """Kinds (TEXT..PAD) of each token of `input_ids` ([T] or [B, T], tensor/array/list).
+
+    `token_ids` (lmlm.tokenizer.lookup_token_ids) names the markers; its EOS (when not None)
+    separates documents: it ends any open block and is TEXT itself.
 
     `start_state`: the state at the first token (TEXT, ENTITY, RELATION or VALUE). None infers it
     per row from the first marker of the row: a row that opens with the tail of a block (its first
@@ -57,15 +51,16 @@ def token_kinds(
     `attention_mask`: zeros mark padding (kind PAD); padding by id alone is ambiguous when the pad
     token is EOS.
     """
-    _check_ids(token_ids)
+    if not isinstance(token_ids, LookupTokenIds):
+        raise TypeError(f"token_ids: expected lmlm.tokenizer.LookupTokenIds, got {type(token_ids).__name__}")
     ids = torch.as_tensor(np.asarray(input_ids) if isinstance(input_ids, list) else input_ids).long()
     squeeze = ids.dim() == 1
     if squeeze:
         ids = ids.unsqueeze(0)
     B, T = ids.shape
-    markers = [(token_ids[t], _STATE_AFTER[t], _MARKER_KIND[t]) for t in SPECIAL_TOKENS]
-    if eos_id is not None:
-        markers.append((int(eos_id), TEXT, TEXT))
+    markers = [(tid, state, kind) for tid, (state, kind) in zip(token_ids.markers, _MARKER_STATES)]
+    if token_ids.eos is not None:
+        markers.append((token_ids.eos, TEXT, TEXT))
 
     state_after = torch.full_like(ids, -1)   # state set by the marker at i, -1 where no marker
     kind_of_marker = torch.full_like(ids, -1)
@@ -84,8 +79,8 @@ def token_kinds(
         first = torch.where(is_marker, pos, torch.full_like(pos, T)).min(dim=1).values
         first_tok = ids.gather(1, first.clamp(max=T - 1).unsqueeze(1)).squeeze(1)
         initial = torch.full((B,), TEXT, dtype=torch.long, device=ids.device)
-        for tok, state in ((DB_RELATIONSHIP, ENTITY), (DB_RETURN, RELATION), (DB_END, VALUE)):
-            initial[(first < T) & (first_tok == token_ids[tok])] = state
+        for tok, state in ((token_ids.relationship, ENTITY), (token_ids.return_, RELATION), (token_ids.end, VALUE)):
+            initial[(first < T) & (first_tok == tok)] = state
     else:
         if start_state not in (TEXT, ENTITY, RELATION, VALUE):
             raise ValueError(f"start_state: {start_state} is not TEXT, ENTITY, RELATION or VALUE")
@@ -110,10 +105,10 @@ def labels_from_kinds(input_ids, kinds, variant: str = "lmlm") -> torch.Tensor:
     return ids.masked_fill(out, IGNORE_INDEX)
 
 
-def lookup_labels(input_ids, token_ids: Mapping[str, int], eos_id: int | None = None,
-                  attention_mask=None, start_state: int | None = None) -> torch.Tensor:
+def lookup_labels(input_ids, token_ids: LookupTokenIds, attention_mask=None,
+                  start_state: int | None = None) -> torch.Tensor:
     """LMLM labels (LMLM.md §4): value tokens, `<|db_end|>` and padding set to -100."""
-    kinds = token_kinds(input_ids, token_ids, eos_id, attention_mask, start_state)
+    kinds = token_kinds(input_ids, token_ids, attention_mask, start_state)
     return labels_from_kinds(input_ids, kinds, "lmlm")
 
 
