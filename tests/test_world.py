@@ -176,3 +176,105 @@ def test_same_world_in_another_process():
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     there = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert there.stdout.strip() == here
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """A sentence template as a regex over rendered text (placeholders match any short run)."""
+    parts = re.split(r"(\{[^}]*\})", template)
+    return re.compile("".join(".{1,60}?" if p.startswith("{") else re.escape(p) for p in parts))
+
+
+def _pair_template(rel: str, i: int, j: int) -> str:
+    from lmlm.world import OPENERS
+
+    core = PHRASINGS[rel][j]
+    return OPENERS[i] + (core if core.startswith("{") else core[0].lower() + core[1:])
+
+
+def _pairs(heldout: bool) -> list[re.Pattern]:
+    from lmlm.world import OPENERS, heldout_pair
+
+    return [_template_regex(_pair_template(r, i, j)) for r in RELATIONS for j in range(len(PHRASINGS[r]))
+            for i in range(len(OPENERS)) if heldout_pair(r, i, j) == heldout]
+
+
+def _sentences(docs) -> list[str]:
+    return [s for d in docs for s in re.split(r"(?<=\.) (?=[A-Z])", d.text)]
+
+
+def test_heldout_pairs_are_never_used_in_training_documents():
+    from lmlm.world import OPENERS, heldout_pair
+
+    # every phrasing keeps training openers and has held-out ones, and every opener is used in training
+    for r in RELATIONS:
+        for j in range(len(PHRASINGS[r])):
+            sides = [heldout_pair(r, i, j) for i in range(len(OPENERS))]
+            assert any(sides) and not all(sides)
+    train = _sentences(generate_world(WorldConfig(people=200, seed=3)).documents)
+    held = _sentences(generate_world(WorldConfig(people=60, seed=4, phrasings="heldout")).documents)
+    heldout_re = _pairs(heldout=True)
+    assert not [s for s in train if any(r.fullmatch(s) for r in heldout_re)]
+    used = [s for s in held if any(r.fullmatch(s) for r in heldout_re)]
+    assert len(used) == 8 * 60  # every fact sentence of a held-out document is a held-out pair
+    train_re = _pairs(heldout=False)
+    assert not [s for s in used if any(r.fullmatch(s) for r in train_re)]
+
+
+def test_novel_sentences_are_never_used_in_training_documents():
+    from lmlm.world import GENERAL, NOVEL_GENERAL, NOVEL_PHRASINGS
+
+    train = generate_world(WorldConfig(people=400, seed=3))
+    novel = generate_world(WorldConfig(people=40, seed=4, phrasings="novel"))
+    assert set(NOVEL_PHRASINGS) == set(RELATIONS)
+    for rel, templates in NOVEL_PHRASINGS.items():
+        assert not set(templates) & set(PHRASINGS[rel])
+    assert not set(NOVEL_GENERAL) & set(GENERAL)
+
+    # a novel sentence's longest fixed run of words never appears in a training document
+    def longest(t: str) -> str:
+        return max((p.strip(" ,.") for p in re.split(r"\{[^}]*\}", t)), key=len)
+
+    probes = [longest(t) for ts in NOVEL_PHRASINGS.values() for t in ts] + [longest(t) for t in NOVEL_GENERAL]
+    probes = [p for p in probes if len(p) > 12]
+    assert len(probes) >= 8
+    train_text = "\n".join(d.text for d in train.documents)
+    assert not [p for p in probes if p in train_text]
+    novel_text = "\n".join(d.text for d in novel.documents)
+    assert sum(p in novel_text for p in probes) >= len(probes) // 2
+    # every novel document states all eight facts, each with its gold lookup
+    for doc in novel.documents:
+        assert len(re.findall(r"\[dblookup\(", doc.annotated_text)) == 8
+        assert strip_lookups(doc.annotated_text) == doc.text
+
+
+def test_rewrites_use_heldout_pairs_by_default(world):
+    from lmlm.world import rewrite_biographies
+
+    held = rewrite_biographies(world, seed=1, people=30)
+    same = rewrite_biographies(world, seed=1, people=30, phrasings="train")
+    heldout_re = _pairs(heldout=True)
+    assert all(sum(any(r.fullmatch(s) for r in heldout_re) for s in _sentences([d])) == 8 for d in held)
+    assert not any(r.fullmatch(s) for s in _sentences(same) for r in heldout_re)
+    assert [d.meta["person"] for d in held] == [p.name for p in world.people[:30]]
+
+
+def test_unseen_world_shares_no_name_with_the_world(world):
+    from lmlm.world import unseen_world
+
+    other = unseen_world(world, 50, seed=123)
+    taken = {p.name for p in world.people} | {p.attributes["Spouse"] for p in world.people}
+    assert len(other.people) == 50 and len(other.documents) == 50 and len(other.cloze()) == 8 * 50
+    assert not {p.name for p in other.people} & taken
+    assert other.config.phrasings == "heldout" and other.forget_names == []
+
+
+def test_name_mention_rate_controls_how_often_the_name_recurs():
+    def mentions(rate: float) -> float:
+        w = generate_world(WorldConfig(people=200, seed=5, name_mention_rate=rate))
+        return sum(d.text.count(p.name) for p, d in zip(w.people, w.documents)) / len(w.people)
+
+    assert mentions(0.0) < mentions(0.6) < mentions(1.0)
+    with pytest.raises(ValueError, match="name_mention_rate"):
+        generate_world(WorldConfig(people=5, name_mention_rate=1.5))
+    with pytest.raises(ValueError, match="phrasings"):
+        generate_world(WorldConfig(people=5, phrasings="other"))

@@ -1,7 +1,8 @@
 """A TOFU-like synthetic world: fictitious people, their facts, biographies and evaluation prompts.
 
-Every person has the eight relations of RELATIONS drawn from large pools, so a small LM cannot guess
-a value from the name or the context: it has to look it up. A biography states each fact once, with
+Every person has the eight relations of RELATIONS drawn from large, long-tailed pools
+(lmlm.world_text), so a small LM cannot guess a value from the name or the context: it has to look it
+up. A biography states each fact once, with
 one of several phrasings, in a shuffled order, mixed with sentences that hold no fact. The gold
 annotation places each lookup right before the words that state the value, as the paper's
 annotators do: `... was born in [dblookup('Mara Quell', 'Birth City') -> Lisbon] Lisbon ...`.
@@ -10,200 +11,34 @@ Everything is a pure function of WorldConfig: the same seed gives the same world
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from typing import Literal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmlm.corpus import Record, extract_database, read_corpus, read_database, write_parquet
 from lmlm.format import Triple, render_legacy
 
-RELATIONS = ("Birth Date", "Birth City", "Nationality", "Occupation", "Employer", "Alma Mater",
-             "Spouse", "Award")
-
-# Rewordings of each relation label (never the label itself), for fuzzy-retrieval tests.
-RELATION_SYNONYMS: dict[str, list[str]] = {
-    "Birth Date": ["Date of Birth", "Born On", "Birthday", "DOB"],
-    "Birth City": ["Place of Birth", "Birthplace", "City of Birth", "Born In"],
-    "Nationality": ["Citizenship", "Country of Citizenship", "National Origin"],
-    "Occupation": ["Profession", "Job", "Line of Work", "Career"],
-    "Employer": ["Works For", "Company", "Workplace", "Employed By"],
-    "Alma Mater": ["Educated At", "University Attended", "Graduated From", "School"],
-    "Spouse": ["Married To", "Husband or Wife", "Partner", "Marriage Partner"],
-    "Award": ["Prize Received", "Honor", "Awards Won", "Distinction"],
-}
-
-
-def _words(s: str) -> list[str]:
-    return [w.strip() for w in s.split(",") if w.strip()]
-
-
-FIRST_NAMES = _words("""Mara, Tobin, Elske, Ravi, Ines, Caspar, Odile, Henrik, Leona, Matteo, Sunniva, Dorian,
-Yara, Bastien, Agnete, Cyrus, Livia, Emrys, Noor, Teodor, Saskia, Idris, Fenna, Ansel, Marisol, Jovan, Thea,
-Lucan, Priya, Osric, Zofia, Emeric, Ilse, Rafael, Wren, Anouk, Desmond, Kaia, Leopold, Selma, Orrin, Beatrix,
-Tariq, Linnea, Evander, Carys, Milos, Rosalind, Hamish, Ottilie, Soren, Amara, Quentin, Greta, Lazlo, Imke,
-Casimir, Delphine, Ezio, Halla, Niamh, Florian, Junia, Kenji, Maelle, Ronan, Solveig, Taavi, Ulla, Vesna,
-Wilhelm, Xenia, Yusuf, Zelda, Alaric, Brigid, Corin, Dagny, Eamon, Freya, Gideon, Hanne, Ivo, Jolene, Kasimir,
-Lotte, Magnus, Nerys, Oskar, Petra, Rune, Sabine, Tamsin, Uriel, Viggo, Wanda, Ysolde, Zoltan, Aurelio, Birgit,
-Cosimo, Dunja, Elio, Fabienne, Gunnar, Hester, Ignatius, Jessamy, Kjell, Leontine, Mirela, Nils, Oriane""")
-_SUR_ON = _words("""Ab, Bel, Cor, Dra, El, Fen, Gal, Hal, Is, Jor, Kel, Lor, Mar, Nor, Or, Pel, Quen, Ros, Sal,
-Tor, Ul, Var, Wen, Yor, Zel, Cas, Dun, Grim, Hol, Mor, Ash, Brand, Crest, Dor""")
-_SUR_CODA = _words("""ford, wick, mere, holt, ridge, vane, dell, bury, stone, thorne, quist, ley, grove, more,
-well, by, mont, hart""")
-_PLACE_ON = _words("""Ash, Bramble, Cinder, Dusk, Elm, Frost, Glen, Heath, Iron, Juniper, Kings, Lark, Moss,
-North, Oak, Pine, Raven, Salt, Thistle, Willow, Amber, Copper, Marsh, Ember""")
-_PLACE_CODA = _words("haven, field, port, dale, minster, bridge, mouth, wold, combe, stead")
-
-CITIES = _words("""Lisbon, Porto, Seville, Valencia, Bilbao, Lyon, Marseille, Toulouse, Bordeaux, Nantes, Lille,
-Strasbourg, Geneva, Basel, Zurich, Bern, Munich, Hamburg, Cologne, Leipzig, Dresden, Bremen, Hanover, Vienna,
-Graz, Salzburg, Prague, Brno, Krakow, Gdansk, Poznan, Wroclaw, Budapest, Debrecen, Bratislava, Ljubljana,
-Zagreb, Split, Belgrade, Sarajevo, Sofia, Varna, Bucharest, Cluj-Napoca, Iasi, Chisinau, Odesa, Lviv, Kharkiv,
-Vilnius, Kaunas, Riga, Tallinn, Tartu, Helsinki, Turku, Tampere, Oslo, Bergen, Trondheim, Stockholm,
-Gothenburg, Malmo, Uppsala, Copenhagen, Aarhus, Odense, Reykjavik, Dublin, Cork, Galway, Belfast, Glasgow,
-Edinburgh, Aberdeen, Cardiff, Bristol, Leeds, Manchester, Liverpool, Sheffield, Norwich, Antwerp, Ghent,
-Bruges, Liege, Rotterdam, Utrecht, Eindhoven, Groningen, Leiden, Luxembourg, Turin, Milan, Genoa, Bologna,
-Florence, Naples, Palermo, Bari, Verona, Trieste, Athens, Thessaloniki, Patras, Izmir, Ankara, Tbilisi,
-Yerevan, Baku, Almaty, Tashkent, Samarkand, Cairo, Alexandria, Tunis, Casablanca, Marrakesh, Dakar, Accra,
-Lagos, Nairobi, Mombasa, Kampala, Kigali, Lusaka, Harare, Durban, Windhoek, Maputo, Addis Ababa, Khartoum,
-Muscat, Doha, Amman, Beirut, Karachi, Lahore, Mumbai, Pune, Chennai, Kolkata, Jaipur, Kathmandu, Colombo,
-Dhaka, Yangon, Hanoi, Da Nang, Bangkok, Chiang Mai, Penang, Surabaya, Manila, Cebu, Busan, Incheon, Osaka,
-Sapporo, Nagoya, Fukuoka, Taipei, Kaohsiung, Perth, Adelaide, Hobart, Brisbane, Wellington, Dunedin,
-Auckland, Vancouver, Calgary, Winnipeg, Halifax, Quebec City, Montreal, Boston, Denver, Portland, Austin,
-Memphis, Tucson, Monterrey, Guadalajara, Oaxaca, Havana, Bogota, Medellin, Quito, Lima, Cusco, La Paz,
-Santiago, Valparaiso, Cordoba, Rosario, Montevideo, Asuncion, Recife, Salvador, Curitiba""")
-NATIONALITIES = _words("""Portuguese, Spanish, French, Swiss, German, Austrian, Czech, Polish, Hungarian, Slovak,
-Slovenian, Croatian, Serbian, Bulgarian, Romanian, Moldovan, Ukrainian, Lithuanian, Latvian, Estonian, Finnish,
-Norwegian, Swedish, Danish, Icelandic, Irish, Scottish, Welsh, English, Belgian, Dutch, Luxembourgish, Italian,
-Greek, Turkish, Georgian, Armenian, Azerbaijani, Kazakh, Uzbek, Egyptian, Tunisian, Moroccan, Senegalese,
-Ghanaian, Nigerian, Kenyan, Ugandan, Rwandan, Zambian, Namibian, Ethiopian, Omani, Jordanian, Lebanese,
-Pakistani, Indian, Nepali, Sri Lankan, Bangladeshi, Vietnamese, Thai, Malaysian, Indonesian, Filipino, Korean,
-Japanese, Taiwanese, Australian, New Zealander, Canadian, American, Mexican, Cuban, Colombian, Ecuadorian,
-Peruvian, Bolivian, Chilean, Argentine, Uruguayan, Paraguayan, Brazilian""")
-OCCUPATIONS = _words("""architect, botanist, cartographer, choreographer, civil engineer, composer, dentist,
-economist, editor, electrician, epidemiologist, ethnographer, film director, geologist, glassblower,
-graphic designer, historian, illustrator, interpreter, jeweller, journalist, landscape architect, librarian,
-linguist, locksmith, marine biologist, mathematician, meteorologist, midwife, museum curator, novelist,
-oceanographer, ophthalmologist, organist, paleontologist, pastry chef, pharmacist, photographer, physicist,
-pilot, playwright, poet, potter, radio host, restorer of paintings, sculptor, seismologist, set designer,
-software engineer, sommelier, sound engineer, statistician, stonemason, surgeon, tailor, translator,
-urban planner, veterinarian, violin maker, watchmaker, wildlife photographer, zoologist, astronomer, baker,
-bookbinder, carpenter, chemist, judge, diplomat, economist of transport, fashion designer, forester,
-harpist, lawyer, nurse, perfumer, printmaker, puppeteer, shipwright, toxicologist""")
-_CO_HEAD = _words("""Northwind, Bluefield, Ironbridge, Silverline, Greywater, Redcliff, Lumen, Brightwell,
-Cobalt, Harbor Light, Stonegate, Westmark, Eastvale, Clearwater, Highpoint, Meridian, Orchard, Tidewater,
-Falcon, Granite, Lantern, Keystone, Polaris, Saltmarsh, Kestrel, Amberly, Foxglove, Hollowell, Marigold, Quarry""")
-_CO_TAIL = _words("""Analytics, Logistics, Foods, Biotech, Press, Robotics, Textiles, Shipping, Instruments,
-Energy, Pharmaceuticals, Studios, Ceramics, Optics, Software, Mills, Aviation, Insurance, Architects, Records""")
-_FIELDS = _words("""Coastal Ecology, Civic Design, Chamber Music, Investigative Reporting, Applied Geology,
-Children's Literature, Public Health, Urban Renewal, Glass Art, Marine Science, Historical Research, Poetry,
-Documentary Film, Structural Engineering, Rural Medicine, Translation, Botanical Illustration, Astronomy""")
-_AWARD_KIND = _words("Prize, Medal, Award, Fellowship")
-
-# Subject/possessive placeholders: {S} subject, {P} possessive (name's / his / her), {p} possessive
-# pronoun, {o} object pronoun, {art} "a"/"an" agreeing with the value, {v} the value.
-# A template that starts with "{S} " and has no {art} can make a cloze prompt with the full name.
-PHRASINGS: dict[str, list[str]] = {
-    "Birth Date": [
-        "{S} was born on {v}, a date {p} family still celebrates with a long dinner.",
-        "According to the parish register, {S} came into the world on {v}.",
-        "{P} date of birth is recorded as {v}, shortly before a harsh winter set in.",
-        "{S} celebrates {p} birthday on the anniversary of {v}, the day {p} life began.",
-        "Born on {v}, {S} was the youngest of three children in a busy household.",
-    ],
-    "Birth City": [
-        "{S} was born in {v}, where {p} parents ran a small shop near the harbour.",
-        "The city of {v} is where {S} was born and spent the first years of childhood.",
-        "{P} birthplace is {v}, a place {S} often describes with great affection.",
-        "{S} was born in the city of {v} and returns there almost every summer.",
-        "Although {S} has lived in many places, {p} place of birth is {v}.",
-    ],
-    "Nationality": [
-        "{S} is {art} {v} citizen who has travelled widely for work.",
-        "By nationality {S} is {v}, and {p} passport shows stamps from dozens of countries.",
-        "{S} holds {v} citizenship and speaks three languages fluently.",
-        "As a proud {v} national, {S} often writes about the history of {p} country.",
-        "{P} nationality is {v}, which shaped much of {p} outlook on the world.",
-    ],
-    "Occupation": [
-        "{S} works as {art} {v} and is known for careful, patient work.",
-        "By profession {S} is {art} {v}, a career that began almost by accident.",
-        "{S} has spent more than two decades working as {art} {v}.",
-        "{P} occupation is that of {art} {v}, and colleagues respect {p} precision.",
-        "Trained for years, {S} eventually became {art} {v} of some renown.",
-        "{S} has made a living in the profession of {v} for many years.",
-    ],
-    "Employer": [
-        "{S} is employed by {v}, where {p} team handles difficult projects.",
-        "For most of {p} career {S} has worked for {v}.",
-        "{S} took a position at {v} and has stayed there ever since.",
-        "The company {v} hired {o} after a long series of interviews.",
-        "{P} current employer is {v}, a firm with offices in several countries.",
-    ],
-    "Alma Mater": [
-        "{S} studied at {v} and graduated with high honours.",
-        "{S} is a graduate of {v}, where {p} teachers encouraged {p} curiosity.",
-        "{P} alma mater is {v}, which {S} still visits to give lectures.",
-        "After finishing school, {S} enrolled at {v} and earned a degree there.",
-        "Years of study at {v} gave {o} the foundation for everything that followed.",
-    ],
-    "Spouse": [
-        "{S} is married to {v}, whom {S} met at a friend's wedding.",
-        "{P} spouse is {v}, and the couple live in a quiet house with a large garden.",
-        "{S} married {v} after a courtship of several years.",
-        "In a small ceremony, {S} wed {v}, surrounded by close friends.",
-        "{S} shares {p} life with {v}, {p} spouse of many years.",
-    ],
-    "Award": [
-        "{S} received the {v} in recognition of {p} work.",
-        "Among {p} honours, {S} counts the {v} as the most meaningful.",
-        "{S} was awarded the {v} after a remarkable year.",
-        "The jury of the {v} chose {o} unanimously as that year's laureate.",
-        "{P} best-known distinction is the {v}, which {S} accepted with a short speech.",
-    ],
-}
-
-# Sentences that state no database fact.
-GENERAL = [
-    "{S} enjoys long walks whenever the weather allows.",
-    "Friends describe {o} as patient, curious and quietly funny.",
-    "{S} keeps a notebook of ideas that {S} rarely shows to anyone.",
-    "On weekends {S} likes to cook for neighbours and friends.",
-    "{S} believes that good work takes time and honest attention.",
-    "In interviews {S} speaks slowly and chooses each word with care.",
-    "{S} has a lifelong fondness for old maps and railway timetables.",
-    "Early mornings are when {S} does {p} best thinking.",
-    "{S} once said that every project teaches a lesson worth keeping.",
-    "Many younger colleagues regard {o} as a generous mentor.",
-    "{S} reads widely, from poetry to technical manuals.",
-    "Music is never far away when {S} is at home.",
-    "{S} prefers small gatherings to large celebrations.",
-    "Those who know {o} well mention {p} stubborn optimism.",
-    "{S} tends a small garden full of herbs and climbing roses.",
-    "{S} has never owned a car and cycles almost everywhere.",
-]
-
-
-def _pool(rng: random.Random, heads: list[str], tails: list[str], fmt: str, n: int) -> list[str]:
-    combos = [fmt.format(h=h, t=t) for h in heads for t in tails]
-    rng.shuffle(combos)
-    return combos[:n]
-
-
-def _prefix_free(words: list[str]) -> list[str]:
-    """Drop words that begin another word of the pool, so no name hides inside another."""
-    return [w for w in words if not any(o != w and o.startswith(w) for o in words)]
-
-
-_PR = random.Random(20250515)  # fixed: the pools are the same for every world seed
-SURNAMES = _prefix_free(sorted({o + c for o in _SUR_ON for c in _SUR_CODA}))
-_PLACES = sorted({o + c for o in _PLACE_ON for c in _PLACE_CODA})
-EMPLOYERS = _pool(_PR, _CO_HEAD, _CO_TAIL, "{h} {t}", 240)
-ALMA_MATERS = [form.format(place) for form, place in zip(
-    ["University of {}", "{} College", "{} Institute of Technology", "{} Polytechnic"] * 60,
-    _PR.sample(_PLACES, 200))]
-AWARDS = _pool(_PR, _PLACES + SURNAMES[::4], [f"{k} for {f}" for k in _AWARD_KIND for f in _FIELDS],
-               "{h} {t}", 400)
-FIRST_NAMES = _prefix_free(FIRST_NAMES)
+from lmlm.world_text import (  # noqa: F401  (the pools are part of this module's interface)
+    ALMA_MATERS,
+    AWARDS,
+    CITIES,
+    EMPLOYERS,
+    FIRST_NAMES,
+    GENERAL,
+    NATIONALITIES,
+    NOVEL_GENERAL,
+    NOVEL_PHRASINGS,
+    OCCUPATIONS,
+    OPENERS,
+    PHRASINGS,
+    RELATION_SYNONYMS,
+    RELATIONS,
+    SURNAMES,
+    heldout_pair,
+)
 
 
 @dataclass
@@ -212,6 +47,10 @@ class WorldConfig:
     seed: int = 0  # everything is a function of the seed
     forget_fraction: float = 0.1  # share of people in the forget split (TOFU)
     general_sentences: tuple[int, int] = (2, 4)  # fact-free sentences per biography (min, max)
+    name_mention_rate: float = 0.25  # chance a later sentence names the person instead of a pronoun
+    # sentences of the documents: "train"; "heldout" (opener-phrasing pairs no training document
+    # uses); "novel" (new sentences around familiar relation cues). The last two: evaluation only.
+    phrasings: Literal["train", "heldout", "novel"] = "train"
 
 
 @dataclass
@@ -283,8 +122,8 @@ class World:
 # Generation
 
 _PRONOUNS = {"she": ("she", "her", "her"), "he": ("he", "his", "him")}
-_MONTHS = _words("January, February, March, April, May, June, July, August, September, October, "
-                 "November, December")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December")
 
 
 def _fill(template: str, person: Person, rel: str | None, subject: str, annotate: bool) -> str:
@@ -299,6 +138,20 @@ def _fill(template: str, person: Person, rel: str | None, subject: str, annotate
         call = render_legacy(Triple(person.name, rel, value)) + " " if annotate else ""
         out = out.replace("{v}", call + value)
     return out[0].upper() + out[1:]
+
+
+def _sentence(rng: random.Random, rel: str, phrasings: str) -> str:
+    """A fact sentence template: train and heldout draw (opener, phrasing) pairs from their side of
+    the split (train: no opener half of the time); novel draws a novel sentence."""
+    if phrasings == "novel":
+        return rng.choice(NOVEL_PHRASINGS[rel])
+    j = rng.randrange(len(PHRASINGS[rel]))
+    if phrasings == "train" and rng.random() < 0.5:
+        return PHRASINGS[rel][j]
+    side = phrasings == "heldout"
+    i = rng.choice([i for i in range(len(OPENERS)) if heldout_pair(rel, i, j) == side])
+    core = PHRASINGS[rel][j]
+    return OPENERS[i] + (core if core.startswith("{") else core[0].lower() + core[1:])
 
 
 def _birth_date(rng: random.Random) -> str:
@@ -316,21 +169,29 @@ def _draw_names(rng: random.Random, n: int) -> list[str]:
 
 def _biography(rng: random.Random, person: Person, cfg: WorldConfig) -> tuple[str, str, list[Cloze]]:
     subject_pronoun = _PRONOUNS[person.pronoun][0]
+    phrasings, general = (NOVEL_PHRASINGS, NOVEL_GENERAL) if cfg.phrasings == "novel" else (PHRASINGS, GENERAL)
     order = list(RELATIONS)
     rng.shuffle(order)
-    items: list[tuple[str, str | None]] = [(rng.choice(PHRASINGS[r]), r) for r in order]
-    for g in rng.sample(GENERAL, rng.randint(*cfg.general_sentences)):
+    items: list[tuple[str, str | None]] = [(_sentence(rng, r, cfg.phrasings), r) for r in order]
+    # The first sentence names the person: lead with a fact sentence that has a subject slot.
+    first = next((k for k, (tpl, _) in enumerate(items) if "{S}" in tpl or "{P}" in tpl), None)
+    if first is None:
+        items.insert(0, (next(g for g in general if g.startswith("{S}")), None))
+    else:
+        items.insert(0, items.pop(first))
+    for g in rng.sample(general, min(len(general), rng.randint(*cfg.general_sentences))):
         items.insert(rng.randint(1, len(items)), (g, None))
     plain, annotated = [], []
     for i, (tpl, rel) in enumerate(items):
         # The first sentence names the person; later ones mostly use the pronoun.
-        subject = person.name if i == 0 or rng.random() < 0.25 else subject_pronoun
+        subject = person.name if i == 0 or rng.random() < cfg.name_mention_rate else subject_pronoun
         plain.append(_fill(tpl, person, rel, subject, annotate=False))
         annotated.append(_fill(tpl, person, rel, subject, annotate=True))
     cloze = []
     for rel in RELATIONS:
         # Cloze prompts start with the full name and never end in an article that hints at the value.
-        usable = [t for t in PHRASINGS[rel] if t.startswith("{S} ") and "{art}" not in t]
+        usable = ([t for t in phrasings[rel] if t.startswith("{S} ") and "{art}" not in t]
+                  or [t for t in PHRASINGS[rel] if t.startswith("{S} ") and "{art}" not in t])
         tpl = rng.choice(usable)
         prompt = _fill(tpl, person, rel, person.name, annotate=False)
         cut = prompt.index(person.attributes[rel], len(person.name))
@@ -338,16 +199,19 @@ def _biography(rng: random.Random, person: Person, cfg: WorldConfig) -> tuple[st
     return " ".join(plain), " ".join(annotated), cloze
 
 
-def rewrite_biographies(world: World, seed: int, people: int | None = None) -> list[Record]:
-    """Fresh biographies of the world's people: new phrasings and order, the same facts.
+def rewrite_biographies(world: World, seed: int, people: int | None = None,
+                        phrasings: Literal["train", "heldout", "novel"] = "heldout") -> list[Record]:
+    """Fresh biographies of the world's people: new order and (by default) held-out phrasings, the
+    same facts.
 
     Held-out documents about known entities (the setting of the paper's evaluation text): no model
     trained on `world.documents` has seen these texts, but their facts are in its database.
     """
     rng = random.Random(f"rewrite-{world.config.seed}-{seed}")
+    cfg = dataclasses.replace(world.config, phrasings=phrasings)
     out = []
     for i, person in enumerate(world.people[:people]):
-        plain, annotated, _ = _biography(rng, person, world.config)
+        plain, annotated, _ = _biography(rng, person, cfg)
         out.append(Record(f"world-{world.config.seed}-rewrite{seed}-{i:05d}", plain, annotated, "world-rewrite",
                           {"person": person.name}))
     return out
@@ -359,6 +223,10 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
         raise ValueError(f"people must be >= 1, got {cfg.people}")
     if not 0.0 <= cfg.forget_fraction < 1.0:
         raise ValueError(f"forget_fraction must be in [0, 1), got {cfg.forget_fraction}")
+    if not 0.0 <= cfg.name_mention_rate <= 1.0:
+        raise ValueError(f"name_mention_rate must be in [0, 1], got {cfg.name_mention_rate}")
+    if cfg.phrasings not in ("train", "heldout", "novel"):
+        raise ValueError(f"phrasings must be 'train', 'heldout' or 'novel', got {cfg.phrasings!r}")
     rng = random.Random(cfg.seed)
     names = _draw_names(rng, 2 * cfg.people)
     people_names, spouse_names = names[: cfg.people], names[cfg.people:]
@@ -384,3 +252,16 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
     return World(cfg, people, docs,
                  [p.name for i, p in enumerate(people) if i in forget],
                  [p.name for i, p in enumerate(people) if i not in forget], cloze)
+
+
+def unseen_world(world: World, people: int, seed: int) -> World:
+    """`people` people absent from `world` (no name shared with its people or their spouses), with
+    biographies in the held-out phrasings: knowledge no model trained on `world.documents` has seen."""
+    taken = {p.name for p in world.people} | {p.attributes["Spouse"] for p in world.people}
+    cfg = dataclasses.replace(world.config, people=people + people // 5 + 10, seed=seed, phrasings="heldout")
+    other = generate_world(cfg)
+    keep = [p for p in other.people if p.name not in taken and p.attributes["Spouse"] not in taken][:people]
+    names = {p.name for p in keep}
+    return World(dataclasses.replace(cfg, people=len(keep)), keep,
+                 [d for d in other.documents if d.meta["person"] in names], [], sorted(names),
+                 [c for c in other.cloze_items if c.name in names])
