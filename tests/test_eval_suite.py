@@ -70,43 +70,67 @@ def setup(tmp_path_factory):
 
 
 def test_run_evaluation_end_to_end(setup):
+    from lmlm.eval.results import read_results
     from lmlm.eval.suite import REQUIRED_KEYS, EvalConfig, run_evaluation
     from lmlm.factstore import FactStore, FactStoreConfig
+    from lmlm.world import unseen_world
 
     world, dirs, root = setup
-    cfg = EvalConfig(max_forget_people=3, max_retain_people=4, bio_max_new_tokens=32, cloze_max_new_tokens=10,
-                     max_lookups=2, n_perturbed=3, batch_size=32, ppl_max_docs=8, wiki_max_docs=4)
+    inserted = unseen_world(world, 3, seed=99)
+    cfg = EvalConfig(max_forget_people=3, max_retain_people=4, max_inserted_people=2, bio_max_new_tokens=32,
+                     cloze_max_new_tokens=10, max_lookups=2, n_perturbed=3, batch_size=32, ppl_max_docs=8,
+                     wiki_max_docs=4)
     out = root / "run"
     with FactStore.open(FactStoreConfig()) as store:
         n_triples = store.add_triples(world.triples(), annotator="world-gold")
-        res = run_evaluation(cfg, str(dirs["lmlm"]), str(dirs["standard"]), store, world, out)
-        forget = res["details_after"]["people"]["forget"]
+        assert store.get(inserted.people[0].name, "Birth City") is None
+        res = run_evaluation(cfg, str(dirs["lmlm"]), str(dirs["standard"]), store, world, out, inserted)
+        forget = res.details["details_after"]["people"]["forget"]
         # the forget split is gone from the store; the retain split is untouched
         assert all(store.get(n, "Birth City") is None for n in forget)
-        assert store.get(res["details_after"]["people"]["retain"][0], "Birth City") is not None
-    saved = json.loads((out / "results.json").read_text())
+        assert store.get(res.details["details_after"]["people"]["retain"][0], "Birth City") is not None
+        # knowledge insertion: the evaluated inserted people's facts are in the store now, the others' not
+        first, last = inserted.people[0], inserted.people[-1]
+        assert store.get(first.name, "Birth City").value == first.attributes["Birth City"]
+        assert store.get(last.name, "Birth City") is None
+    assert res.complete
+    saved = read_results(out)
     for k in REQUIRED_KEYS:
-        assert isinstance(saved[k], float) and math.isfinite(saved[k]), k
-    for k in ("precision_lmlm", "precision_standard", "forget_precision_after", "completion_em_lmlm"):
-        assert 0.0 <= saved[k] <= 1.0
-    assert 0.0 <= saved["forget_quality_p"] <= 1.0
-    assert saved["config"]["max_forget_people"] == 3
+        assert isinstance(getattr(saved, k), float) and math.isfinite(getattr(saved, k)), k
+    for k in ("precision_lmlm", "precision_standard", "forget_precision_after", "completion_em_lmlm",
+              "precision_inserted_lmlm", "precision_inserted_standard", "own_entity_lookup_rate",
+              "own_entity_lookup_rate_inserted", "completion_em_inserted_lmlm"):
+        assert 0.0 <= getattr(saved, k) <= 1.0, k
+    assert saved.details["inserted"]["triples_added"] == 8 * 2 and saved.details["inserted"]["people"] == 2
+    assert 0.0 <= saved.forget_quality_p <= 1.0
+    assert saved.config["max_forget_people"] == 3
     # deletion went through the store: 8 rows per forget person, gold lookups no longer exact
-    assert saved["deleted_rows"] == 8 * len(forget) and n_triples >= saved["deleted_rows"]
-    chk = saved["store_check"]
+    assert saved.details["deleted_rows"] == 8 * len(forget) and n_triples >= saved.details["deleted_rows"]
+    chk = saved.details["store_check"]
     assert chk["forget_exact_before"] == chk["forget_queries"] > 0
     assert chk["forget_exact_after"] == 0
     assert chk["retain_exact_after"] == chk["retain_exact_before"] == chk["retain_queries"]
     # deleting facts never raises forget-set precision; the retain split's store answers are unchanged
-    assert saved["forget_precision_after"] <= saved["forget_precision_before"] + 1e-9
-    assert saved["forget_quality_reference"] == "same_weights" and saved["forget_quality_p"] == pytest.approx(1.0)
+    assert saved.forget_precision_after <= saved.forget_precision_before + 1e-9
+    assert saved.forget_quality_reference == "same_weights" and saved.forget_quality_p == pytest.approx(1.0)
     # the headline numbers are the "all" aggregates of the per-split details
-    d = saved["details_before"]["lmlm"]["precision"]
-    assert saved["precision_lmlm"] == d["all"]["precision"]
-    assert saved["forget_precision_before"] == d["forget"]["precision"]
+    d = saved.details["before"]["lmlm"]["precision"]
+    assert saved.precision_lmlm == d["all"]["precision"]
+    assert saved.forget_precision_before == d["forget"]["precision"]
     for name in ("report.md", "precision.png", "unlearning.png"):
         assert (out / name).is_file()
-    assert "Factual precision" in (out / "report.md").read_text()
+    assert "factual precision, inserted people" in (out / "report.md").read_text()
+
+
+def test_own_entity_rate_counts_bios_whose_every_lookup_names_the_person():
+    from types import SimpleNamespace as NS
+
+    from lmlm.eval.suite import own_entity_rate
+
+    lk = lambda e: NS(entity=e)  # noqa: E731
+    results = [NS(lookups=[lk("Mara Quell"), lk(" mara quell ")]), NS(lookups=[lk("Mara Quell"), lk("Other One")]),
+               NS(lookups=[])]
+    assert own_entity_rate(["Mara Quell"] * 3, results) == pytest.approx(1 / 3)
 
 
 def _eval_command(argv: list[str]) -> int:

@@ -85,6 +85,26 @@ def test_exact_lookup_injects_stored_value_and_deletion_is_immediate(engine64, s
         store.put(t)
 
 
+def test_a_fact_put_after_training_is_used_by_the_very_next_request(engine64, store):
+    """Knowledge insertion: the model never saw this person; a fact put into the running store is
+    what the next request's lookup injects, and its deletion is what the one after sees."""
+    from lmlm.format import Triple
+
+    t = Triple("Ottilie Fernquist", "Birth City", "Valparaiso")
+    params = GenerationParams(max_new_tokens=3, max_lookups=0, fallback="abstain")
+    [before] = engine64.generate([cloze(t.entity, t.relation)], params)
+    assert before.lookups[0].triple != t and not before.raw_text.startswith(f" {t.value}{DB_END}")
+    store.put(t)
+    try:
+        [after] = engine64.generate([cloze(t.entity, t.relation)], params)
+        assert (after.lookups[0].stage, after.lookups[0].triple) == ("exact", t)
+        assert after.raw_text.startswith(f" {t.value}{DB_END}")
+    finally:
+        store.delete(t.entity, t.relation)
+    [gone] = engine64.generate([cloze(t.entity, t.relation)], params)
+    assert gone.lookups[0].triple != t
+
+
 def test_batched_lookups_use_one_store_call_per_step(engine64, store, monkeypatch):
     calls = []
     real = store.lookup_batch

@@ -12,7 +12,7 @@ def _run(args: argparse.Namespace) -> int:
 
     job = load_config(EvalJobConfig, args.config, args.overrides)
     results = run_job(job)
-    print(json.dumps({k: results[k] for k in REQUIRED_KEYS} | {"out_dir": job.out_dir}))
+    print(json.dumps({k: getattr(results, k) for k in REQUIRED_KEYS} | {"out_dir": job.out_dir}))
     return 0
 
 

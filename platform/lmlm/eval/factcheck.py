@@ -153,7 +153,8 @@ class KnowledgeBase:
         for rel, syns in (getattr(world_mod, "RELATION_SYNONYMS", None) or {}).items():
             cues.setdefault(rel, []).extend(s.lower() for s in syns)
         slots: dict[str, list[str]] = {}
-        for rel, templates in (getattr(world_mod, "PHRASINGS", None) or {}).items():
+        phrasings = [getattr(world_mod, name, None) or {} for name in ("PHRASINGS", "NOVEL_PHRASINGS")]
+        for rel, templates in ((r, t) for p in phrasings for r, t in p.items()):
             for t in templates:
                 slot = slot_of(t)
                 if slot:

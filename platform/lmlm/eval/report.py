@@ -9,43 +9,15 @@ with a step column (`step`/`global_step`/`iteration`) and loss columns; the tota
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
-from typing import Any
+
+from lmlm.eval.results import EvalResults, fmt, table_rows, write_results
+from lmlm.train.loop import ATTEMPTS_JSONL, read_jsonl
 
 STEP_KEYS = ("step", "global_step", "iteration")
 TOTAL_KEYS = ("loss", "train_loss", "total_loss")
 VALUE_KEYS = ("value_loss", "loss_value", "train_value_loss", "val_value_loss")
-
-HEADLINE = (
-    ("Normalized perplexity", "ppl_normalized_lmlm", "ppl_normalized_standard", None),
-    ("Value-token loss", "value_loss_lmlm", "value_loss_standard", None),
-    ("Factual precision", "precision_lmlm", "precision_standard", "precision_lmlm_db_off"),
-    ("Completion EM", "completion_em_lmlm", "completion_em_standard", "completion_em_lmlm_db_off"),
-)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _json_safe(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_results(results: dict, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(results), indent=2, sort_keys=False))
-    return path
-
 
 def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
     """`{"total": [(step, loss)], "value": [(step, loss)]}` from a run directory's metric logs."""
@@ -54,12 +26,9 @@ def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
     if not root.is_dir():
         raise FileNotFoundError(f"training run directory {root} does not exist")
     for path in sorted(root.rglob("*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line is not JSON: {e}") from e
+        if path.name.startswith(".") or path.name == ATTEMPTS_JSONL:
+            continue  # a metrics file being replaced, or the log of (re)starts
+        rows.extend(read_jsonl(path))  # a torn last line (a crash mid-write) is ignored
     for path in sorted(root.rglob("*.csv")):
         with path.open() as f:
             rows.extend(csv.DictReader(f))
@@ -134,41 +103,32 @@ def plot_bars(groups: dict[str, dict[str, float]], title: str, path: Path, ylabe
     plt.close(fig)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
-
-
-def write_markdown(results: dict, out_dir: str | Path, plots: list[str]) -> Path:
-    lines = ["# LMLM evaluation", "", "| metric | LMLM | standard | LMLM, lookups off |", "|---|---|---|---|"]
-    for title, a, b, c in HEADLINE:
-        lines.append(f"| {title} | {_fmt(results.get(a))} | {_fmt(results.get(b))} | {_fmt(results.get(c)) if c else '-'} |")
-    details = results.get("details_before") or {}
-    if details:
-        lines += ["", "## Factual precision in detail (all evaluated people)", "",
+def write_markdown(r: EvalResults, out_dir: str | Path, plots: list[str]) -> Path:
+    lines = ["# LMLM evaluation", "", "| metric | LMLM (or first) | standard (or second) | LMLM, lookups off |",
+             "|---|---|---|---|"]
+    lines += [f"| {title} | {a} | {b} | {c} |" for title, a, b, c in table_rows(r)]
+    before = r.details.get("before") or {}
+    if before:
+        lines += ["", "## Factual precision in detail (trained people)", "",
                   "| setting | precision | micro | length-penalized | facts/answer | answers with a fact | "
                   "completion EM (with lookup value) |", "|---|---|---|---|---|---|---|"]
-        for setting, d in details.items():
+        for setting, d in before.items():
             p, c = d["precision"]["all"], d["completion"]["all"]
-            lines.append(f"| {setting} | {_fmt(p['precision'])} | {_fmt(p['precision_micro'])} | "
-                         f"{_fmt(p['precision_length_penalized'])} | {_fmt(p['facts_per_answer'])} | "
-                         f"{_fmt(p['answered_share'])} | {_fmt(c['em'])} ({_fmt(c['em_with_lookup'])}) |")
+            lines.append(f"| {setting} | {fmt(p['precision'])} | {fmt(p['precision_micro'])} | "
+                         f"{fmt(p['precision_length_penalized'])} | {fmt(p['facts_per_answer'])} | "
+                         f"{fmt(p['answered_share'])} | {fmt(c['em'])} ({fmt(c['em_with_lookup'])}) |")
     lines += ["", "## Unlearning (LMLM, forget split deleted from the store)", "",
               "| set | precision before | precision after | completion EM before | completion EM after |",
               "|---|---|---|---|---|"]
     for split in ("forget", "retain"):
-        lines.append(f"| {split} | {_fmt(results.get(f'{split}_precision_before'))} | "
-                     f"{_fmt(results.get(f'{split}_precision_after'))} | "
-                     f"{_fmt(results.get(f'{split}_completion_em_before'))} | "
-                     f"{_fmt(results.get(f'{split}_completion_em_after'))} |")
-    lines += ["", f"Forget quality (KS p-value, reference: {results.get('forget_quality_reference')}): "
-              f"{_fmt(results.get('forget_quality_p'))}; before deletion: {_fmt(results.get('forget_quality_p_before'))}.",
-              f"Model utility on the retain set: before {_fmt(results.get('model_utility_before'))}, "
-              f"after {_fmt(results.get('model_utility_after'))}.", ""]
-    if results.get("ppl_normalized_wiki_lmlm") is not None:
-        lines += [f"Real text (lmlm-wiki held-out): normalized perplexity LMLM {_fmt(results['ppl_normalized_wiki_lmlm'])}, "
-                  f"standard {_fmt(results.get('ppl_normalized_wiki_standard'))}.", ""]
+        lines.append(f"| {split} | {fmt(getattr(r, f'{split}_precision_before'))} | "
+                     f"{fmt(getattr(r, f'{split}_precision_after'))} | "
+                     f"{fmt(getattr(r, f'{split}_completion_em_before'))} | "
+                     f"{fmt(getattr(r, f'{split}_completion_em_after'))} |")
+    lines += ["", f"Forget quality (KS p-value, reference: {r.forget_quality_reference}): "
+              f"{fmt(r.forget_quality_p)}; before deletion: {fmt(r.forget_quality_p_before)}.",
+              f"Model utility on the retain set: before {fmt(r.model_utility_before)}, "
+              f"after {fmt(r.model_utility_after)}.", ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "All numbers and the configuration that produced them: `results.json`.", ""]
     path = Path(out_dir) / "report.md"
@@ -176,25 +136,25 @@ def write_markdown(results: dict, out_dir: str | Path, plots: list[str]) -> Path
     return path
 
 
-def write_report(results: dict, out_dir: str | Path, training_runs: dict[str, str | Path] | None = None) -> dict:
+def write_report(r: EvalResults, out_dir: str | Path, training_runs: dict[str, str | Path] | None = None) -> dict:
     """results.json, report.md and the plots; returns {"results", "report", "plots"} paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots: list[str] = []
     if training_runs and plot_training_curves(training_runs, out / "training_curves.png"):
         plots.append("training_curves.png")
-    plot_bars({"precision": {"LMLM": results.get("precision_lmlm", 0.0),
-                             "LMLM lookups off": results.get("precision_lmlm_db_off", 0.0),
-                             "standard": results.get("precision_standard", 0.0)},
-               "completion EM": {"LMLM": results.get("completion_em_lmlm", 0.0),
-                                 "LMLM lookups off": results.get("completion_em_lmlm_db_off", 0.0),
-                                 "standard": results.get("completion_em_standard", 0.0)}},
-              "Precision and completion EM per setting", out / "precision.png")
+    groups = {"precision, trained": ("precision_lmlm", "precision_lmlm_db_off", "precision_standard"),
+              "precision, inserted": ("precision_inserted_lmlm", "precision_inserted_lmlm_db_off",
+                                      "precision_inserted_standard"),
+              "completion EM": ("completion_em_lmlm", "completion_em_lmlm_db_off", "completion_em_standard")}
+    plot_bars({g: dict(zip(("LMLM", "LMLM lookups off", "standard"), (getattr(r, k) or 0.0 for k in keys)))
+               for g, keys in groups.items()}, "Precision and completion EM per setting", out / "precision.png")
     plots.append("precision.png")
-    plot_bars({split: {"before": results.get(f"{split}_precision_before", 0.0),
-                       "after": results.get(f"{split}_precision_after", 0.0)} for split in ("forget", "retain")},
+    plot_bars({split: {"before": getattr(r, f"{split}_precision_before") or 0.0,
+                       "after": getattr(r, f"{split}_precision_after") or 0.0} for split in ("forget", "retain")},
               "LMLM precision, forget split deleted", out / "unlearning.png", "precision")
     plots.append("unlearning.png")
-    results.setdefault("plots", plots)
-    return {"results": str(write_results(results, out)), "report": str(write_markdown(results, out, plots)),
-            "plots": [str(out / p) for p in plots]}
+    r.files = {"results": str(out / "results.json"), "report": str(write_markdown(r, out, plots)),
+               "plots": [str(out / p) for p in plots]}
+    write_results(r, out)
+    return r.files

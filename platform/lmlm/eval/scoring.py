@@ -7,6 +7,8 @@ tokens are exactly those of `" " + answer`, whatever the context ends with.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +33,9 @@ class EvalModel:
     def __post_init__(self) -> None:
         if self.kind not in ("lmlm", "standard"):
             raise ValueError(f"EvalModel {self.name}: kind must be 'lmlm' or 'standard', got {self.kind!r}")
+
+
+PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a long generation
 
 
 def resolve_model_dir(path: str | Path) -> Path:
@@ -115,8 +120,15 @@ def _generate(em: EvalModel, store: Any, prompts: list[str], cfg: Any, max_new_t
                               repetition_penalty=cfg.repetition_penalty, max_lookups=cfg.max_lookups,
                               use_lookups=use_lookups)
     out: list[Any] = []
+    label = f"evaluate: generating ({em.kind}, lookups {'on' if use_lookups else 'off'}, {max_new_tokens} tokens)"
+    t0 = last = time.perf_counter()
     for i in range(0, len(prompts), cfg.batch_size):
         out.extend(engine.generate(prompts[i:i + cfg.batch_size], params))
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S or len(out) == len(prompts):
+            eta = (now - t0) / len(out) * (len(prompts) - len(out))
+            print(f"{label}: {len(out)}/{len(prompts)} prompts, {now - t0:.0f} s, eta {eta:.0f} s", flush=True)
+            last = now
     return out
 
 
@@ -126,7 +138,7 @@ def bio_answers(em: EvalModel, store: Any, kb: KnowledgeBase, bios: list[tuple[s
     prompts = [p for _, p in bios]
     results = _generate(em, store, prompts, cfg, cfg.bio_max_new_tokens, use_lookups and em.kind == "lmlm")
     answers = [(name, display_continuation(r)) for (name, p), r in zip(bios, results)]
-    return {"answers": answers, "n_lookups": sum(len(lookup_values(r)) for r in results)}
+    return {"answers": answers, "results": results, "n_lookups": sum(len(lookup_values(r)) for r in results)}
 
 
 def cloze_em(em: EvalModel, store: Any, clozes: list[Any], cfg: Any, use_lookups: bool) -> tuple[dict, list]:

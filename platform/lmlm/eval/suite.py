@@ -7,22 +7,25 @@ deleted from the store through its API (`store.delete_entity`), which the caller
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lmlm.config import to_dict
 from lmlm.eval import completion as comp
 from lmlm.eval import unlearning as unl
 from lmlm.eval.factcheck import KnowledgeBase, score_answers
+from lmlm.eval.results import EvalResults
 from lmlm.eval.scoring import EvalModel, bio_answers, cloze_em, load_model
 
+# The fields a finished evaluation always sets (the rest depend on the inputs given).
 REQUIRED_KEYS = (
     "ppl_normalized_lmlm", "ppl_normalized_standard", "value_loss_lmlm", "value_loss_standard",
     "precision_lmlm", "precision_lmlm_db_off", "precision_standard",
-    "completion_em_lmlm", "completion_em_lmlm_db_off", "completion_em_standard",
+    "completion_em_lmlm", "completion_em_lmlm_db_off", "completion_em_standard", "own_entity_lookup_rate",
     "forget_precision_before", "forget_precision_after", "retain_precision_before", "retain_precision_after",
     "forget_quality_p",
 )
@@ -32,14 +35,17 @@ DEFINITIONS = {
                  "facts = world-pool values / template slots in the display text, checked against the person's truth",
     "completion_em": "lmlm.eval.completion: gold answer's words within the first N generated display words; "
                      "LMLM with lookups is forced to open a lookup after the cloze context",
+    "own_entity_lookup_rate": "share of generated bios (LMLM, lookups on) with >= 1 lookup whose every lookup's "
+                              "entity is the prompt's person (normalised key)",
+    "inserted": "people absent from every training document; their triples are added to the store after "
+                "training (store.add_triples, as PUT /v1/facts does), then they are evaluated like the others",
     "truth_ratio": "lmlm.eval.unlearning: exp(-mean_k NLL_wrong_k) / exp(-NLL_correct), per-token NLLs; "
                    "an LMLM sees the store's answer to the gold query as a lookup block",
     "forget_quality_p": "scipy.stats.ks_2samp p-value, forget-set truth ratios after deletion vs the reference model",
     "ppl_normalized": "lmlm.eval.perplexity: exp(NLL over trained tokens / tokens of the lookup-free text); "
-                      "cfg.ppl_docs when given, else world documents of the evaluated people (the models' "
-                      "training text: a world has no held-out documents); real text: lmlm-wiki held-out SQuAD paragraphs",
+                      "texts in sentences no training document uses (held-out opener-phrasing pairs; "
+                      "novel: new sentences around a familiar relation cue) unless the key says train_phrasing",
 }
-WIKI_DEFAULT = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "lmlm-wiki"
 WIKI_EVAL_FILE = "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"
 
 
@@ -58,9 +64,12 @@ class EvalConfig:
     seed: int = 0  # people sampling and perturbations
     retain_model_dir: Optional[str] = None  # LMLM trained on retain-only docs (forget-quality reference)
     ppl_max_docs: int = 100  # documents for the synthetic-text perplexity
+    max_inserted_people: int = 40  # bios/clozes of at most this many inserted (never trained) people
     ppl_docs: Optional[str] = None  # corpus file of held-out annotated documents; None: the evaluated people's world docs
-    unseen_ppl_docs: Optional[str] = None  # also: documents about entities absent from training and database
-    wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: ../shared/data/lmlm-wiki when present
+    unseen_ppl_docs: Optional[str] = None  # also: documents about people absent from training
+    train_phrasing_ppl_docs: Optional[str] = None  # also: new texts of trained people in the training phrasings
+    novel_ppl_docs: Optional[str] = None  # also: new texts of trained people in novel sentences
+    wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: $LMLM_DATA_DIR/lmlm-wiki when that exists
     wiki_max_docs: int = 99  # held-out real paragraphs for the real-text perplexity
     lmlm_run_dir: Optional[str] = None  # pretraining run dirs (metric logs) for the training-curve plot
     standard_run_dir: Optional[str] = None
@@ -94,14 +103,52 @@ def _perplexity(lmlm: EvalModel, standard: EvalModel, docs: list[str], batch_siz
                          standard_tokenizer=standard.tokenizer)
 
 
+def _docs(path: str | Path, limit: int) -> list[str]:
+    from lmlm.corpus import read_corpus
+
+    return [r.annotated_text or r.text for r in read_corpus(path) if r.annotated_text or r.text][:limit]
+
+
+def _wiki_dir(cfg: EvalConfig) -> Optional[Path]:
+    if cfg.wiki_dir:
+        return Path(cfg.wiki_dir)
+    data = os.environ.get("LMLM_DATA_DIR")
+    return Path(data) / "lmlm-wiki" if data else None
+
+
+def own_entity_rate(names: list[str], results: list[Any]) -> float:
+    """Share of generations with >= 1 lookup whose every lookup names `names[i]` (normalised keys)."""
+    from lmlm.format import normalize_key
+
+    if not names:
+        return float("nan")
+    hits = sum(bool(r.lookups) and all(normalize_key(lk.entity) == normalize_key(n) for lk in r.lookups)
+               for n, r in zip(names, results))
+    return hits / len(names)
+
+
+def _generation(em: EvalModel, store: Any, kb: KnowledgeBase, bios: list, clozes: list, cfg: EvalConfig,
+                lookups: bool, split_of) -> dict:
+    """Precision of bios and completion EM of clozes in one setting, with per-split summaries."""
+    gen = bio_answers(em, store, kb, bios, cfg, lookups)
+    c_summary, outcomes = cloze_em(em, store, clozes, cfg, lookups)
+    return {"precision": split_of(lambda a: score_answers(kb, a, cfg.length_penalty_gamma), gen["answers"],
+                                  lambda a: a[0]),
+            "completion": split_of(comp.summarize, outcomes, lambda o: o.name), "completion_summary": c_summary,
+            "outcomes": outcomes, "own_entity_lookup_rate": own_entity_rate([n for n, _ in bios], gen["results"]),
+            "n_lookups_bios": gen["n_lookups"], "examples": [{"name": n, "text": t} for n, t in gen["answers"][:5]]}
+
+
 def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,
-                   out_dir: str | Path) -> dict:
-    """Evaluate, write results.json / report.md / plots into `out_dir`, return the results dict.
+                   out_dir: str | Path, inserted: Any = None) -> EvalResults:
+    """Evaluate, write results.json / report.md / plots into `out_dir`, return the results.
 
     `lmlm_model_dir` / `standard_model_dir`: saved model directories (or `EvalModel`s). `store`: an
     open FactStore holding the LMLM's database; the forget split is deleted from it (kept deleted).
+    `inserted`: a World of people no model was trained on; their triples are added to the store here
+    (knowledge insertion) and they are evaluated like the trained people.
     """
-    from lmlm.eval.report import write_report, write_results
+    from lmlm.eval.report import write_report
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -116,82 +163,97 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
     fset, rset = set(forget), set(retain)
     bios = [(n, p) for n, p in world.bio_prompts() if n in fset or n in rset]
     clozes = [c for c in world.cloze() if c.name in fset or c.name in rset]
-    results: dict[str, Any] = {"config": to_dict(cfg), "definitions": DEFINITIONS,
-                               "sources": {"lmlm_model": str(getattr(lmlm_model_dir, "name", lmlm_model_dir)),
-                                           "standard_model": str(getattr(standard_model_dir, "name", standard_model_dir)),
-                                           "store_url": getattr(store, "url", None),
-                                           "people": {"forget": len(forget), "retain": len(retain)},
-                                           "bios": len(bios), "clozes": len(clozes)}}
+    res = EvalResults(config=to_dict(cfg), definitions=DEFINITIONS, sources={
+        "lmlm_model": str(getattr(lmlm_model_dir, "name", lmlm_model_dir)),
+        "standard_model": str(getattr(standard_model_dir, "name", standard_model_dir)),
+        "store_url": getattr(store, "url", None), "people": {"forget": len(forget), "retain": len(retain)},
+        "bios": len(bios), "clozes": len(clozes)})
 
-    def split(scores_of: callable, items: list, name_of) -> dict:
+    def split(scores_of: Callable, items: list, name_of) -> dict:
         return {"all": scores_of(items), "forget": scores_of([x for x in items if name_of(x) in fset]),
                 "retain": scores_of([x for x in items if name_of(x) in rset])}
 
-    def precision(answers):
-        return score_answers(kb, answers, cfg.length_penalty_gamma)
+    def whole(scores_of: Callable, items: list, name_of) -> dict:
+        return {"all": scores_of(items)}
 
-    # --- perplexity and value-token loss
+    # --- perplexity and per-kind losses
     t = time.perf_counter()
-    if cfg.ppl_docs:
-        from lmlm.corpus import read_corpus
-
-        docs = [r.annotated_text or r.text for r in read_corpus(cfg.ppl_docs)][: cfg.ppl_max_docs]
-    else:
-        docs = [d.annotated_text for d in world.documents if d.meta.get("person") in fset | rset][: cfg.ppl_max_docs]
+    docs = (_docs(cfg.ppl_docs, cfg.ppl_max_docs) if cfg.ppl_docs else
+            [d.annotated_text for d in world.documents if d.meta.get("person") in fset | rset][: cfg.ppl_max_docs])
     ppl = _perplexity(lmlm, standard, docs, cfg.batch_size)
-    results["perplexity_world"] = ppl
+    res.details["perplexity_world"] = ppl
+    res.update({"ppl_normalized_lmlm": ppl["ppl_normalized_lmlm"], "ppl_normalized_standard": ppl["ppl_standard"],
+                "ppl_static_lmlm": ppl["ppl_static_lmlm"], "value_loss_lmlm": ppl["value_loss_lmlm"],
+                "value_loss_standard": ppl["value_loss_standard"], "entity_loss_lmlm": ppl["entity_loss_lmlm"]})
     if cfg.unseen_ppl_docs:
-        from lmlm.corpus import read_corpus
-
-        udocs = [r.annotated_text or r.text for r in read_corpus(cfg.unseen_ppl_docs)][: cfg.ppl_max_docs]
-        results["perplexity_unseen"] = _perplexity(lmlm, standard, udocs, cfg.batch_size)
-        results["ppl_normalized_unseen_lmlm"] = results["perplexity_unseen"]["ppl_normalized_lmlm"]
-        results["ppl_normalized_unseen_standard"] = results["perplexity_unseen"]["ppl_standard"]
-    wiki = Path(cfg.wiki_dir) if cfg.wiki_dir else WIKI_DEFAULT
-    if (wiki / WIKI_EVAL_FILE).is_file():
-        from lmlm.corpus import read_corpus
-
-        wdocs = [r.annotated_text for r in read_corpus(wiki / WIKI_EVAL_FILE) if r.annotated_text][: cfg.wiki_max_docs]
-        results["perplexity_wiki"] = _perplexity(lmlm, standard, wdocs, cfg.batch_size)
-        results["ppl_normalized_wiki_lmlm"] = results["perplexity_wiki"]["ppl_normalized_lmlm"]
-        results["ppl_normalized_wiki_standard"] = results["perplexity_wiki"]["ppl_standard"]
-    for k in ("ppl_normalized_lmlm", "value_loss_lmlm", "value_loss_standard"):
-        results[k] = ppl[k]
-    results["ppl_normalized_standard"] = ppl["ppl_standard"]
+        u = _perplexity(lmlm, standard, _docs(cfg.unseen_ppl_docs, cfg.ppl_max_docs), cfg.batch_size)
+        res.details["perplexity_unseen"] = u
+        res.update({"ppl_normalized_unseen_lmlm": u["ppl_normalized_lmlm"],
+                    "ppl_normalized_unseen_standard": u["ppl_standard"],
+                    "entity_loss_unseen_lmlm": u["entity_loss_lmlm"], "value_loss_unseen_standard": u["value_loss_standard"]})
+    for name, path in (("train_phrasing", cfg.train_phrasing_ppl_docs), ("novel", cfg.novel_ppl_docs)):
+        if path:
+            x = _perplexity(lmlm, standard, _docs(path, cfg.ppl_max_docs), cfg.batch_size)
+            res.details[f"perplexity_{name}"] = x
+            res.update({f"ppl_normalized_{name}_lmlm": x["ppl_normalized_lmlm"],
+                        f"ppl_normalized_{name}_standard": x["ppl_standard"]})
+    wiki = _wiki_dir(cfg)
+    if wiki is not None and (wiki / WIKI_EVAL_FILE).is_file():
+        w = _perplexity(lmlm, standard, _docs(wiki / WIKI_EVAL_FILE, cfg.wiki_max_docs), cfg.batch_size)
+        res.details["perplexity_wiki"] = w
+        res.update({"ppl_normalized_wiki_lmlm": w["ppl_normalized_lmlm"], "ppl_normalized_wiki_standard": w["ppl_standard"]})
     timings["perplexity"] = time.perf_counter() - t
 
     # --- precision and completion, three settings, intact store
+    settings = (("lmlm", lmlm, True), ("lmlm_db_off", lmlm, False), ("standard", standard, False))
     details: dict[str, Any] = {}
     outcomes_of: dict[str, list] = {}
-    for setting, em, on in (("lmlm", lmlm, True), ("lmlm_db_off", lmlm, False), ("standard", standard, False)):
+    for setting, em, on in settings:
         t = time.perf_counter()
-        gen = bio_answers(em, store, kb, bios, cfg, on)
-        p = split(precision, gen["answers"], lambda a: a[0])
-        c_summary, outcomes = cloze_em(em, store, clozes, cfg, on)
-        c = split(comp.summarize, outcomes, lambda o: o.name)
-        outcomes_of[setting] = outcomes
-        details[setting] = {"precision": p, "completion": c, "n_lookups_bios": gen["n_lookups"],
-                            "examples": [{"name": n, "text": txt} for n, txt in gen["answers"][:5]]}
-        results[f"precision_{setting}"] = p["all"]["precision"]
-        results[f"completion_em_{setting}"] = c_summary["em"]
-        results[f"completion_em_with_lookup_{setting}"] = c_summary["em_with_lookup"]
+        g = _generation(em, store, kb, bios, clozes, cfg, on, split)
+        outcomes_of[setting] = g.pop("outcomes")
+        details[setting] = g
+        res.update({f"precision_{setting}": g["precision"]["all"]["precision"],
+                    f"completion_em_{setting}": g["completion_summary"]["em"]})
         timings[f"generate_{setting}"] = time.perf_counter() - t
-    results["details_before"] = details
+    res.own_entity_lookup_rate = details["lmlm"]["own_entity_lookup_rate"]
+    res.details["before"] = details
+
+    # --- knowledge insertion: facts of never-trained people put into the store, then asked for
+    if inserted is not None and inserted.people:
+        t = time.perf_counter()
+        people = [p.name for p in inserted.people][: cfg.max_inserted_people]
+        pset = set(people)
+        added = store.add_triples([x for x in inserted.triples() if x.entity in pset], annotator="inserted")
+        ikb = KnowledgeBase.from_world(inserted)
+        ibios = [(n, p) for n, p in inserted.bio_prompts() if n in pset]
+        iclozes = [c for c in inserted.cloze() if c.name in pset]
+        ins: dict[str, Any] = {"people": len(people), "triples_added": added}
+        for setting, em, on in settings:
+            g = _generation(em, store, ikb, ibios, iclozes, cfg, on, whole)
+            g.pop("outcomes")
+            ins[setting] = g
+            res.update({f"precision_inserted_{setting}": g["precision"]["all"]["precision"]})
+            if setting != "lmlm_db_off":
+                res.update({f"completion_em_inserted_{setting}": g["completion_summary"]["em"]})
+        res.own_entity_lookup_rate_inserted = ins["lmlm"]["own_entity_lookup_rate"]
+        res.details["inserted"] = ins
+        timings["inserted"] = time.perf_counter() - t
 
     # --- unlearning: delete the forget split from the store, measure again
     t = time.perf_counter()
-    results.update(unl.run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
-                                      outcomes_of["lmlm"], cfg.retain_model_dir))
+    res.update(unl.run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
+                                  outcomes_of["lmlm"], cfg.retain_model_dir))
     timings["unlearning"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    results["timings_s"] = timings
-    missing = [k for k in REQUIRED_KEYS if k not in results]
+    res.timings_s = timings
+    missing = [k for k in REQUIRED_KEYS if getattr(res, k) is None]
     if missing:
         raise RuntimeError(f"evaluation produced no value for {missing}")
+    res.complete = True
     runs = {"LMLM": cfg.lmlm_run_dir, "standard": cfg.standard_run_dir}
-    results["files"] = write_report(results, out, runs if any(runs.values()) else None)
-    write_results(results, out)  # again, now with the file list
-    return results
+    res.files = write_report(res, out, runs if any(runs.values()) else None)
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +274,7 @@ class EvalJobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def run_job(job: EvalJobConfig) -> dict:
+def run_job(job: EvalJobConfig) -> EvalResults:
     """Load the world, open (and if private, fill) the store, run the evaluation."""
     from lmlm.factstore import FactStore, FactStoreConfig
     from lmlm.world import World, WorldConfig, generate_world
