@@ -29,25 +29,20 @@ class HFAnnotatorConfig:
 
 @dataclass
 class OpenAIAnnotatorConfig:
-    # base URL of an OpenAI-compatible API (".../v1"); "" -> env OPENAI_BASE_URL
-    base_url: str = ""
-    # API key; "" -> the environment variable named by api_key_env (may be unset for local servers)
-    api_key: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    model: str = "gpt-4o"
-    prompt_path: str = DEFAULT_PROMPT
-    max_tokens: int = 2048
-    temperature: float = 0.0
-    # requests in flight at once
-    concurrency: int = 8
-    # retries after the first try, for timeouts, connection errors, 429 and 5xx
-    max_retries: int = 3
+    base_url: str = ""  # base URL of an OpenAI-compatible API (".../v1"); "" -> env OPENAI_BASE_URL
+    api_key: str = ""  # API key; "" -> the env variable named by api_key_env (may be unset locally)
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
+    model: str = "gpt-4o"  # model name sent with each request
+    prompt_path: str = DEFAULT_PROMPT  # annotation prompt (system message and few-shot examples), JSON
+    max_tokens: int = 2048  # completion tokens per document
+    temperature: float = 0.0  # sampling temperature (0: greedy)
+    concurrency: int = 8  # requests in flight at once
+    max_retries: int = 3  # retries after the first try, for timeouts, connection errors, 429 and 5xx
     # first backoff in seconds; doubles each retry, capped at backoff_max_s, then times a random 0.5-1
     # (tenacity's exponential wait plus random-exponential wait, each over half the range)
     backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    # per-request timeout (connect + read) in seconds
-    timeout_s: float = 60.0
+    backoff_max_s: float = 8.0  # cap of one backoff wait, seconds
+    timeout_s: float = 60.0  # per-request timeout (connect + read) in seconds
 
 
 @dataclass
@@ -94,26 +89,19 @@ class AnnotateConfig:
 class TrainAnnotatorConfig:
     # seed corpus with annotations (reference JSON, .jsonl, .parquet); "" -> a synthetic world's gold
     seeds: str = ""
-    # synthetic world used when seeds is "": people, seed, and how many of its documents are seeds
-    world_people: int = 300
-    world_seed: int = 0
-    seed_docs: Optional[int] = None
-    # where the trained annotator is saved (annotator.json, model.pt, knn.npz)
-    out_dir: str = "runs/annotator"
-    # hashed feature buckets and hidden size of the tagger
-    buckets: int = 131072
-    dim: int = 32
-    epochs: int = 6
-    lr: float = 0.02
-    # tokens per optimisation step
-    batch_tokens: int = 512
-    # relations with fewer seed calls than this share the OTHER tag (label from nearest neighbour)
-    min_relation_count: int = 3
-    max_relations: int = 64
-    # loss weight of value/entity tags against "O" (above 1 trades precision for recall on sparse seeds)
-    span_weight: float = 1.0
-    seed: int = 0
-    # torch intra-op threads while training (0: torch's default)
-    threads: int = 1
+    world_people: int = 300  # people of the synthetic world used when seeds is ""
+    world_seed: int = 0  # seed of that world
+    seed_docs: Optional[int] = None  # how many of its documents are seeds (None: all)
+    out_dir: str = "runs/annotator"  # where the annotator is saved (annotator.json, model.pt, knn.npz)
+    buckets: int = 131072  # hashed feature buckets of the tagger
+    dim: int = 32  # hidden size of the tagger
+    epochs: int = 6  # passes over the seed tokens
+    lr: float = 0.02  # learning rate (Adam)
+    batch_tokens: int = 512  # tokens per optimisation step
+    min_relation_count: int = 3  # relations with fewer seed calls share the OTHER tag (nearest-neighbour label)
+    max_relations: int = 64  # relation tags at most
+    span_weight: float = 1.0  # loss weight of value/entity tags vs "O" (> 1 trades precision for recall)
+    seed: int = 0  # initialisation and data order
+    threads: int = 1  # torch intra-op threads while training (0: torch's default)
     # fraction of seed documents held out to report triple P/R/F1 after training (0: none)
     eval_fraction: float = 0.1
