@@ -173,4 +173,17 @@ def test_pipeline_job_submit(tmp_path):
             f"{info['status']}: {info.get('message')}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}")
         pids = head.pids()
     _assert_gone(pids, "pipeline head")
+    from lmlm.eval.results import read_results
+
+    results = read_results(run_dir)
+    assert results.complete and results.demo_wall_s > 0
+    # ci.yaml trains the retain-only LMLM: forget quality is measured against it (TOFU)
+    assert results.forget_quality_reference == "retain_model" and 0.0 <= results.forget_quality_p <= 1.0
+    assert (run_dir / "pretrain" / "lmlm-retain" / "final" / "config.json").is_file()
+    # knowledge insertion: people in no training document, evaluated after their facts were put
+    assert results.details["inserted"]["triples_added"] > 0 and results.precision_inserted_lmlm is not None
+    assert results.own_entity_lookup_rate_inserted is not None
+    steps = results.details["serve_demo"]["steps"]
+    assert [s["title"].split(" (")[0].split(":")[0] for s in steps] == [
+        "unknown to the store", "after PUT /v1/facts", f"after DELETE /v1/facts {results.details['serve_demo']['person']!r}"]
     assert run_dir.is_dir() and any(run_dir.iterdir()), f"no outputs in {run_dir}"

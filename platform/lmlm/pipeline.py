@@ -3,6 +3,9 @@
     world -> train_annotator -> annotate (Ray Data) -> build_factstore (Redis 8)
           -> pretrain LMLM + standard (Ray Train + DeepSpeed) -> evaluate -> serve_demo (Ray Serve)
 
+Evaluation measures what training never saw: texts in held-out phrasings, and "inserted" people
+absent from every training document whose facts are put into the store after training.
+
 `jobs/<stage>.py` and `lmlm pipeline|<stage>` are thin wrappers over the functions here; all of them
 read the same `PipelineConfig` file, so a stage run alone sees exactly what the pipeline would pass it.
 Everything a run writes lives under `run_dir` (the private Redis's AOF included), so a second run
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Callable, Optional
 
 from lmlm.annotate.config import AnnotateConfig, TrainAnnotatorConfig
 from lmlm.config import load_config, parse_args, save_config
+from lmlm.eval.results import EvalResults
 from lmlm.eval.suite import EvalConfig
 from lmlm.factstore.config import FactStoreConfig
 from lmlm.train.config import PretrainConfig
@@ -35,7 +38,6 @@ class ServeDemoConfig:
     max_tokens: int = 64  # text tokens of the sample answer
     admin_token: str = "demo-admin-token"  # bearer token of /v1/facts in the demo app
     repetition_penalty: float = 1.0  # the reference's 1.2 also penalises copying the name into a query
-    candidates: int = 5  # retain-split people tried for the sample request
 
 
 @dataclass
@@ -46,8 +48,10 @@ class PipelineConfig:
     ray_num_cpus: int = 8  # logical CPUs of a local cluster (more than cores: no actor-pool deadlock)
     world: WorldConfig = field(default_factory=lambda: WorldConfig(people=400, seed=0))
     seed_docs: int = 100  # world documents whose gold annotations train the annotator
-    heldout_people: int = 100  # held-out biographies (of known, and of unseen people) for perplexity
-    vocab_size: int = 4096  # BPE vocabulary shared by both models
+    heldout_people: int = 100  # held-out biographies of trained people (held-out phrasings) for perplexity
+    inserted_people: int = 100  # people in no training document: their facts go into the store after training
+    vocab_size: int = 1024  # BPE vocabulary shared by both models (small: names split into common pieces)
+    retain_model: bool = False  # also train an LMLM without the forget split (forget-quality reference)
     train_annotator: TrainAnnotatorConfig = field(default_factory=TrainAnnotatorConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     factstore: FactStoreConfig = field(default_factory=FactStoreConfig)
@@ -90,16 +94,21 @@ def annotate_config(cfg: PipelineConfig) -> AnnotateConfig:
                                store=store_config(cfg), ray_address=cfg.ray_address)
 
 
-def pretrain_config(cfg: PipelineConfig, variant: str) -> PretrainConfig:
-    return dataclasses.replace(cfg.pretrain, variant=variant, run_dir=str(cfg.path(f"pretrain-{variant}")),
-                               tokenizer_path=str(cfg.path("tokenizer")), ray_address=cfg.ray_address or "")
+def pretrain_config(cfg: PipelineConfig) -> PretrainConfig:
+    return dataclasses.replace(cfg.pretrain, vocab_size=cfg.vocab_size, ray_address=cfg.ray_address or "")
 
 
 def eval_config(cfg: PipelineConfig) -> EvalConfig:
-    return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain-lmlm")),
-                               standard_run_dir=str(cfg.path("pretrain-standard")),
+    retain = cfg.path("pretrain", "lmlm-retain")
+    return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain", "lmlm")),
+                               standard_run_dir=str(cfg.path("pretrain", "standard")),
                                ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")),
-                               unseen_ppl_docs=cfg.eval.unseen_ppl_docs or str(cfg.path("unseen.jsonl")))
+                               unseen_ppl_docs=cfg.eval.unseen_ppl_docs or str(cfg.path("unseen.jsonl")),
+                               train_phrasing_ppl_docs=cfg.eval.train_phrasing_ppl_docs
+                               or str(cfg.path("train_phrasing.jsonl")),
+                               novel_ppl_docs=cfg.eval.novel_ppl_docs or str(cfg.path("novel.jsonl")),
+                               retain_model_dir=cfg.eval.retain_model_dir or (
+                                   str(retain / "final") if cfg.retain_model else None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,11 +129,12 @@ def ensure_ray(cfg: PipelineConfig) -> None:
 
 
 def stage_world(cfg: PipelineConfig):
-    """Generate (or load) the synthetic world; write the annotator's seed documents."""
+    """Generate (or load) the world and the people never trained on; write the evaluation texts and
+    the annotator's seed documents. Returns (world, inserted)."""
     from lmlm.corpus import Record, write_corpus
-    from lmlm.world import World, generate_world, rewrite_biographies
+    from lmlm.world import World, generate_world, rewrite_biographies, unseen_world
 
-    world_dir = cfg.path("world")
+    world_dir, inserted_dir = cfg.path("world"), cfg.path("inserted")
     if (world_dir / "documents.parquet").is_file():
         world = World.load(world_dir)
         print(f"world: loaded {len(world.people)} people from {world_dir}")
@@ -133,25 +143,32 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
-    heldout, unseen = cfg.path("heldout.jsonl"), cfg.path("unseen.jsonl")
-    if not heldout.is_file():
-        # Held-out text about known people: new biographies of them, which no model trained on.
-        docs = rewrite_biographies(world, seed=1, people=cfg.heldout_people)
-        write_corpus(docs, heldout)
-        print(f"world: {len(docs)} held-out biographies (new texts, known people) -> {heldout}")
-    if not unseen.is_file():
-        # And about people absent from training and from the database: a second world's.
-        other = generate_world(dataclasses.replace(cfg.world, people=cfg.heldout_people, seed=cfg.world.seed + 7919))
-        known = {p.name for p in world.people}
-        docs = [d for d in other.documents if d.meta.get("person") not in known]
-        write_corpus(docs, unseen)
-        print(f"world: {len(docs)} biographies of unseen people -> {unseen}")
-    seeds = cfg.path("seeds.jsonl")
-    if not seeds.is_file():
-        docs = world.documents[: cfg.seed_docs]
-        write_corpus([Record(d.id, d.text, d.annotated_text, "world-seed", d.meta) for d in docs], seeds)
-        print(f"world: {len(docs)} gold-annotated seed documents -> {seeds}")
-    return world
+    if (inserted_dir / "documents.parquet").is_file():
+        inserted = World.load(inserted_dir)
+    else:
+        inserted = unseen_world(world, cfg.inserted_people, seed=cfg.world.seed + 7919)
+        inserted.save(inserted_dir)
+        print(f"world: {len(inserted.people)} people in no training document (facts inserted after "
+              f"training) -> {inserted_dir}")
+    texts = {
+        # new biographies of trained people in phrasings no training document uses
+        "heldout.jsonl": lambda: rewrite_biographies(world, seed=1, people=cfg.heldout_people),
+        # ... and in the training phrasings (new order and combination of sentences)
+        "train_phrasing.jsonl": lambda: rewrite_biographies(world, seed=2, people=cfg.heldout_people,
+                                                            phrasings="train"),
+        # ... and in novel sentences (only the relation cues are familiar)
+        "novel.jsonl": lambda: rewrite_biographies(world, seed=3, people=cfg.heldout_people, phrasings="novel"),
+        # biographies of the inserted people, in held-out phrasings
+        "unseen.jsonl": lambda: inserted.documents,
+        "seeds.jsonl": lambda: [Record(d.id, d.text, d.annotated_text, "world-seed", d.meta)
+                                for d in world.documents[: cfg.seed_docs]],
+    }
+    for name, make in texts.items():
+        if not cfg.path(name).is_file():
+            docs = make()
+            write_corpus(docs, cfg.path(name))
+            print(f"world: {len(docs)} documents -> {cfg.path(name)}")
+    return world, inserted
 
 
 def stage_train_annotator(cfg: PipelineConfig) -> Path:
@@ -182,62 +199,50 @@ def stage_build_factstore(cfg: PipelineConfig, store) -> dict:
     return stats
 
 
-def annotated_texts(cfg: PipelineConfig) -> list[str]:
-    """The annotated corpus in special-token form, in a deterministic (id) order."""
+def annotated_texts(cfg: PipelineConfig, with_ids: bool = False) -> list:
+    """The annotated corpus in special-token form, in a deterministic (id) order (with ids: pairs)."""
     import pyarrow.dataset as ds
 
     table = ds.dataset(cfg.path("annotated", "annotated"), format="parquet").to_table(columns=["id", "special_text"])
     rows = sorted(zip(table.column("id").to_pylist(), table.column("special_text").to_pylist()))
-    return [text for _, text in rows if text]
-
-
-def _finished(pcfg: PretrainConfig) -> Optional[str]:
-    from lmlm.train.loop import STATE_FILE, latest_checkpoint
-
-    ckpt = latest_checkpoint(pcfg.run_dir)
-    if ckpt is None or not pcfg.max_steps:
-        return None
-    step = json.loads((ckpt / STATE_FILE).read_text())["step"]
-    return str(ckpt / "hf") if step >= pcfg.max_steps else None
+    return [(i, text) if with_ids else text for i, text in rows if text]
 
 
 def finished_models(cfg: PipelineConfig) -> dict[str, str]:
-    """HF dirs of the finished pretraining runs (both variants), or {} when either is missing."""
-    dirs = {v: _finished(pretrain_config(cfg, v)) for v in ("lmlm", "standard")}
-    return dirs if all(dirs.values()) else {}
+    """HF dirs of the finished pretraining runs (LMLM and standard), or {} when either is missing."""
+    from lmlm.train.compare import finished_run
+
+    dirs = {}
+    for variant in ("lmlm", "standard"):
+        done = finished_run(dataclasses.replace(cfg.pretrain, variant=variant,
+                                                run_dir=str(cfg.path("pretrain", variant))))
+        if done is None:
+            return {}
+        dirs[variant] = done.hf_dir
+    return dirs
 
 
-def stage_pretrain(cfg: PipelineConfig) -> dict[str, str]:
-    """Train the LMLM and the standard baseline on the same annotated documents; returns HF dirs."""
-    from lmlm.tokenizer import load_tokenizer, train_tokenizer
-    from lmlm.train.loop import run_pretraining
+def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
+    """Train the LMLM and the standard baseline (and, with `retain_model`, an LMLM without the
+    forget split) on the same annotated documents; returns the HF dirs."""
+    from lmlm.train.compare import RETAIN, train_both
 
     texts = annotated_texts(cfg)
-    tok_dir = cfg.path("tokenizer")
-    tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
-    out = {}
-    for variant in ("lmlm", "standard"):
-        pcfg = pretrain_config(cfg, variant)
-        done = _finished(pcfg)
-        if done:
-            print(f"pretrain[{variant}]: finished run in {pcfg.run_dir}")
-            out[variant] = done
-            continue
-        if tokenizer is None:
-            from lmlm.format import to_special
-
-            tokenizer = train_tokenizer([to_special(t).text for t in texts], cfg.vocab_size, tok_dir)
-            print(f"pretrain: trained a {len(tokenizer)}-token BPE tokenizer -> {tok_dir}")
-        ensure_ray(cfg)
-        print(f"pretrain[{variant}]: {len(texts)} documents, model {pcfg.model}, {pcfg.max_steps} steps, "
-              f"{pcfg.num_workers} worker(s), ZeRO-{pcfg.zero_stage}")
-        res = run_pretraining(pcfg, documents=texts, tokenizer=tokenizer)
-        last = res.metrics[-1] if res.metrics else {}
-        print(f"pretrain[{variant}]: step {res.final_step}, last metrics "
-              f"{json.dumps({k: last[k] for k in sorted(last) if 'loss' in k})} -> {res.hf_dir}")
-        out[variant] = res.hf_dir
-    for variant, hf_dir in out.items():
-        _publish(Path(hf_dir), cfg.path("model" if variant == "lmlm" else f"model-{variant}"))
+    retain = None
+    if cfg.retain_model:
+        forget_ids = {d.id for d in world.documents if d.meta.get("person") in set(world.forget_names)}
+        retain = [t for doc_id, t in annotated_texts(cfg, with_ids=True) if doc_id not in forget_ids]
+    ensure_ray(cfg)
+    results = train_both(pretrain_config(cfg), texts, cfg.path("pretrain"), retain_documents=retain)
+    out = {v: r.hf_dir for v, r in results.items()}
+    for variant, r in results.items():
+        last = r.metrics[-1] if r.metrics else {}
+        print(f"pretrain[{variant}]: step {r.final_step}, last metrics "
+              f"{json.dumps({k: round(last[k], 4) for k in sorted(last) if 'loss' in k})} -> {r.hf_dir}")
+    _publish(Path(out["lmlm"]), cfg.path("model"))
+    _publish(Path(out["standard"]), cfg.path("model-standard"))
+    if RETAIN in out:
+        _publish(Path(out[RETAIN]), cfg.path("pretrain", RETAIN, "final"))
     return out
 
 
@@ -272,15 +277,17 @@ def restore_deleted_entities(cfg: PipelineConfig, store) -> int:
     return restored
 
 
-def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world) -> dict:
+def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world, inserted) -> EvalResults:
+    from lmlm.eval.results import read_results
     from lmlm.eval.suite import run_evaluation
 
     results = cfg.path("results.json")
-    if results.is_file() and "forget_quality_p" in json.loads(results.read_text()):
+    reference = "retain_model" if eval_config(cfg).retain_model_dir else "same_weights"
+    if results.is_file() and (done := read_results(results)).complete and done.forget_quality_reference == reference:
         print(f"evaluate: results exist in {results}")
-        return json.loads(results.read_text())
+        return done
     restore_deleted_entities(cfg, store)
-    return run_evaluation(eval_config(cfg), models["lmlm"], models["standard"], store, world, cfg.run_dir)
+    return run_evaluation(eval_config(cfg), models["lmlm"], models["standard"], store, world, cfg.run_dir, inserted)
 
 
 def _ok(resp) -> dict:
@@ -289,52 +296,47 @@ def _ok(resp) -> dict:
     return resp.json()
 
 
-def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, world) -> dict:
-    """Serve the LMLM, ask for a bio, delete that person's facts through the API, ask again."""
+def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> dict:
+    """Knowledge insertion through the HTTP API, on a person no model was trained on: ask for a bio,
+    PUT their facts, ask again, DELETE them, ask a third time."""
     import httpx
     from ray import serve
 
-    from lmlm.format import normalize_key
     from lmlm.netutil import free_port
     from lmlm.serve.app import ServeConfig, build_app
 
     ensure_ray(cfg)
-    forget = set(world.forget_names)
-    candidates = [p.name for p in world.people if p.name not in forget and store.lookup(
-        p.name, "Birth City", fallback="abstain") is not None][: cfg.serve.candidates]
-    if not candidates:
-        raise RuntimeError("serve_demo: no person of the world has facts left in the store")
+    person = inserted.people[-1]  # beyond the evaluated ones: the store has never held their facts
+    store.delete_entity(person.name)  # left over from an interrupted run
+    facts = [{"entity": person.name, "relation": r, "value": v} for r, v in person.attributes.items()]
     port = cfg.serve.port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app(ServeConfig(model_path=model_dir, store=dataclasses.replace(store_config(cfg), url=store.url),
                                 admin_token=cfg.serve.admin_token, max_batch_size=8))
+    prompt = f"Tell me a bio of {person.name}. {person.name} is"
+    body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens, "repetition_penalty": cfg.serve.repetition_penalty}
+    steps = []
     try:
         serve.run(app, name="lmlm-demo", route_prefix="/")
         base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {cfg.serve.admin_token}"}
         with httpx.Client(timeout=120) as http:
-            # The first candidate whose answer looks its own name up shows the mechanism best.
-            for person in candidates:
-                prompt = f"Tell me a bio of {person}. {person} is"
-                body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens,
-                        "repetition_penalty": cfg.serve.repetition_penalty}
-                before = _ok(http.post(f"{base}/v1/generate", json=body))
-                if any(normalize_key(lk["entity"]) == normalize_key(person) for lk in before["lookups"]):
-                    break
-            print(f"serve_demo: asked about {person} ({candidates.index(person) + 1} of {len(candidates)} "
-                  f"candidates tried for an answer that looks its own name up)")
-            deleted = _ok(http.request("DELETE", f"{base}/v1/facts", json={"entity": person}, headers=auth))
-            after = _ok(http.post(f"{base}/v1/generate", json=body))
+            steps.append(("unknown to the store", _ok(http.post(f"{base}/v1/generate", json=body))))
+            put = _ok(http.put(f"{base}/v1/facts", json={"facts": facts, "annotator": "serve-demo"}, headers=auth))
+            steps.append((f"after PUT /v1/facts ({len(facts)} facts): {put}",
+                          _ok(http.post(f"{base}/v1/generate", json=body))))
+            deleted = _ok(http.request("DELETE", f"{base}/v1/facts", json={"entity": person.name}, headers=auth))
+            steps.append((f"after DELETE /v1/facts {person.name!r}: {deleted}",
+                          _ok(http.post(f"{base}/v1/generate", json=body))))
     finally:
         serve.shutdown()
-    truth = next(p.attributes for p in world.people if p.name == person)
-    for title, ans in (("before deletion", before), (f"after DELETE /v1/facts {person!r}: {deleted}", after)):
+    print(f"serve_demo: {person.name} appears in no training document; ground truth {json.dumps(person.attributes)}")
+    for title, ans in steps:
         print(f"\n--- {title}\n{prompt}{ans['text']}")
         for lk in ans["lookups"]:
-            print(f"    lookup ({lk['entity']!r}, {lk['relation']!r}) -> {lk['value']!r} "
-                  f"[{lk['stage']}, score {lk['score']:.3f}]")
-    print(f"    (ground truth: {json.dumps(truth)})")
-    return {"person": person, "before": before, "deleted": deleted, "after": after}
+            score = "" if lk.get("score") is None else f", score {lk['score']:.3f}"
+            print(f"    lookup ({lk['entity']!r}, {lk['relation']!r}) -> {lk['value']!r} [{lk['stage']}{score}]")
+    return {"person": person.name, "steps": [{"title": t, "answer": a} for t, a in steps]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +349,9 @@ def open_store(cfg: PipelineConfig):
     return FactStore.open(store_config(cfg))
 
 
-def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
+def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults:
+    from lmlm.eval.results import EvalResults, read_results, write_results
+
     t0 = time.perf_counter()
     run_dir = cfg.path()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +367,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         return out
 
     selected = set(cfg.stages)
-    world = timed("world", stage_world, cfg)
+    world, inserted = timed("world", stage_world, cfg)
     with open_store(cfg) as store:
         log(f"fact store: {store.url}")
         if "train_annotator" in selected:
@@ -372,46 +376,30 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             timed("annotate", stage_annotate, cfg, store)
         if "build_factstore" in selected:
             timed("build_factstore", stage_build_factstore, cfg, store)
-        models = timed("pretrain", stage_pretrain, cfg) if "pretrain" in selected else finished_models(cfg)
+        models = timed("pretrain", stage_pretrain, cfg, world) if "pretrain" in selected else finished_models(cfg)
         results_file = run_dir / "results.json"
-        results: dict = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        results = read_results(results_file) if results_file.is_file() else EvalResults()
         if "evaluate" in selected and models:
-            results = timed("evaluate", stage_evaluate, cfg, models, store, world)
+            results = timed("evaluate", stage_evaluate, cfg, models, store, world, inserted)
         if "serve_demo" in selected and models:
-            timed("serve_demo", stage_serve_demo, cfg, models["lmlm"], store, world)
-    wall = round(time.perf_counter() - t0, 1)
-    summary = {**results, "demo_wall_s": wall, "stage_wall_s": timings}
-    results_file.write_text(json.dumps(summary, indent=2, default=str))
-    print_summary(summary, run_dir)
-    return summary
+            results.details["serve_demo"] = timed("serve_demo", stage_serve_demo, cfg, models["lmlm"], store, inserted)
+    results.demo_wall_s = round(time.perf_counter() - t0, 1)
+    results.stage_wall_s = timings
+    write_results(results, run_dir)
+    print_summary(results, run_dir)
+    return results
 
 
-RESULT_ROWS = (
-    ("normalized perplexity, held-out texts", "ppl_normalized_lmlm", "ppl_normalized_standard"),
-    ("normalized perplexity, unseen people", "ppl_normalized_unseen_lmlm", "ppl_normalized_unseen_standard"),
-    ("value-token loss", "value_loss_lmlm", "value_loss_standard"),
-    ("factual precision", "precision_lmlm", "precision_standard"),
-    ("factual precision, lookups off", "precision_lmlm_db_off", None),
-    ("completion exact match", "completion_em_lmlm", "completion_em_standard"),
-    ("completion exact match, lookups off", "completion_em_lmlm_db_off", None),
-    ("forget-set precision before -> after deletion", "forget_precision_before", "forget_precision_after"),
-    ("retain-set precision before -> after deletion", "retain_precision_before", "retain_precision_after"),
-    ("forget quality (KS p-value)", "forget_quality_p", None),
-)
-
-
-def print_summary(summary: dict, run_dir: Path) -> None:
-    def fmt(key: Optional[str]) -> str:
-        v = summary.get(key) if key else None
-        return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+def print_summary(results: EvalResults, run_dir: Path) -> None:
+    from lmlm.eval.results import table_rows
 
     _banner("results")
-    print(f"{'metric':48s} {'LMLM / before':>14s} {'standard / after':>16s}")
-    for title, a, b in RESULT_ROWS:
-        if a in summary:
-            print(f"{title:48s} {fmt(a):>14s} {fmt(b):>16s}")
-    print(f"\nwall time {summary['demo_wall_s']} s; stages {json.dumps(summary['stage_wall_s'])}")
-    print(f"report: {run_dir / 'report.md'}; all numbers: {run_dir / 'results.json'}")
+    print(f"{'metric':62s} {'LMLM / first':>13s} {'standard / second':>17s} {'lookups off':>11s}")
+    for title, a, b, c in table_rows(results):
+        print(f"{title:62s} {a:>13s} {b:>17s} {c:>11s}")
+    print(f"\nwall time {results.demo_wall_s} s; stages {json.dumps(results.stage_wall_s)}")
+    print(f"report: {run_dir / 'report.md'}; all numbers: {run_dir / 'results.json'}; "
+          f"training curves: tensorboard --logdir {run_dir / 'pretrain'}")
 
 
 def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:

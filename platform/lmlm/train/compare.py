@@ -6,15 +6,35 @@ variant differs (LMLM.md §2: the baseline sees the same prose with the lookups 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import PretrainResult, run_pretraining
+from lmlm.train.loop import STATE_FILE, PretrainResult, latest_checkpoint, read_metrics, run_pretraining
+
+RETAIN = "lmlm-retain"  # the LMLM trained without the forget split's documents (TOFU's reference)
 
 
-def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None) -> dict[str, PretrainResult]:
-    """{"lmlm": result, "standard": result}: runs in out_dir/lmlm and out_dir/standard, the shared
-    tokenizer in out_dir/tokenizer, the value-loss plot in out_dir/value_loss.png."""
+def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
+    """The result of a run in `cfg.run_dir` that reached `cfg.max_steps` (None: not finished)."""
+    ckpt = latest_checkpoint(cfg.run_dir)
+    if ckpt is None or not cfg.max_steps:
+        return None
+    step = json.loads((ckpt / STATE_FILE).read_text())["step"]
+    if step < cfg.max_steps:
+        return None
+    return PretrainResult(run_dir=cfg.run_dir, variant=cfg.variant, final_step=step, checkpoint_dir=str(ckpt),
+                          hf_dir=str(ckpt / "hf"), tokenizer_dir=cfg.tokenizer_path,
+                          metrics=read_metrics(cfg.run_dir))
+
+
+def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
+               retain_documents: list[str] | None = None) -> dict[str, PretrainResult]:
+    """{"lmlm": result, "standard": result[, "lmlm-retain": result]}: the one place that trains the
+    models of a comparison. Runs live in out_dir/<name> with the shared tokenizer in out_dir/tokenizer
+    (trained on `documents` once); a run that already reached max_steps is not started again.
+    `retain_documents`: also train an LMLM on these (the documents without the forget split).
+    Writes the value-loss plot out_dir/value_loss.png."""
     from lmlm.train.data import load_documents, prepare_tokenizer
 
     out = Path(out_dir).resolve()
@@ -22,11 +42,21 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None) -> dict
     if documents is None:
         documents = load_documents(base.data_path, base.world_people, base.world_seed)
     tok, tok_dir = prepare_tokenizer(documents, out / "tokenizer", base.vocab_size, base.tokenizer_path, tokenizer)
+    runs = {"lmlm": ("lmlm", documents), "standard": ("standard", documents)}
+    if retain_documents is not None:
+        runs[RETAIN] = ("lmlm", retain_documents)
     results = {}
-    for variant in ("lmlm", "standard"):
-        cfg = dataclasses.replace(base, variant=variant, run_dir=str(out / variant), tokenizer_path=tok_dir)
-        results[variant] = run_pretraining(cfg, documents=documents, tokenizer=tok)
-    plot_value_loss({v: r.metrics for v, r in results.items()}, out / "value_loss.png")
+    for name, (variant, docs) in runs.items():
+        cfg = dataclasses.replace(base, variant=variant, run_dir=str(out / name), tokenizer_path=tok_dir)
+        done = finished_run(cfg)
+        if done is not None:
+            print(f"pretrain[{name}]: finished run in {cfg.run_dir}", flush=True)
+            results[name] = done
+            continue
+        print(f"pretrain[{name}]: {len(docs)} documents, model {cfg.model}, {cfg.max_steps} steps, "
+              f"{cfg.num_workers} worker(s), ZeRO-{cfg.zero_stage}", flush=True)
+        results[name] = run_pretraining(cfg, documents=docs, tokenizer=tok)
+    plot_value_loss({v: r.metrics for v, r in results.items() if v != RETAIN}, out / "value_loss.png")
     return results
 
 
