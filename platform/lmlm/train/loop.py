@@ -534,7 +534,8 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     if progress:
-        with ProgressPrinter(run_dir, cfg.variant):
+        # label: the run's directory name when it names the variant (lmlm-retain), else the variant
+        with ProgressPrinter(run_dir, run_dir.name if run_dir.name.startswith(cfg.variant) else cfg.variant):
             result = trainer.fit()
     else:
         result = trainer.fit()
