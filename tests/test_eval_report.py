@@ -35,7 +35,7 @@ def test_report_files(tmp_path):
     assert back.forget_quality_reference == "same_weights" and back.files["report"].endswith("report.md")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| factual precision, trained people | 0.5 | 0.7 | 0.6 |" in md
-    assert "inserted people" not in md  # rows of what this run did not measure are left out
+    assert "factual precision, inserted people" not in md  # rows of what this run did not measure are left out
     for p in ("training_curves.png", "precision.png", "unlearning.png"):
         assert (tmp_path / "out" / p).stat().st_size > 1000
         assert (tmp_path / "out" / p).read_bytes()[:4] == b"\x89PNG"

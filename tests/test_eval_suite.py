@@ -91,7 +91,7 @@ def test_run_evaluation_end_to_end(setup):
         assert store.get(res.details["details_after"]["people"]["retain"][0], "Birth City") is not None
         # knowledge insertion: the evaluated inserted people's facts are in the store now, the others' not
         first, last = inserted.people[0], inserted.people[-1]
-        assert store.get(first.name, "Birth City").value == first.attributes["Birth City"]
+        assert [v["value"] for v in store.get(first.name, "Birth City")["values"]] == [first.attributes["Birth City"]]
         assert store.get(last.name, "Birth City") is None
     assert res.complete
     saved = read_results(out)
