@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import (ATTEMPTS_JSONL, COMPLETE_FILE, METRICS_JSONL, STATE_FILE, TENSORBOARD_DIR, MetricsLog,
-                             ProgressPrinter, _prune_checkpoints, complete_checkpoints, latest_checkpoint,
-                             lr_scheduler, progress_line, read_jsonl, read_metrics)
+from lmlm.train.loop import lr_scheduler
+from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, METRICS_JSONL, STATE_FILE, TENSORBOARD_DIR, MetricsLog,
+                               ProgressPrinter, complete_checkpoints, latest_checkpoint, progress_line, prune_checkpoints,
+                               read_jsonl, read_metrics)
 
 
 def _row(step, **kw):
@@ -69,7 +70,7 @@ def test_resume_skips_incomplete_and_temporary_checkpoints(tmp_path):
     assert latest_checkpoint(tmp_path / "nothing") is None
 
     _checkpoint(tmp_path, 7)
-    _prune_checkpoints(tmp_path, keep=2)
+    prune_checkpoints(tmp_path, keep=2)
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [6, 7]
     assert not (tmp_path / ".tmp-checkpoint_0000012").exists()
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from lmlm.eval.results import EvalResults, fmt, table_rows, write_results
-from lmlm.train.loop import ATTEMPTS_JSONL, read_jsonl
+from lmlm.train.rundir import ATTEMPTS_JSONL, read_jsonl
 
 STEP_KEYS = ("step", "global_step", "iteration")
 TOTAL_KEYS = ("loss", "train_loss", "total_loss")

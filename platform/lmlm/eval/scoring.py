@@ -40,7 +40,7 @@ PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a long generation
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A saved model directory, or a pretraining run directory (its latest complete checkpoint's `hf/`)."""
-    from lmlm.train.loop import latest_checkpoint
+    from lmlm.train.rundir import latest_checkpoint
 
     p = Path(path)
     if (p / "config.json").is_file():

@@ -19,7 +19,10 @@
   Rerunning with the same `run_dir` resumes from its latest complete checkpoint; a worker that dies
   is restarted by Ray Train from there (up to `max_failures` times). The driver prints a progress
   line per logged step; TensorBoard events go to `run_dir/tensorboard/`.
-- `compare`: `train_both` (LMLM + standard, same data) and `plot_value_loss` (PNG).
+- `rundir`: what a run directory holds (complete checkpoints, metrics.jsonl, TensorBoard events,
+  attempts) and the driver's progress printer.
+- `compare`: `train_both` (the one trainer of the compared models: LMLM, standard, optionally the
+  retain-only LMLM; finished runs are skipped) and `plot_value_loss` (PNG).
 - `cli`: `lmlm pretrain` and `lmlm pretrain-both`.
 """
 from lmlm.train.config import PretrainConfig

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import STATE_FILE, PretrainResult, latest_checkpoint, read_metrics, run_pretraining
+from lmlm.train.loop import PretrainResult, run_pretraining
+from lmlm.train.rundir import STATE_FILE, latest_checkpoint, read_metrics
 
 RETAIN = "lmlm-retain"  # the LMLM trained without the forget split's documents (TOFU's reference)
 

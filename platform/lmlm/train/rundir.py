@@ -1,0 +1,218 @@
+"""A pretraining run directory: what it holds, how it survives crashes, and how progress is shown.
+
+What a run directory holds, and how it survives crashes:
+
+- `checkpoint_NNNNNNN/`: every rank writes into `.tmp-checkpoint_NNNNNNN/`; when every rank's
+  files are there, rank 0 writes `complete.json` and renames the directory into place. Resume and
+  `latest_checkpoint` only see complete checkpoints; a leftover temporary one is deleted.
+- `metrics.jsonl` (+ `metrics.csv`): rank 0 appends one flushed line per `log_every` steps; a
+  torn last line (a crash mid-write) is ignored when read, and resume drops rows past its step.
+- `tensorboard/`: the same scalars as TensorBoard events (`tensorboard --logdir <parent dir>`).
+- `attempts.jsonl`: one line per (re)start of the train function with its start step.
+
+Workers' stdout does not reach the driver (the platform starts Ray with log_to_driver=False), so
+the driver prints the progress: it follows metrics.jsonl while the trainer runs (`ProgressPrinter`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+STATE_FILE = "train_state.json"
+COMPLETE_FILE = "complete.json"  # written last into a checkpoint: every rank's files are there
+CHECKPOINT_PREFIX = "checkpoint_"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-checkpoint_NNNNNNN
+TENSORBOARD_DIR = "tensorboard"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+ATTEMPTS_JSONL = "attempts.jsonl"  # one line per (re)start of the train function: its start step
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete checkpoint under `run_dir`, oldest first.
+
+    Complete: renamed into place with its `complete.json` and `train_state.json`; temporary
+    (`.tmp-...`) and incomplete directories are ignored.
+    """
+    out = []
+    for d in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        try:
+            json.loads((d / COMPLETE_FILE).read_text())
+            step = int(json.loads((d / STATE_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append((step, d))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The complete checkpoint with the highest step under `run_dir` (None when there is none)."""
+    found = complete_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; delete older ones and stale temporary ones."""
+    found = complete_checkpoints(run_dir)
+    for _, d in found[:max(0, len(found) - keep)]:
+        shutil.rmtree(d, ignore_errors=True)
+    for d in run_dir.glob(f"{TMP_PREFIX}{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics log (rank 0 writes; anyone reads)
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    """Rows of a JSON-lines log; a torn last line (no newline yet: a crash mid-write) is ignored."""
+    p = Path(p)
+    if not p.exists():
+        return []
+    lines = p.read_text().split("\n")
+    rows = []
+    for i, line in enumerate(lines[:-1]):  # lines[-1] is "" or the unterminated (torn) tail
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}: line {i + 1} is not JSON ({e})") from None
+    return rows
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """Rows of `run_dir/metrics.jsonl`, by step."""
+    return read_jsonl(Path(run_dir) / METRICS_JSONL)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, row: dict) -> None:
+    """Append one JSON line, flushed to disk, so a crash leaves at most a torn last line."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_csv(run_dir: Path, rows: list[dict]) -> None:
+    import io
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(run_dir / METRICS_CSV, buf.getvalue())
+
+
+class MetricsLog:
+    """Rank 0's metrics: metrics.jsonl (appended, one flushed line per row), metrics.csv and
+    TensorBoard events under `tensorboard/`. Opening it for a run resumed at `start_step` drops the
+    rows (and TensorBoard events) an interrupted attempt logged past that step."""
+
+    SCALARS = ("loss", "lr", "tokens_per_s", "text_loss", "value_loss", "query_loss")
+
+    def __init__(self, run_dir: Path, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
+        atomic_write(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, row: dict) -> None:
+        append_line(self.run_dir / METRICS_JSONL, row)
+        self.rows.append(row)
+        write_csv(self.run_dir, self.rows)
+        for k in self.SCALARS:
+            if k in row:
+                self.writer.add_scalar(f"train/{k}", row[k], row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    h, rest = divmod(s, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def progress_line(row: dict, name: str = "") -> str:
+    """One human-readable progress line of a metrics row."""
+    steps = row.get("max_steps") or row["step"]
+    parts = [f"pretrain[{name or row.get('variant', '?')}] step {row['step']}/{steps} "
+             f"({100 * row['step'] / max(steps, 1):5.1f}%)", f"loss {row['loss']:.4f}"]
+    for k in ("value_loss", "query_loss"):
+        if row.get(k) is not None and row[k] == row[k]:  # skip NaN (no such tokens)
+            parts.append(f"{k.removesuffix('_loss')} {row[k]:.4f}")
+    parts.append(f"{row.get('tokens_per_s', 0):,.0f} tok/s")
+    if "elapsed_s" in row:
+        parts.append(f"elapsed {_duration(row['elapsed_s'])}")
+    if row.get("eta_s") is not None:
+        parts.append(f"eta {_duration(row['eta_s'])}")
+    return " | ".join(parts)
+
+
+class ProgressPrinter:
+    """Follows a run's metrics.jsonl and attempts.jsonl from the driver and prints a progress line
+    per new row (flushed), so progress shows even when workers' stdout is not forwarded."""
+
+    def __init__(self, run_dir, name: str = "", interval: float = 1.0, out=None):
+        self.run_dir, self.name, self.interval = Path(run_dir), name, interval
+        self.out = out or sys.stdout
+        self.n_attempts = len(read_jsonl(self.run_dir / ATTEMPTS_JSONL))
+        self.last_step = float("inf")  # print nothing until this run's first attempt starts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmlm-progress", daemon=True)
+
+    def poll(self) -> None:
+        try:
+            attempts = read_jsonl(self.run_dir / ATTEMPTS_JSONL)
+            rows = read_metrics(self.run_dir)
+        except (OSError, ValueError):
+            return  # being rewritten: try again at the next poll
+        for a in attempts[self.n_attempts:]:
+            self.last_step = a["start_step"]
+            what = "starts" if a["start_step"] == 0 else "resumes at"
+            self._print(f"pretrain[{self.name}] attempt {len(attempts)} {what} step {a['start_step']}/{a['steps']} "
+                        f"on {a['world_size']} worker(s)")
+        self.n_attempts = len(attempts)
+        for r in rows:
+            if r["step"] > self.last_step:
+                self._print(progress_line(r, self.name))
+                self.last_step = r["step"]
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> "ProgressPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
