@@ -304,12 +304,19 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
     workers: Counter = Counter()
     buf: list[dict] = []
 
+    n_done = 0
+
     def flush(pending_rejects: list[dict]) -> None:
-        nonlocal shard_no
+        nonlocal shard_no, n_done
         if buf or pending_rejects:
             write_shard(out, f"part-{run}-{shard_no:05d}", buf, pending_rejects, annotator_id)
             shard_no += 1
+            n_done += len(buf)
             buf.clear()
+            elapsed = time.time() - t_annot
+            eta = elapsed / max(n_done, 1) * (len(todo) - n_done)
+            log(f"annotate: shard {shard_no} written, {n_done}/{len(todo)} documents, "
+                f"{n_done / max(elapsed, 1e-9):.0f} docs/s, elapsed {elapsed:.0f} s, eta {eta:.0f} s")
 
     t_annot, t_first = time.time(), None
     if todo:
