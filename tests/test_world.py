@@ -278,3 +278,34 @@ def test_name_mention_rate_controls_how_often_the_name_recurs():
         generate_world(WorldConfig(people=5, name_mention_rate=1.5))
     with pytest.raises(ValueError, match="phrasings"):
         generate_world(WorldConfig(people=5, phrasings="other"))
+
+
+def test_unknown_facts_are_said_unknown_and_have_no_triple(tmp_path):
+    from lmlm.world import UNKNOWN
+
+    w = generate_world(WorldConfig(people=300, seed=8, unknown_fact_rate=0.1))
+    people = [p for p in w.people if p.unknown]
+    assert people and all(1 <= len(p.unknown) <= 4 for p in people)
+    by_name = {d.meta["person"]: d for d in w.documents}
+    for p in people:
+        assert not set(p.unknown) & set(p.attributes) and len(p.unknown) + len(p.attributes) == len(RELATIONS)
+        doc = by_name[p.name]
+        for rel in p.unknown:
+            assert f"{render_call(p.name, rel, UNKNOWN)} {UNKNOWN}" in doc.annotated_text
+        assert strip_lookups(doc.annotated_text) == doc.text
+    triples = w.triples()
+    assert UNKNOWN not in {t.value for t in triples} and len(triples) == sum(len(p.attributes) for p in w.people)
+    assert all(c.relation in next(p for p in w.people if p.name == c.name).attributes for c in w.cloze())
+    loaded = World.load(w.save(tmp_path / "w"))
+    assert {p.name: p.unknown for p in loaded.people} == {p.name: p.unknown for p in w.people}
+    # rate 0 (the default) draws nothing from the main stream: the same world as before
+    assert generate_world(WorldConfig(people=20, seed=8)).documents == generate_world(
+        WorldConfig(people=20, seed=8, unknown_fact_rate=0.0)).documents
+    with pytest.raises(ValueError, match="unknown_fact_rate"):
+        generate_world(WorldConfig(people=5, unknown_fact_rate=0.9))
+
+
+def render_call(entity: str, relation: str, value: str) -> str:
+    from lmlm.format import render_legacy
+
+    return render_legacy(Triple(entity, relation, value))

@@ -37,6 +37,8 @@ from lmlm.world_text import (  # noqa: F401  (the pools are part of this module'
     RELATION_SYNONYMS,
     RELATIONS,
     SURNAMES,
+    UNKNOWN,
+    UNKNOWN_PHRASINGS,
     heldout_pair,
 )
 
@@ -51,13 +53,17 @@ class WorldConfig:
     # sentences of the documents: "train"; "heldout" (opener-phrasing pairs no training document
     # uses); "novel" (new sentences around familiar relation cues). The last two: evaluation only.
     phrasings: Literal["train", "heldout", "novel"] = "train"
+    # share of facts the world does not know: the biography says so ("her alma mater is unknown")
+    # after a lookup that returns "unknown"; the person has no triple for them (at most 4 per person)
+    unknown_fact_rate: float = 0.0
 
 
 @dataclass
 class Person:
     name: str
-    attributes: dict[str, str]
+    attributes: dict[str, str]  # the facts the world knows (its triples)
     pronoun: str = "she"  # "she" or "he": the pronouns of the biography
+    unknown: list[str] = field(default_factory=list)  # relations the biography says are unknown
 
 
 @dataclass
@@ -92,7 +98,8 @@ class World:
         write_parquet(self.documents, out / "documents.parquet")
         (out / "triples.json").write_text(json.dumps(extract_database(self.triples()), ensure_ascii=False, indent=1))
         split = {"config": asdict(self.config), "forget": self.forget_names, "retain": self.retain_names,
-                 "pronouns": {p.name: p.pronoun for p in self.people}}
+                 "pronouns": {p.name: p.pronoun for p in self.people},
+                 "unknown": {p.name: p.unknown for p in self.people if p.unknown}}
         (out / "split.json").write_text(json.dumps(split, ensure_ascii=False, indent=1))
         prompts = {"bio": [{"name": n, "prompt": q} for n, q in self.bio_prompts()],
                    "cloze": [asdict(c) for c in self.cloze_items]}
@@ -112,7 +119,8 @@ class World:
         attrs: dict[str, dict[str, str]] = {}
         for t in read_database(d / "triples.json"):
             attrs.setdefault(t.entity, {})[t.relation] = t.value
-        people = [Person(n, a, split["pronouns"][n]) for n, a in attrs.items()]
+        unknown = split.get("unknown", {})
+        people = [Person(n, a, split["pronouns"][n], unknown.get(n, [])) for n, a in attrs.items()]
         cloze = [Cloze(**c) for c in json.loads((d / "prompts.json").read_text())["cloze"]]
         return cls(WorldConfig(**cfg), people, list(read_corpus(d / "documents.parquet")),
                    split["forget"], split["retain"], cloze)
@@ -133,7 +141,7 @@ def _fill(template: str, person: Person, rel: str | None, subject: str, annotate
     out = template.replace("{S}", subject).replace("{P}", possessive)
     out = out.replace("{p}", poss).replace("{o}", obj)
     if rel is not None:
-        value = person.attributes[rel]
+        value = person.attributes.get(rel, UNKNOWN)
         out = out.replace("{art}", "an" if value[0].lower() in "aeiou" else "a")
         call = render_legacy(Triple(person.name, rel, value)) + " " if annotate else ""
         out = out.replace("{v}", call + value)
@@ -172,7 +180,9 @@ def _biography(rng: random.Random, person: Person, cfg: WorldConfig) -> tuple[st
     phrasings, general = (NOVEL_PHRASINGS, NOVEL_GENERAL) if cfg.phrasings == "novel" else (PHRASINGS, GENERAL)
     order = list(RELATIONS)
     rng.shuffle(order)
-    items: list[tuple[str, str | None]] = [(_sentence(rng, r, cfg.phrasings), r) for r in order]
+    items: list[tuple[str, str | None]] = [
+        (rng.choice(UNKNOWN_PHRASINGS[r]) if r in person.unknown else _sentence(rng, r, cfg.phrasings), r)
+        for r in order]
     # The first sentence names the person: lead with a fact sentence that has a subject slot.
     first = next((k for k, (tpl, _) in enumerate(items) if "{S}" in tpl or "{P}" in tpl), None)
     if first is None:
@@ -188,7 +198,7 @@ def _biography(rng: random.Random, person: Person, cfg: WorldConfig) -> tuple[st
         plain.append(_fill(tpl, person, rel, subject, annotate=False))
         annotated.append(_fill(tpl, person, rel, subject, annotate=True))
     cloze = []
-    for rel in RELATIONS:
+    for rel in (r for r in RELATIONS if r in person.attributes):
         # Cloze prompts start with the full name and never end in an article that hints at the value.
         usable = ([t for t in phrasings[rel] if t.startswith("{S} ") and "{art}" not in t]
                   or [t for t in PHRASINGS[rel] if t.startswith("{S} ") and "{art}" not in t])
@@ -225,12 +235,15 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
         raise ValueError(f"forget_fraction must be in [0, 1), got {cfg.forget_fraction}")
     if not 0.0 <= cfg.name_mention_rate <= 1.0:
         raise ValueError(f"name_mention_rate must be in [0, 1], got {cfg.name_mention_rate}")
+    if not 0.0 <= cfg.unknown_fact_rate <= 0.5:
+        raise ValueError(f"unknown_fact_rate must be in [0, 0.5], got {cfg.unknown_fact_rate}")
     if cfg.phrasings not in ("train", "heldout", "novel"):
         raise ValueError(f"phrasings must be 'train', 'heldout' or 'novel', got {cfg.phrasings!r}")
     rng = random.Random(cfg.seed)
     names = _draw_names(rng, 2 * cfg.people)
     people_names, spouse_names = names[: cfg.people], names[cfg.people:]
     people, docs, cloze = [], [], []
+    unknown_rng = random.Random(f"unknown-{cfg.seed}")  # its own stream: rate 0 leaves the world as it was
     for i, (name, spouse) in enumerate(zip(people_names, spouse_names)):
         attrs = {
             "Birth Date": _birth_date(rng),
@@ -242,7 +255,9 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
             "Spouse": spouse,
             "Award": rng.choice(AWARDS),
         }
-        person = Person(name, attrs, rng.choice(("she", "he")))
+        n_unknown = sum(unknown_rng.random() < cfg.unknown_fact_rate for _ in RELATIONS)
+        unknown = sorted(unknown_rng.sample(RELATIONS, min(n_unknown, 4))) if n_unknown else []
+        person = Person(name, {r: v for r, v in attrs.items() if r not in unknown}, rng.choice(("she", "he")), unknown)
         plain, annotated, items = _biography(rng, person, cfg)
         people.append(person)
         cloze.extend(items)
@@ -257,10 +272,10 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
 def unseen_world(world: World, people: int, seed: int) -> World:
     """`people` people absent from `world` (no name shared with its people or their spouses), with
     biographies in the held-out phrasings: knowledge no model trained on `world.documents` has seen."""
-    taken = {p.name for p in world.people} | {p.attributes["Spouse"] for p in world.people}
+    taken = {p.name for p in world.people} | {p.attributes.get("Spouse") for p in world.people}
     cfg = dataclasses.replace(world.config, people=people + people // 5 + 10, seed=seed, phrasings="heldout")
     other = generate_world(cfg)
-    keep = [p for p in other.people if p.name not in taken and p.attributes["Spouse"] not in taken][:people]
+    keep = [p for p in other.people if p.name not in taken and p.attributes.get("Spouse") not in taken][:people]
     names = {p.name for p in keep}
     return World(dataclasses.replace(cfg, people=len(keep)), keep,
                  [d for d in other.documents if d.meta["person"] in names], [], sorted(names),

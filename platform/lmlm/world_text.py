@@ -191,6 +191,21 @@ GENERAL = [
 ]
 
 
+# What a biography says of a fact the world does not know (WorldConfig.unknown_fact_rate): the lookup
+# returns UNKNOWN and the text restates it, so a model learns to say so when the store has no answer.
+UNKNOWN = "unknown"
+UNKNOWN_PHRASINGS: dict[str, list[str]] = {
+    "Birth Date": ["{P} date of birth is {v}, as no record of it survives."],
+    "Birth City": ["{P} place of birth is {v}, and {S} rarely speaks of it."],
+    "Nationality": ["{P} nationality is {v}, since {p} papers were lost long ago."],
+    "Occupation": ["{P} occupation is {v} to the public."],
+    "Employer": ["{P} current employer is {v}, as {S} prefers to keep it private."],
+    "Alma Mater": ["{P} alma mater is {v}, and {S} never mentions school."],
+    "Spouse": ["{P} spouse is {v} to the public."],
+    "Award": ["{P} best-known distinction is {v} to the public."],
+}
+
+
 # Clauses that may open a fact sentence ({o}: the object pronoun). Training sentences use about half
 # without one; `heldout_pair` keeps some (opener, phrasing) pairs for evaluation only.
 OPENERS = ["In interviews, ", "As many colleagues know, ", "According to a recent profile, ", "By all accounts, ",
