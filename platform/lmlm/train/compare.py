@@ -6,27 +6,19 @@ variant differs (LMLM.md §2: the baseline sees the same prose with the lookups 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import PretrainResult, run_pretraining
-from lmlm.train.rundir import STATE_FILE, latest_checkpoint, read_metrics
+from lmlm.train.loop import PretrainResult, read_result, run_pretraining
 
 RETAIN = "lmlm-retain"  # the LMLM trained without the forget split's documents (TOFU's reference)
 
 
 def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
     """The result of a run in `cfg.run_dir` that reached `cfg.max_steps` (None: not finished)."""
-    ckpt = latest_checkpoint(cfg.run_dir)
-    if ckpt is None or not cfg.max_steps:
-        return None
-    step = json.loads((ckpt / STATE_FILE).read_text())["step"]
-    if step < cfg.max_steps:
-        return None
-    return PretrainResult(run_dir=cfg.run_dir, variant=cfg.variant, final_step=step, checkpoint_dir=str(ckpt),
-                          hf_dir=str(ckpt / "hf"), tokenizer_dir=cfg.tokenizer_path,
-                          metrics=read_metrics(cfg.run_dir))
+    result = read_result(cfg.run_dir, cfg.variant, cfg.tokenizer_path)
+    finished = cfg.max_steps and result.checkpoint_dir is not None and result.final_step >= cfg.max_steps
+    return result if finished else None
 
 
 def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,

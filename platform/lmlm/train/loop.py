@@ -30,8 +30,8 @@ from lmlm.config import from_dict, save_config, to_dict
 from lmlm.train.config import PretrainConfig
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
-                               append_line, atomic_write, checkpoint_name, latest_checkpoint, prune_checkpoints,
-                               read_jsonl, read_metrics)
+                               append_line, atomic_write, checkpoint_name, complete_checkpoints, latest_checkpoint,
+                               prune_checkpoints, read_jsonl, read_metrics)
 
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
 
@@ -336,8 +336,14 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
         result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"pretraining {run_dir} failed: {result.error}") from result.error
-    ckpt = latest_checkpoint(run_dir)
-    final = json.loads((ckpt / STATE_FILE).read_text())["step"] if ckpt else 0
-    return PretrainResult(str(run_dir), cfg.variant, final, str(ckpt) if ckpt else None,
-                          str(ckpt / "hf") if ckpt else None, str(tok_dir), read_metrics(run_dir),
-                          read_jsonl(run_dir / ATTEMPTS_JSONL))
+    return read_result(run_dir, cfg.variant, tok_dir)
+
+
+def read_result(run_dir, variant: str, tokenizer_dir) -> PretrainResult:
+    """What a run directory holds now: its newest complete checkpoint (step 0 and no export when
+    there is none), its metrics and its attempts."""
+    found = complete_checkpoints(run_dir)
+    step, ckpt = found[-1] if found else (0, None)
+    return PretrainResult(str(run_dir), variant, step, str(ckpt) if ckpt else None,
+                          str(ckpt / "hf") if ckpt else None, str(tokenizer_dir), read_metrics(run_dir),
+                          read_jsonl(Path(run_dir) / ATTEMPTS_JSONL))
