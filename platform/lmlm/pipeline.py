@@ -99,7 +99,9 @@ def pretrain_config(cfg: PipelineConfig) -> PretrainConfig:
 
 
 def eval_config(cfg: PipelineConfig) -> EvalConfig:
-    retain = cfg.path("pretrain", "lmlm-retain")
+    from lmlm.train.compare import RETAIN
+
+    retain = cfg.path("pretrain", RETAIN)
     return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain", "lmlm")),
                                standard_run_dir=str(cfg.path("pretrain", "standard")),
                                ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")),
@@ -227,11 +229,12 @@ def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
     forget split) on the same annotated documents; returns the HF dirs."""
     from lmlm.train.compare import RETAIN, train_both
 
-    texts = annotated_texts(cfg)
+    rows = annotated_texts(cfg, with_ids=True)
+    texts = [t for _, t in rows]
     retain = None
     if cfg.retain_model:
         forget_ids = {d.id for d in world.documents if d.meta.get("person") in set(world.forget_names)}
-        retain = [t for doc_id, t in annotated_texts(cfg, with_ids=True) if doc_id not in forget_ids]
+        retain = [t for doc_id, t in rows if doc_id not in forget_ids]
     ensure_ray(cfg)
     results = train_both(pretrain_config(cfg), texts, cfg.path("pretrain"), retain_documents=retain)
     out = {v: r.hf_dir for v, r in results.items()}
@@ -350,7 +353,7 @@ def open_store(cfg: PipelineConfig):
 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults:
-    from lmlm.eval.results import EvalResults, read_results, write_results
+    from lmlm.eval.results import read_results, write_results
 
     t0 = time.perf_counter()
     run_dir = cfg.path()
