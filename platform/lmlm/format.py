@@ -24,6 +24,7 @@ DB_RELATIONSHIP = "<|db_relationship|>"
 DB_RETURN = "<|db_return|>"
 DB_END = "<|db_end|>"
 SPECIAL_TOKENS: tuple[str, ...] = (DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, DB_END)
+UNKNOWN = "unknown"  # the value of a lookup the database has no answer for
 
 LEGACY_OPEN = "[dblookup"
 

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmlm.corpus import Record, extract_database, read_corpus, read_database, write_parquet
-from lmlm.format import Triple, render_legacy
-
+from lmlm.format import UNKNOWN, Triple, render_legacy
 from lmlm.world_text import (  # noqa: F401  (the pools are part of this module's interface)
     ALMA_MATERS,
     AWARDS,
@@ -37,7 +36,6 @@ from lmlm.world_text import (  # noqa: F401  (the pools are part of this module'
     RELATION_SYNONYMS,
     RELATIONS,
     SURNAMES,
-    UNKNOWN,
     UNKNOWN_PHRASINGS,
     heldout_pair,
 )

@@ -192,8 +192,8 @@ GENERAL = [
 
 
 # What a biography says of a fact the world does not know (WorldConfig.unknown_fact_rate): the lookup
-# returns UNKNOWN and the text restates it, so a model learns to say so when the store has no answer.
-UNKNOWN = "unknown"
+# returns lmlm.format.UNKNOWN (the store's own answer when it has none) and the text restates it, so a model
+# learns to say so when the store has no answer.
 UNKNOWN_PHRASINGS: dict[str, list[str]] = {
     "Birth Date": ["{P} date of birth is {v}, as no record of it survives."],
     "Birth City": ["{P} place of birth is {v}, and {S} rarely speaks of it."],

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from lmlm.format import normalize_key
+from lmlm.format import UNKNOWN, normalize_key
 
 # Cue phrases per relation used to disambiguate a value that sits in several pools. The world's
 # own phrasings and relation synonyms are added by `KnowledgeBase.from_world`.
@@ -50,7 +50,7 @@ _SENTENCE_END = re.compile(r"[.!?\n]")
 _SLOT_STOP = re.compile(r"[,.;:!?()\n]| and | in | on | at | from ")
 _MAX_SLOT_WORDS = 6
 _CUE_WINDOW = 80  # characters before a mention searched for a relation cue
-ABSTENTIONS = {"unknown", "unknown.", "not known"}  # slot captures that claim nothing
+ABSTENTIONS = {UNKNOWN, UNKNOWN + ".", "not known"}  # slot captures that claim nothing
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 _ARTICLE = re.compile(r"(?:a|an|the)\s+", re.IGNORECASE)
 # lmlm.world module attributes holding the full value pools (values no person of a small world has)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from rapidfuzz.distance import OSA
 
-from lmlm.format import Triple, normalize_key
+from lmlm.format import UNKNOWN, Triple, normalize_key
 
 from .config import FALLBACKS, FUZZY_MODES
 from .layout import InvalidFact, clean_name, norm_name
@@ -105,7 +105,7 @@ def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, s
         best.stage = "fallback"
         best.provenance["reason"] = reason
         return best
-    return Answer("unknown", None, float(best.score) if best else 0.0, "fallback",
+    return Answer(UNKNOWN, None, float(best.score) if best else 0.0, "fallback",
                   {"reason": reason, "query": list(query),
                    "best": [best.triple.entity, best.triple.relation, best.value] if best and best.triple else None})
 
