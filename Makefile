@@ -7,6 +7,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
+# Data sets by name (lmlm-wiki/ ...): a local copy beside the checkout when there is one.
+ifneq ($(wildcard ../shared/data),)
+export LMLM_DATA_DIR ?= $(abspath ../shared/data)
+endif
 
 .PHONY: demo test setup
 

@@ -15,6 +15,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "lmlm-wiki"
+# As the Makefile does: the local data directory, when the copy beside the checkout exists.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("LMLM_DATA_DIR", str(SHARED_DATA.parent))
 
 
 @pytest.fixture(scope="session")

@@ -154,3 +154,20 @@ def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_mode
     assert ann.annotate(docs) == out  # greedy: deterministic
     with pytest.raises(ValueError, match="not a local model directory"):
         HFAnnotator(HFAnnotatorConfig(model_path="/nonexistent/model"))
+
+
+def test_empty_prompt_path_reads_the_data_directory(monkeypatch, tmp_path):
+    from lmlm.annotate.annotators import load_prompt
+    from lmlm.annotate.config import DEFAULT_PROMPT
+
+    monkeypatch.delenv("LMLM_DATA_DIR", raising=False)
+    with pytest.raises(ValueError, match="LMLM_DATA_DIR is unset"):
+        load_prompt("")
+    prompt = tmp_path / DEFAULT_PROMPT
+    prompt.parent.mkdir(parents=True)
+    prompt.write_text('[{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]')
+    monkeypatch.setenv("LMLM_DATA_DIR", str(tmp_path))
+    assert load_prompt("") == [{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]
+    monkeypatch.setenv("LMLM_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="prompt-annotator"):
+        load_prompt("")

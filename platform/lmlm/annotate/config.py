@@ -6,15 +6,18 @@ from typing import Literal, Optional
 
 from lmlm.factstore.config import FactStoreConfig
 
-DEFAULT_PROMPT = "../shared/data/lmlm-wiki/prompt-annotator-v6.1.json"
+# The prompt an empty prompt_path means: the reference annotator's, in the local data directory
+# ($LMLM_DATA_DIR, lmlm.corpus.data_path).
+DEFAULT_PROMPT = "lmlm-wiki/prompt-annotator-v6.1.json"
 
 
 @dataclass
 class HFAnnotatorConfig:
     # local path of a transformers causal LM with a chat template (tokenizer in the same dir)
     model_path: str = ""
-    # chat messages (JSON list of {role, content}); "[INSERT_TEXT]" in a message is replaced by the doc
-    prompt_path: str = DEFAULT_PROMPT
+    # chat messages (JSON list of {role, content}); "[INSERT_TEXT]" in a message is replaced by the doc;
+    # "": $LMLM_DATA_DIR/lmlm-wiki/prompt-annotator-v6.1.json
+    prompt_path: str = ""
     # generated tokens per document (greedy); a call cut by this limit is dropped by validation
     max_new_tokens: int = 512
     # prompt tokens at most: longer documents are cut at a word boundary, the chat template kept whole
@@ -33,7 +36,7 @@ class OpenAIAnnotatorConfig:
     api_key: str = ""  # API key; "" -> the env variable named by api_key_env (may be unset locally)
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the API key
     model: str = "gpt-4o"  # model name sent with each request
-    prompt_path: str = DEFAULT_PROMPT  # annotation prompt (system message and few-shot examples), JSON
+    prompt_path: str = ""  # annotation prompt (JSON chat messages); "": as HFAnnotatorConfig.prompt_path
     max_tokens: int = 2048  # completion tokens per document
     temperature: float = 0.0  # sampling temperature (0: greedy)
     concurrency: int = 8  # requests in flight at once

@@ -7,7 +7,6 @@ deleted from the store through its API (`store.delete_entity`), which the caller
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -110,10 +109,9 @@ def _docs(path: str | Path, limit: int) -> list[str]:
 
 
 def _wiki_dir(cfg: EvalConfig) -> Optional[Path]:
-    if cfg.wiki_dir:
-        return Path(cfg.wiki_dir)
-    data = os.environ.get("LMLM_DATA_DIR")
-    return Path(data) / "lmlm-wiki" if data else None
+    from lmlm.corpus import data_path
+
+    return Path(cfg.wiki_dir) if cfg.wiki_dir else data_path("lmlm-wiki")
 
 
 def own_entity_rate(names: list[str], results: list[Any]) -> float:
