@@ -87,7 +87,9 @@ def test_openai_annotator_retries_then_records_each_failure(chat_server):
 def test_openai_endpoint_and_key_from_environment(chat_server, monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_BASE_URL", chat_server)
     monkeypatch.setenv("MY_KEY", "sk-test")
-    ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2))
+    prompt = tmp_path / "prompt.json"
+    prompt.write_text('[{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]')
+    ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2, prompt_path=str(prompt)))
     assert ann.client.headers["Authorization"] == "Bearer sk-test"
     assert extract_triples(ann.annotate(["x"])[0])
     monkeypatch.delenv("OPENAI_BASE_URL")
