@@ -26,6 +26,15 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_prompt(tmp_path_factory) -> str:
+    """A minimal annotation prompt file (the chat annotators' tests need no reference data)."""
+    path = tmp_path_factory.mktemp("prompt") / "prompt.json"
+    path.write_text('[{"role": "system", "content": "Insert lookup calls before every fact."}, '
+                    '{"role": "user", "content": "[INSERT_TEXT]"}]')
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def lmlm_wiki() -> Path:
     """The reference data folder; tests that need it skip with a reason when it is absent."""
     if not SHARED_DATA.is_dir():

@@ -61,14 +61,14 @@ def chat_server():
         server.server_close()
 
 
-def _openai(url: str, **kw) -> OpenAIAnnotator:
+def _openai(url: str, prompt: str, **kw) -> OpenAIAnnotator:
     cfg = OpenAIAnnotatorConfig(base_url=url, model="test", timeout_s=0.5, max_retries=2, backoff_s=0.01,
-                                concurrency=4, **kw)
+                                concurrency=4, prompt_path=prompt, **kw)
     return OpenAIAnnotator(cfg)
 
 
-def test_openai_annotator_retries_then_records_each_failure(chat_server):
-    ann = _openai(chat_server)
+def test_openai_annotator_retries_then_records_each_failure(chat_server, chat_prompt):
+    ann = _openai(chat_server, chat_prompt)
     docs = ["Mara Quell was born in Lisbon.", "FLAKY doc", "ALWAYS500 doc", "SLOW doc", "GARBAGE doc", "DENIED doc"]
     t0 = time.time()
     res = ann.annotate_safe(docs)
@@ -84,12 +84,10 @@ def test_openai_annotator_retries_then_records_each_failure(chat_server):
     ann.close()
 
 
-def test_openai_endpoint_and_key_from_environment(chat_server, monkeypatch, tmp_path):
+def test_openai_endpoint_and_key_from_environment(chat_server, chat_prompt, monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_BASE_URL", chat_server)
     monkeypatch.setenv("MY_KEY", "sk-test")
-    prompt = tmp_path / "prompt.json"
-    prompt.write_text('[{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]')
-    ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2, prompt_path=str(prompt)))
+    ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2, prompt_path=chat_prompt))
     assert ann.client.headers["Authorization"] == "Bearer sk-test"
     assert extract_triples(ann.annotate(["x"])[0])
     monkeypatch.delenv("OPENAI_BASE_URL")
@@ -101,13 +99,13 @@ def test_openai_endpoint_and_key_from_environment(chat_server, monkeypatch, tmp_
         OpenAIAnnotator(OpenAIAnnotatorConfig(base_url=chat_server, prompt_path=str(bad)))
 
 
-def test_openai_unreachable_endpoint_is_a_recorded_failure():
+def test_openai_unreachable_endpoint_is_a_recorded_failure(chat_prompt):
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    res = _openai(f"http://127.0.0.1:{port}/v1").annotate_safe(["doc"])
+    res = _openai(f"http://127.0.0.1:{port}/v1", chat_prompt).annotate_safe(["doc"])
     assert res[0][0] is None and res[0][1].startswith("connect:")
 
 

@@ -87,7 +87,7 @@ class FlakyChat(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def test_pipeline_with_failing_endpoint_completes_and_records_reasons(ray_cluster, tmp_path):
+def test_pipeline_with_failing_endpoint_completes_and_records_reasons(ray_cluster, chat_prompt, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyChat)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -97,7 +97,8 @@ def test_pipeline_with_failing_endpoint_completes_and_records_reasons(ray_cluste
         cfg = AnnotateConfig(input=str(src), output_dir=str(tmp_path / "out"), annotator="openai", num_actors=1,
                              batch_size=2, load_store=False, progress=False,
                              openai=OpenAIAnnotatorConfig(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
-                                                          timeout_s=0.5, max_retries=1, backoff_s=0.01))
+                                                          timeout_s=0.5, max_retries=1, backoff_s=0.01,
+                                                          prompt_path=chat_prompt))
         s = run_annotation(cfg)
         again = run_annotation(cfg)  # finished documents skipped, failed annotator calls retried
     finally:
