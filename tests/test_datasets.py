@@ -16,7 +16,7 @@ FILES = {"a.json": b'{"examples": []}\n', "sub/b.txt": b"x" * 200_000}
 
 
 class FileHandler(BaseHTTPRequestHandler):
-    """Serves FILES under /repo/; `mode` decides how: ok, corrupt (same size), short, cut, missing."""
+    """Serves FILES under /repo/; `mode` decides how: ok, corrupt (same size), short, long, cut, missing."""
 
     mode = "ok"
     requests: list[str] = []
@@ -35,6 +35,8 @@ class FileHandler(BaseHTTPRequestHandler):
             sent = body[:-1] + b"!"
         elif self.mode == "short":
             sent = body = body[: len(body) // 2]  # an honest Content-Length, a truncated file
+        elif self.mode == "long":
+            sent = body = body + b"more"
         elif self.mode == "cut":
             sent = body[: len(body) // 2]  # the connection drops before Content-Length bytes
         self.send_response(200)
@@ -97,6 +99,7 @@ def test_base_url_from_environment(server, tiny, monkeypatch):
                 r"expected [0-9a-f]{64}"),
     ("short", r"sub/b\.txt: downloaded 100000 bytes from .*, expected 200000"),
     ("cut", r"sub/b\.txt: download from .* failed after \d+ of 200000 bytes"),
+    ("long", r"sub/b\.txt: http://127\.0\.0\.1:\d+/repo/sub/b\.txt sends more than the expected 200000 bytes"),
     ("missing", r"sub/b\.txt: HTTP 404 from http://127\.0\.0\.1:\d+/repo/sub/b\.txt"),
 ])
 def test_bad_download_is_a_clear_error_and_leaves_no_file(server, tiny, mode, message):

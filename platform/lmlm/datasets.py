@@ -173,6 +173,8 @@ def _download(url: str, dest: Path, f: DataFile, dataset: str, progress: bool) -
                         h.update(block)
                         n += len(block)
                         bar.update(len(block))
+                        if n > f.size:
+                            raise DatasetError(f"{where}: {url} sends more than the expected {f.size} bytes")
             except requests.RequestException as e:
                 raise DatasetError(f"{where}: download from {url} failed after {n} of {f.size} bytes "
                                    f"({type(e).__name__}: {e})") from e
@@ -181,6 +183,7 @@ def _download(url: str, dest: Path, f: DataFile, dataset: str, progress: bool) -
         if h.hexdigest() != f.sha256:
             raise DatasetError(f"{where}: SHA-256 {h.hexdigest()} of the download from {url}, "
                                f"expected {f.sha256}")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared data dir's files from other users
         os.replace(tmp, dest)
         st = dest.stat()
         _verified.add((str(dest), st.st_size, st.st_mtime_ns))
