@@ -36,10 +36,15 @@ def chat_prompt(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def lmlm_wiki() -> Path:
-    """The reference data folder; tests that need it skip with a reason when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    """The lmlm-wiki data set's folder (lmlm.datasets: LMLM_DATA_DIR, else the user cache), every file
+    verified; tests that need it skip with a reason when it is not there (`lmlm data fetch lmlm-wiki`)."""
+    from lmlm.datasets import dataset_dir, status
+
+    bad = {name: state for name, state in status("lmlm-wiki").items() if state != "ok"}
+    if bad:
+        pytest.skip(f"lmlm-wiki not fetched at {dataset_dir('lmlm-wiki')} ({len(bad)} files missing or invalid, "
+                    f"e.g. {next(iter(bad))}: run `lmlm data fetch lmlm-wiki`)")
+    return dataset_dir("lmlm-wiki")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from lmlm.annotate import AnnotatorError, HFAnnotator, OpenAIAnnotator
 from lmlm.annotate.config import HFAnnotatorConfig, OpenAIAnnotatorConfig
+from lmlm.annotate.prompt import default_prompt
 from lmlm.format import extract_triples
 
 
@@ -116,14 +117,14 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content']
 
 
 @pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory, lmlm_wiki):
+def tiny_chat_model(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmlm.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("chat")
-    texts = [json.loads((lmlm_wiki / "prompt-annotator-v6.1.json").read_text())[0]["content"]] * 3 + \
+    texts = [m["content"] for m in default_prompt()] * 3 + \
         ["Mara Quell was born in Lisbon and works as a potter. <|im_start|> <|im_end|> assistant user system"] * 20
     tok = train_tokenizer(texts, vocab_size=400)
     tok.chat_template = TEMPLATE
@@ -136,8 +137,8 @@ def tiny_chat_model(tmp_path_factory, lmlm_wiki):
     return out
 
 
-def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_model, lmlm_wiki):
-    cfg = HFAnnotatorConfig(model_path=str(tiny_chat_model), prompt_path=str(lmlm_wiki / "prompt-annotator-v6.1.json"),
+def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_model, chat_prompt):
+    cfg = HFAnnotatorConfig(model_path=str(tiny_chat_model), prompt_path=chat_prompt,
                             max_new_tokens=6, max_prompt_tokens=400, batch_size=2, device="cpu")
     ann = HFAnnotator(cfg)
     long_doc = " ".join(["Mara Quell was born in Lisbon."] * 60)
@@ -156,18 +157,13 @@ def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_mode
         HFAnnotator(HFAnnotatorConfig(model_path="/nonexistent/model"))
 
 
-def test_empty_prompt_path_reads_the_data_directory(monkeypatch, tmp_path):
-    from lmlm.annotate.annotators import load_prompt
-    from lmlm.annotate.config import DEFAULT_PROMPT
-
-    monkeypatch.delenv("LMLM_DATA_DIR", raising=False)
-    with pytest.raises(ValueError, match="LMLM_DATA_DIR is unset"):
-        load_prompt("")
-    prompt = tmp_path / DEFAULT_PROMPT
-    prompt.parent.mkdir(parents=True)
-    prompt.write_text('[{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]')
-    monkeypatch.setenv("LMLM_DATA_DIR", str(tmp_path))
-    assert load_prompt("") == [{"role": "user", "content": "Annotate: [INSERT_TEXT]"}]
-    monkeypatch.setenv("LMLM_DATA_DIR", str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="prompt-annotator"):
-        load_prompt("")
+def test_empty_prompt_path_is_the_builtin_prompt(chat_server, tiny_chat_model, monkeypatch):
+    monkeypatch.delenv("LMLM_DATA_DIR", raising=False)  # the built-in prompt needs no data directory
+    ann = _openai(chat_server, "")
+    assert ann.template == default_prompt() and ann.template[0]["role"] == "system"
+    assert extract_triples(ann.annotate(["Mara Quell was born in Lisbon."])[0])[0].value == "Lisbon"
+    ann.close()
+    hf = HFAnnotator(HFAnnotatorConfig(model_path=str(tiny_chat_model), device="cpu"))
+    prompt = hf.render("Mara Quell was born in Lisbon.")
+    assert prompt.startswith("<|im_start|>system\nYou annotate documents") and "[INSERT_TEXT]" not in prompt
+    assert prompt.rstrip().endswith("Mara Quell was born in Lisbon.<|im_end|>\n<|im_start|>assistant")

@@ -317,7 +317,7 @@ def test_strip_display_rule():
 
 
 # --------------------------------------------------------------------------------------------
-# Reference data (../shared/data/lmlm-wiki)
+# Reference data (the lmlm-wiki data set, lmlm.datasets)
 
 # file -> (docs, valid lookups, drops by reason). Compared with the README's lookup column:
 # - squad-train1k: README 6,049. 6,050 calls; one is closed before its arrow

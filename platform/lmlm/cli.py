@@ -11,6 +11,7 @@ import sys
 # parsers (func(args) -> int exit code).
 COMMAND_MODULES = (
     "lmlm.corpus_cli",
+    "lmlm.datasets_cli",
     "lmlm.factstore.cli",
     "lmlm.annotate.cli",
     "lmlm.train.cli",

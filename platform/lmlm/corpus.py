@@ -10,21 +10,12 @@ gets `"{file stem}:{index}"`, and the example's other fields (model_id, prompt_i
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from lmlm.format import Triple, to_special
-
-DATA_DIR_ENV = "LMLM_DATA_DIR"  # a local folder of data sets by name (e.g. lmlm-wiki/)
-
-
-def data_path(*parts: str) -> Path | None:
-    """`$LMLM_DATA_DIR/<parts>`, or None when the variable is unset."""
-    root = os.environ.get(DATA_DIR_ENV)
-    return Path(root).joinpath(*parts) if root else None
 
 RECORD_FIELDS = ("id", "text", "annotated_text", "source", "meta")
 

@@ -17,10 +17,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lmlm.annotate.config import DEFAULT_PROMPT, AnnotateConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig
-from lmlm.corpus import DATA_DIR_ENV, data_path
-
-PLACEHOLDER = "[INSERT_TEXT]"
+from lmlm.annotate.config import AnnotateConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig
+from lmlm.annotate.prompt import PLACEHOLDER, default_prompt
 
 
 class AnnotatorError(RuntimeError):
@@ -64,13 +62,10 @@ class Annotator(abc.ABC):
 
 
 def load_prompt(path: str | Path) -> list[dict]:
-    """Chat messages of a prompt file (`[{"role", "content"}, ...]`), validated. "" is the default
-    prompt of the local data directory ($LMLM_DATA_DIR/<DEFAULT_PROMPT>)."""
+    """Chat messages of a prompt file (`[{"role", "content"}, ...]`), validated. "" is the platform's
+    own prompt (lmlm.annotate.prompt)."""
     if not path:
-        path = data_path(DEFAULT_PROMPT)
-        if path is None:
-            raise ValueError(f"prompt file: none given, and {DATA_DIR_ENV} is unset (set prompt_path, or "
-                             f"{DATA_DIR_ENV} to a folder holding {DEFAULT_PROMPT})")
+        return default_prompt()
     p = Path(path)
     try:
         messages = json.loads(p.read_text(encoding="utf-8"))

@@ -6,17 +6,13 @@ from typing import Literal, Optional
 
 from lmlm.factstore.config import FactStoreConfig
 
-# The prompt an empty prompt_path means: the reference annotator's, in the local data directory
-# ($LMLM_DATA_DIR, lmlm.corpus.data_path).
-DEFAULT_PROMPT = "lmlm-wiki/prompt-annotator-v6.1.json"
-
 
 @dataclass
 class HFAnnotatorConfig:
     # local path of a transformers causal LM with a chat template (tokenizer in the same dir)
     model_path: str = ""
     # chat messages (JSON list of {role, content}); "[INSERT_TEXT]" in a message is replaced by the doc;
-    # "": $LMLM_DATA_DIR/lmlm-wiki/prompt-annotator-v6.1.json
+    # "": the platform's own prompt (lmlm.annotate.prompt: rules and few-shot examples from the world)
     prompt_path: str = ""
     # generated tokens per document (greedy); a call cut by this limit is dropped by validation
     max_new_tokens: int = 512

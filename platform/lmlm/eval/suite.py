@@ -68,7 +68,7 @@ class EvalConfig:
     unseen_ppl_docs: Optional[str] = None  # also: documents about people absent from training
     train_phrasing_ppl_docs: Optional[str] = None  # also: new texts of trained people in the training phrasings
     novel_ppl_docs: Optional[str] = None  # also: new texts of trained people in novel sentences
-    wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: $LMLM_DATA_DIR/lmlm-wiki when that exists
+    wiki_dir: Optional[str] = None  # lmlm-wiki folder; None: `lmlm data path lmlm-wiki` (used when fetched)
     wiki_max_docs: int = 99  # held-out real paragraphs for the real-text perplexity
     lmlm_run_dir: Optional[str] = None  # pretraining run dirs (metric logs) for the training-curve plot
     standard_run_dir: Optional[str] = None
@@ -108,10 +108,10 @@ def _docs(path: str | Path, limit: int) -> list[str]:
     return [r.annotated_text or r.text for r in read_corpus(path) if r.annotated_text or r.text][:limit]
 
 
-def _wiki_dir(cfg: EvalConfig) -> Optional[Path]:
-    from lmlm.corpus import data_path
+def _wiki_dir(cfg: EvalConfig) -> Path:
+    from lmlm.datasets import dataset_dir
 
-    return Path(cfg.wiki_dir) if cfg.wiki_dir else data_path("lmlm-wiki")
+    return Path(cfg.wiki_dir) if cfg.wiki_dir else dataset_dir("lmlm-wiki")
 
 
 def own_entity_rate(names: list[str], results: list[Any]) -> float:
