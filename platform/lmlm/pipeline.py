@@ -23,6 +23,8 @@ from typing import Callable, Optional
 
 from lmlm.annotate.config import AnnotateConfig, TrainAnnotatorConfig
 from lmlm.config import load_config, parse_args, save_config
+from lmlm.corpus_pipeline import CorpusSplits
+from lmlm.eval.realtext import RealTextEvalConfig
 from lmlm.eval.results import EvalResults
 from lmlm.eval.suite import EvalConfig
 from lmlm.factstore.config import FactStoreConfig
@@ -58,6 +60,10 @@ class PipelineConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeDemoConfig = field(default_factory=ServeDemoConfig)
+    # an annotated corpus instead of the world: then world, train_annotator, annotate and serve_demo
+    # do not run (lmlm.corpus_pipeline), and `realtext` configures the evaluation
+    corpus: CorpusSplits = field(default_factory=CorpusSplits)
+    realtext: RealTextEvalConfig = field(default_factory=RealTextEvalConfig)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -71,6 +77,21 @@ class PipelineConfig:
 
 def _banner(name: str) -> None:
     print(f"\n=== [{time.strftime('%H:%M:%S')}] {name} ===", flush=True)
+
+
+class StageTimer:
+    """Runs a stage under a banner and records its wall time in `timings`."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.timings = log, {}
+
+    def __call__(self, name: str, fn: Callable, *args):
+        _banner(name)
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t, 1)
+        self.log(f"{name}: {self.timings[name]} s")
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,22 +373,16 @@ def open_store(cfg: PipelineConfig):
     return FactStore.open(store_config(cfg))
 
 
-def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults:
+def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults | dict:
     from lmlm.eval.results import read_results, write_results
 
+    if cfg.corpus.enabled:
+        return run_corpus_pipeline(cfg)
     t0 = time.perf_counter()
     run_dir = cfg.path()
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "pipeline_config.yaml")
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable, *args):
-        _banner(name)
-        t = time.perf_counter()
-        out = fn(*args)
-        timings[name] = round(time.perf_counter() - t, 1)
-        log(f"{name}: {timings[name]} s")
-        return out
+    timed = StageTimer(log)
 
     selected = set(cfg.stages)
     world, inserted = timed("world", stage_world, cfg)
@@ -387,9 +402,42 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Eva
         if "serve_demo" in selected and models:
             results.details["serve_demo"] = timed("serve_demo", stage_serve_demo, cfg, models["lmlm"], store, inserted)
     results.demo_wall_s = round(time.perf_counter() - t0, 1)
-    results.stage_wall_s = timings
+    results.stage_wall_s = timed.timings
     write_results(results, run_dir)
     print_summary(results, run_dir)
+    return results
+
+
+def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
+    """The pipeline on an annotated corpus (lmlm.corpus_pipeline): corpus -> build_factstore ->
+    pretrain -> evaluate; results in run_dir/results.json."""
+    from lmlm import corpus_pipeline as cp
+    from lmlm.eval.results import write_json
+
+    t0 = time.perf_counter()
+    cfg.path().mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.path("pipeline_config.yaml"))
+    timed = StageTimer(print)
+
+    selected = set(cfg.stages)
+    results_file = cfg.path("results.json")
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    train, held_out = timed("corpus", cp.stage_corpus, cfg.corpus, cfg.path("corpus"))
+    with open_store(cfg) as store:
+        if "build_factstore" in selected:
+            timed("build_factstore", cp.stage_build_factstore, store, train + held_out,
+                  cfg.path("corpus", "store_loaded.json"))
+        models = finished_models(cfg)
+        if "pretrain" in selected:
+            ensure_ray(cfg)
+            models = timed("pretrain", cp.stage_pretrain, pretrain_config(cfg), train, cfg.path("pretrain"))
+        if "evaluate" in selected and models and "ppl_normalized_lmlm" not in results:
+            results = timed("evaluate", cp.stage_evaluate, models, store, held_out, cfg.realtext)
+    results.update(wall_s=round(time.perf_counter() - t0, 1), stage_wall_s=timed.timings, start=cfg.pretrain.model,
+                   train_documents=len(train))
+    write_json(results, results_file)
+    cp.print_summary(results)
+    print(f"all numbers: {results_file}")
     return results
 
 

