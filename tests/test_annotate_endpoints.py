@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from http_harness import serving
 
 from lmlm.annotate import AnnotatorError, HFAnnotator, OpenAIAnnotator
 from lmlm.annotate.config import HFAnnotatorConfig, OpenAIAnnotatorConfig
@@ -50,16 +51,9 @@ class ChatHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def chat_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ChatHandler)
-    server.daemon_threads = True
     ChatHandler.calls = {}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ChatHandler, "/v1") as url:
+        yield url
 
 
 def _openai(url: str, prompt: str, **kw) -> OpenAIAnnotator:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from http_harness import serving
 
 from lmlm import datasets
 from lmlm.datasets import DataFile, Dataset, DatasetError, dataset_file, fetch
@@ -50,17 +50,9 @@ class FileHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), FileHandler)
-    httpd.daemon_threads = True
     FileHandler.mode, FileHandler.requests = "ok", []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/repo"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serving(FileHandler, "/repo") as url:
+        yield url
 
 
 @pytest.fixture
