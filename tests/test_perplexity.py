@@ -1,4 +1,4 @@
-"""Static and normalized perplexity (LMLM.md §7) against a direct computation with HF's loss."""
+"""Static and normalized perplexity (docs/method.md §7) against a direct computation with HF's loss."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The loss mask of LMLM.md §4 on hand-made token sequences, and packing with EOS separators."""
+"""The loss mask of docs/method.md §4 on hand-made token sequences, and packing with EOS separators."""
 from __future__ import annotations
 
 import numpy as np

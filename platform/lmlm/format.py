@@ -1,6 +1,6 @@
 """The lookup format: the one parser, converter, stripper and key normaliser of lookup calls.
 
-Two syntaxes carry the same information (LMLM.md §2):
+Two syntaxes carry the same information (docs/method.md §2):
 
     legacy:  [dblookup('Ko Itakura', 'Birth Place') -> Yokohama]
     special: <|db_entity|> Ko Itakura<|db_relationship|> Birth Place<|db_return|> Yokohama<|db_end|>

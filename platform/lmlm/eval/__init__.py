@@ -1,1 +1,1 @@
-"""Evaluation of LMLMs against their standard baselines (LMLM.md §7)."""
+"""Evaluation of LMLMs against their standard baselines (docs/method.md §7)."""

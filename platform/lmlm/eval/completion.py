@@ -1,4 +1,4 @@
-"""T-REx-style knowledge completion (LMLM.md §7): cloze left contexts as prompts, exact match of the
+"""T-REx-style knowledge completion (docs/method.md §7): cloze left contexts as prompts, exact match of the
 gold answer within the first generated words.
 
 Prompts. The standard model and the LMLM with lookups off get the left context as is. The LMLM with
@@ -7,7 +7,7 @@ lookups on is forced to start a lookup right after it: the prompt is `context.rs
 answers, the model continues.
 
 Exact match (our decision). `em` = the gold answer's words occur contiguously within the first
-`n_words` (5) words of the *display* continuation (lookup blocks removed, LMLM.md §6), comparing
+`n_words` (5) words of the *display* continuation (lookup blocks removed, docs/method.md §6), comparing
 lower-cased word tokens (`\\w+`); a gold answer longer than the window must begin at the first
 generated word. This is the paper's rule and treats every setting alike. Because an LMLM states a
 fact by looking it up, `em_with_lookup` additionally counts a question as answered when the value

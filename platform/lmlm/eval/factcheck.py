@@ -1,4 +1,4 @@
-"""FactScore-style factual precision, checked exactly against a synthetic world (LMLM.md §7).
+"""FactScore-style factual precision, checked exactly against a synthetic world (docs/method.md §7).
 
 FActScore splits a generated bio into atomic facts with an LLM and asks a retriever + LLM whether a
 knowledge source supports each. In a synthetic world the knowledge source is the ground truth and

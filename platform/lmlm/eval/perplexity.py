@@ -1,4 +1,4 @@
-"""Perplexity of LMLMs and standard models on held-out annotated text (LMLM.md §7).
+"""Perplexity of LMLMs and standard models on held-out annotated text (docs/method.md §7).
 
 Each document is scored on its own as `EOS doc EOS` (windows of `max_len` tokens overlapping by one,
 so every token is predicted exactly once), with the token kinds of lmlm.train.masks:

@@ -21,7 +21,7 @@ RESULTS_FILE = "results.json"
 
 @dataclass
 class EvalResults:
-    # --- perplexity (LMLM.md §7): held-out texts of trained people, in held-out phrasings (sentences
+    # --- perplexity (docs/method.md §7): held-out texts of trained people, in held-out phrasings (sentences
     # no training document uses, made of clauses that training documents use in other sentences)
     ppl_normalized_lmlm: Optional[float] = None
     ppl_normalized_standard: Optional[float] = None

@@ -1,4 +1,4 @@
-"""The whole evaluation (LMLM.md §7) of an LMLM against its standard baseline on a synthetic world:
+"""The whole evaluation (docs/method.md §7) of an LMLM against its standard baseline on a synthetic world:
 perplexity and value-token loss, factual precision, knowledge completion, the database-off ablation
 and unlearning, written to one run directory (results.json, report.md, PNG plots).
 

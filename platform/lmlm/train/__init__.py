@@ -1,4 +1,4 @@
-"""Pretraining of LMLMs and their standard baselines (LMLM.md §4, §5).
+"""Pretraining of LMLMs and their standard baselines (docs/method.md §4, §5).
 
 - `masks`: per-token kinds and the loss mask of §4 (`token_kinds`, `lookup_labels`, `labels_from_kinds`).
 - `data`: tokenize annotated documents and pack them with EOS separators (`encode_and_pack` on a

@@ -1,7 +1,7 @@
 """Train the LMLM and the standard baseline on the same documents, and plot their loss curves.
 
 Both runs share the tokenizer, the model preset, the seed and the number of steps; only the
-variant differs (LMLM.md §2: the baseline sees the same prose with the lookups removed).
+variant differs (docs/method.md §2: the baseline sees the same prose with the lookups removed).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tokenize annotated documents and pack them into fixed-length sequences (LMLM.md §4, §5).
+"""Tokenize annotated documents and pack them into fixed-length sequences (docs/method.md §4, §5).
 
 Each document becomes token ids plus per-token kinds (lmlm.train.masks):
 

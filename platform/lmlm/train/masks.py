@@ -1,4 +1,4 @@
-"""The loss mask of LMLM.md §4, as a per-token kind computed by one small state machine.
+"""The loss mask of docs/method.md §4, as a per-token kind computed by one small state machine.
 
 Every token of a sequence gets a kind. The state changes at the markers:
 
@@ -107,7 +107,7 @@ def labels_from_kinds(input_ids, kinds, variant: str = "lmlm") -> torch.Tensor:
 
 def lookup_labels(input_ids, token_ids: LookupTokenIds, attention_mask=None,
                   start_state: int | None = None) -> torch.Tensor:
-    """LMLM labels (LMLM.md §4): value tokens, `<|db_end|>` and padding set to -100."""
+    """LMLM labels (docs/method.md §4): value tokens, `<|db_end|>` and padding set to -100."""
     kinds = token_kinds(input_ids, token_ids, attention_mask, start_state)
     return labels_from_kinds(input_ids, kinds, "lmlm")
 
