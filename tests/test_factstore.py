@@ -86,8 +86,19 @@ def test_fallback_policies_and_thresholds_per_call(loaded):
 def test_reference_mode_single_stage(loaded):
     a = loaded.lookup("Ivo Jorgrove", "birth place", mode="reference")
     assert a.value == "Baku" and a.stage == "relation" and 0.6 <= a.score <= 1.0
-    assert loaded.lookup("Ivo Jorgrove", "birth place", mode="reference", threshold=0.999,
+    assert loaded.lookup("Ivo Jorgrove", "birth place", mode="reference", cosine_threshold=0.999,
                          fallback="abstain") is None
+
+
+@pytest.mark.parametrize("mode, name", [("two_stage", "cosine_threshold"), ("reference", "entity_threshold"),
+                                        ("reference", "relation_threshold")])
+def test_a_threshold_of_another_mode_is_refused_by_name(loaded, mode, name):
+    with pytest.raises(ValueError, match=f"{name} applies only to fuzzy mode"):
+        loaded.lookup("Ivo Jorgrove", "birth place", mode=mode, **{name: 0.5})
+    with pytest.raises(TypeError, match="threshold"):
+        loaded.lookup("Ivo Jorgrove", "birth place", threshold=0.5)  # the old, ambiguous name is gone
+    with pytest.raises(ValueError, match="entity_threshold must be a number"):
+        loaded.lookup("Ivo Jorgrove", "birth place", entity_threshold=float("nan"))
 
 
 def test_delete_removes_key_and_vectors_for_the_very_next_lookup(loaded):

@@ -34,7 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("relation")
     p.add_argument("--mode", choices=FUZZY_MODES, default=None)
     p.add_argument("--fallback", choices=FALLBACKS, default=None)
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--entity-threshold", type=float, default=None,
+                   help="two_stage: least entity similarity to accept (default: the config's)")
+    p.add_argument("--relation-threshold", type=float, default=None,
+                   help="two_stage: least relation-label cosine to accept (default: the config's)")
+    p.add_argument("--cosine-threshold", type=float, default=None,
+                   help="reference: least cosine of '{entity} {relation}' to a key (default: the config's)")
     p = cmd("search", "nearest keys to free text", _search)
     p.add_argument("text")
     p.add_argument("-k", type=int, default=5)
@@ -108,7 +113,8 @@ def _load(args) -> int:
 def _get(args) -> int:
     with _open(args) as store:
         a = store.lookup(args.entity, args.relation, mode=args.mode, fallback=args.fallback,
-                         threshold=args.threshold)
+                         entity_threshold=args.entity_threshold, relation_threshold=args.relation_threshold,
+                         cosine_threshold=args.cosine_threshold)
         return _print(_answer(a))
 
 

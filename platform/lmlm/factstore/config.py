@@ -12,6 +12,30 @@ FUZZY_MODES: tuple[str, ...] = get_args(FuzzyMode)
 # What a lookup without an accepted match returns: "unknown", the best candidate anyway, or None
 Fallback = Literal["unknown", "top1_anyway", "abstain"]
 FALLBACKS: tuple[str, ...] = get_args(Fallback)
+# The thresholds each fuzzy mode compares against, by name (the same name in the config, the
+# `lookup_batch` keywords, the CLI flags and the HTTP fields); a threshold of another mode is refused.
+THRESHOLDS: dict[str, tuple[str, ...]] = {
+    "two_stage": ("entity_threshold", "relation_threshold"),
+    "reference": ("cosine_threshold",),
+}
+ALL_THRESHOLDS: tuple[str, ...] = tuple(t for ts in THRESHOLDS.values() for t in ts)
+
+
+def check_thresholds(mode: str, given: dict) -> None:
+    """Refuse a threshold (given, not None) that the fuzzy `mode` does not compare against."""
+    if mode not in FUZZY_MODES:
+        raise ValueError(f"mode must be one of {FUZZY_MODES}, not {mode!r}")
+    for name, value in given.items():
+        if name not in ALL_THRESHOLDS:
+            raise ValueError(f"{name}: not a threshold (known: {', '.join(ALL_THRESHOLDS)})")
+        if value is None:
+            continue
+        if name not in THRESHOLDS[mode]:
+            uses = [m for m, ts in THRESHOLDS.items() if name in ts]
+            raise ValueError(f"{name} applies only to fuzzy mode {' or '.join(map(repr, uses))}; "
+                             f"mode {mode!r} compares {' and '.join(THRESHOLDS[mode])}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 2.0:
+            raise ValueError(f"{name} must be a number in [-1, 2], not {value!r}")
 
 
 @dataclass
@@ -29,8 +53,8 @@ class FactStoreConfig:
     partitions: int = 1
     # fuzzy retrieval when the exact key is absent: "two_stage" (entity, then relation) or "reference"
     fuzzy_mode: FuzzyMode = "two_stage"
-    # reference mode: accept cosine >= threshold between the query and a "{entity} {relation}" key
-    threshold: float = 0.6
+    # reference mode (single stage): accept cosine >= this between the query "{entity} {relation}" and a key
+    cosine_threshold: float = 0.6
     # two_stage: accept an entity whose combined (embedding + character) similarity is >= this
     entity_threshold: float = 0.87
     # two_stage: accept the entity's relation whose label cosine to the query relation is >= this

@@ -20,7 +20,7 @@ from rapidfuzz.distance import OSA
 
 from lmlm.format import UNKNOWN, Triple, normalize_key
 
-from .config import FALLBACKS, FUZZY_MODES
+from .config import FALLBACKS, check_thresholds
 from .layout import InvalidFact, clean_name, norm_name
 from .records import KeyRecord
 
@@ -110,10 +110,10 @@ def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, s
                    "best": [best.triple.entity, best.triple.relation, best.value] if best and best.triple else None})
 
 
-def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_threshold, relation_threshold,
-                 top_k, fallback) -> list[Answer | None]:
-    if mode not in FUZZY_MODES:
-        raise ValueError(f"mode must be one of {FUZZY_MODES}, not {mode!r}")
+def lookup_batch(store: "FactStore", queries, *, mode, top_k, fallback, **thresholds) -> list[Answer | None]:
+    """`thresholds`: entity_threshold / relation_threshold (two_stage) or cosine_threshold (reference);
+    None: the config's; a threshold the mode does not compare against is refused."""
+    check_thresholds(mode, thresholds)
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
     cfg = store.cfg
@@ -133,19 +133,18 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
             out[i] = _answer(rec, 1.0, "exact")
     if misses:
         fuzzy = _two_stage if mode == "two_stage" else _reference
-        for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], threshold=threshold,
-                                      entity_threshold=entity_threshold, relation_threshold=relation_threshold,
-                                      top_k=top_k, fallback=fallback)):
+        for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], top_k=top_k, fallback=fallback,
+                                      **thresholds)):
             out[i] = a
     return out
 
 
-def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | None]:
+def _reference(store, qs, *, top_k, fallback, cosine_threshold=None) -> list[Answer | None]:
     """LMLM.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
     if not store.cfg.key_index:
         raise ValueError("reference mode needs the '{entity} {relation}' vector set: create the store "
                          "with FactStoreConfig(key_index=True)")
-    thr = store.cfg.threshold if threshold is None else threshold
+    thr = store.cfg.cosine_threshold if cosine_threshold is None else cosine_threshold
     vecs = store.embedder.encode([f"{E} {R}" for E, R in qs])
     best = [max(cands, key=lambda c: c[2]) if cands else None for cands in store.nearest_keys(vecs, top_k)]
     recs = iter(store.records([b[:2] for b in best if b]))
@@ -162,11 +161,10 @@ def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | N
     return out
 
 
-def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, top_k, fallback) -> list[Answer | None]:
+def _two_stage(store, qs, *, top_k, fallback, entity_threshold=None, relation_threshold=None) -> list[Answer | None]:
     cfg = store.cfg
     e_thr = cfg.entity_threshold if entity_threshold is None else entity_threshold
-    r_thr = relation_threshold if relation_threshold is not None else (
-        threshold if threshold is not None else cfg.relation_threshold)
+    r_thr = cfg.relation_threshold if relation_threshold is None else relation_threshold
     recs = store.entity_records([E for E, _ in qs])  # per query: {relation: record} of its entity
     need = [i for i, h in enumerate(recs) if not h]
     # One model call for the query strings and the labels of entities found exactly; labels of

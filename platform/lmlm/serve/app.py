@@ -120,7 +120,7 @@ class LMLMServer:
             raise HTTPError(400, f"max_tokens: must be between 1 and {self.cfg.max_tokens_limit} (got {mt})", "max_tokens")
         d["max_new_tokens"] = mt
         for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "max_lookups", "max_query_tokens",
-                     "fallback", "threshold"):
+                     "fallback", "entity_threshold", "relation_threshold", "cosine_threshold"):
             if getattr(req, name) is not None:
                 d[name] = getattr(req, name)
         if req.stop is not None:
