@@ -42,10 +42,18 @@ def check_thresholds(mode: str, given: dict) -> None:
 class FactStoreConfig:
     # redis://[user:password@]host:port/db of a running Redis 8; None: env LMLM_REDIS_URL, else a private server
     url: Optional[str] = None
+    # the url names a Redis Cluster (same as a redis+cluster://host:port url): redis-py's cluster client
+    cluster: bool = False
     # data dir of the private server (AOF lives here); None: a fresh temporary dir removed on close
     data_dir: Optional[str] = None
     # AOF fsync policy of the private server: "everysec" or "always"
     appendfsync: Literal["everysec", "always"] = "everysec"
+    # maxmemory of the private server ("2gb", bytes...); None: 70% of the memory limit (cgroup, else RAM),
+    # so a full store answers write errors instead of being killed
+    maxmemory: Optional[str] = None
+    # a deletion's reply waits (WAITAOF) up to this long for the AOF fsync of a server with AOF on, so an
+    # acknowledged unlearning survives a crash; 0: do not wait
+    aof_wait_ms: int = 2000
     # prefix of every key; letters, digits, "_", "-", "." only (it sits inside the hash tag)
     namespace: str = "lmlm"
     # hash-tag partitions: an entity's keys, vectors and audit entries share one; on Redis Cluster use

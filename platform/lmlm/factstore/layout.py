@@ -50,24 +50,69 @@ class Keys:
         """The entity's hash: one field per normalised relation (records.KeyRecord)."""
         return f"{self.tag}:e:{norm_entity}"
 
+    def lexical(self, block: str) -> str:
+        """Set of the partition's normalised entity names in one lexical block (`lexical_blocks`)."""
+        return f"{self.tag}:lx:{block}"
+
     entity_vectors = _partition_key("ve", "vector set of the partition's normalised entity names")
     key_vectors = _partition_key("vk", 'vector set of "entity\\x1frelation" (the key index)')
     stats = _partition_key("stats", "hash of running totals (records.PartitionStats)")
     audit = _partition_key("audit", "stream of edits (records.AuditEntry)")
+    tombstones = _partition_key("tomb", "hash: deleted entity / entity\\x1frelation / ...\\x1fvalue -> ms")
+    batches = _partition_key("batches", "set of the write batches applied (replays are no-ops)")
 
-    def script_keys(self, norm_entity: str) -> "ScriptKeys":
-        return ScriptKeys(self.entity(norm_entity), self.entity_vectors, self.key_vectors, self.stats, self.audit)
+    def part_keys(self) -> "PartKeys":
+        return PartKeys(self.entity_vectors, self.key_vectors, self.stats, self.audit, self.tombstones, self.batches)
+
+    def entity_keys(self, norm_entity: str) -> "EntityKeys":
+        head, tail = lexical_blocks(norm_entity)
+        return EntityKeys(self.entity(norm_entity), self.lexical(head), self.lexical(tail))
 
 
 @dataclass(frozen=True)
-class ScriptKeys:
-    """KEYS of every edit script (scripts.py), in this order: the keys of one entity's partition."""
+class PartKeys:
+    """KEYS of every edit script (scripts.py) first, in this order: the partition's shared keys."""
 
-    entity_hash: str
     entity_vectors: str
     key_vectors: str
     stats: str
     audit: str
+    tombstones: str
+    batches: str
+
+
+@dataclass(frozen=True)
+class EntityKeys:
+    """The keys of one entity that the edit scripts write, after the PartKeys."""
+
+    entity_hash: str
+    lex_head: str
+    lex_tail: str
+
+
+# Lexical blocks. A name of length L is filed under its first L//2 - 1 and its last L - L//2 - 1
+# characters. One edit (substitution, insertion, deletion, adjacent swap) touches at most two
+# adjacent positions, which cannot reach into both, so a query one edit away from a stored name
+# shares a block with it: `query_blocks` lists the query's blocks for the lengths L - 1, L, L + 1.
+# Short names (< MIN_BLOCK_LEN) share one block per length.
+MIN_BLOCK_LEN = 6
+
+
+def _blocks(name: str, L: int) -> tuple[str, str]:
+    if L < MIN_BLOCK_LEN:
+        return f"{L}:all", f"{L}:all"
+    return f"{L}:h:{name[:L // 2 - 1]}", f"{L}:t:{name[len(name) - (L - L // 2 - 1):]}"
+
+
+def lexical_blocks(norm_entity: str) -> tuple[str, str]:
+    """The two lexical blocks a stored normalised entity name is filed under."""
+    return _blocks(norm_entity, len(norm_entity))
+
+
+def query_blocks(norm_query: str) -> list[str]:
+    """The blocks a stored name one edit away from `norm_query` is filed under (one of them each)."""
+    n = len(norm_query)
+    return list(dict.fromkeys(b for L in (n - 1, n, n + 1) if L >= 1 for b in _blocks(norm_query, L)))
 
 
 class Layout:
@@ -78,6 +123,10 @@ class Layout:
         self.partitions = partitions
         self.parts = [Keys(f"{{{namespace}:{p}}}") for p in range(partitions)]
         self.meta = f"{{{namespace}}}:meta"
+
+    @property
+    def first(self) -> Keys:
+        return self.parts[0]
 
     def of(self, norm_entity: str) -> Keys:
         if self.partitions == 1:
