@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     p = cmd("load", "load a reference database JSON or a corpus's lookups", _load)
     p.add_argument("input", help="database JSON ({'triplets': ...}) or corpus (.json, .jsonl, .parquet, dir)")
     p.add_argument("--annotator", default=None, help="annotator id for provenance (default: file name)")
+    p.add_argument("--force", action="store_true",
+                   help="also write facts that were deleted (tombstoned); the audit stream records it")
+    p.add_argument("--batch-id", default=None,
+                   help="load exactly once under this id: run again after an interruption with the same id")
     p = cmd("get", "look a fact up (exact key, then fuzzy)", _get)
     p.add_argument("entity")
     p.add_argument("relation")
@@ -97,7 +101,7 @@ def _load(args) -> int:
     path = Path(args.input)
     with _open(args) as store:
         if path.suffix == ".json" and path.is_file() and '"triplets"' in path.read_text(encoding="utf-8")[:1 << 20]:
-            n = store.import_json(path, annotator=args.annotator or path.stem)
+            n = store.import_json(path, annotator=args.annotator or path.stem, force=args.force)
         else:
             from lmlm.format import to_special
 
@@ -106,7 +110,8 @@ def _load(args) -> int:
                 for t in to_special(r.annotated_text).triples if r.annotated_text else []:
                     triples.append(t)
                     docs.append(r.id)
-            n = store.add_triples(triples, doc_ids=docs, annotator=args.annotator or path.stem)
+            n = store.add_triples(triples, doc_ids=docs, annotator=args.annotator or path.stem,
+                                  batch_id=args.batch_id, force=args.force)
         return _print({"loaded": n, **store.stats()})
 
 

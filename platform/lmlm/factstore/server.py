@@ -115,7 +115,7 @@ class RedisServer:
                 "bind 127.0.0.1", f"port {self.port}", f"dir {self.data_dir}", "protected-mode yes",
                 f"requirepass {self.password}", f"maxmemory {self.maxmemory}", "maxmemory-policy noeviction",
                 "appendonly yes", f"appendfsync {self.appendfsync}", 'save ""', "daemonize no",
-                f"pidfile {self.data_dir / PIDFILE}", "logfile redis.log", "loglevel warning", *self.extra_config,
+                f"pidfile {self.data_dir / PIDFILE}", "set-proc-title no", "logfile redis.log", "loglevel warning", *self.extra_config,
             ]) + "\n")
         self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -199,13 +199,12 @@ def default_maxmemory() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, stopped but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def stop_left_behind(data_dir: Path, timeout_s: float = 10.0) -> int | None:
@@ -216,8 +215,8 @@ def stop_left_behind(data_dir: Path, timeout_s: float = 10.0) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if str(data_dir / "redis.conf").encode() not in cmdline:
-        return None  # the pid was reused by something else
+    if str(data_dir / "redis.conf").encode() not in cmdline or not _alive(pid):
+        return None  # gone, or the pid was reused by something else (the config sets set-proc-title no)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and time.monotonic() < deadline:
