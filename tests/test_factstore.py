@@ -232,3 +232,36 @@ def test_retrieval_uses_only_the_stores_public_methods():
     from lmlm.factstore import retrieval
 
     assert not re.findall(r"store\._\w+|store\.r\b|store\.layout\b", inspect.getsource(retrieval))
+
+
+def test_one_edit_typos_share_a_lexical_block_with_the_name():
+    import random
+
+    from lmlm.factstore.layout import lexical_blocks, query_blocks
+
+    rng = random.Random(0)
+    for name in ["ivo jorgrove", "ab", "leona", "magnus pelquist", "x" * 40, "zoë ångström"]:
+        for _ in range(200):
+            i = rng.randrange(len(name))
+            c = rng.choice("abcxyz ")
+            typo = rng.choice([name[:i] + c + name[i + 1:], name[:i] + c + name[i:], name[:i] + name[i + 1:],
+                               name[:i] + name[i + 1:i + 2] + name[i] + name[i + 2:]])
+            assert set(lexical_blocks(name)) & set(query_blocks(typo)), (name, typo)
+
+
+def test_typos_resolve_lexically_without_the_model_and_garbage_is_never_accepted(loaded):
+    emb = loaded.embedder
+    loaded.lookup_batch([("Ivo Jorgrove", "Place of Birth")])  # label embeddings cached
+    calls, timings = emb.calls, {}
+    out = loaded.lookup_batch([("Ivo Jorgrvoe", "Birth City"), ("Leona Nortorne", "Employer"),
+                               ("Magnus Pelquistt", "Spouse")], timings=timings)
+    assert [a.value for a in out] == ["Baku", "Halden Labs", "Greta Nordell"] and emb.calls == calls
+    assert {"exact", "entity_exact", "lexical"} <= set(timings) and "vector_search" not in timings
+    assert out[0].stage == "entity" and 0.87 <= out[0].provenance["entity_score"] < 1
+    garbage = " ".join(["ivo", "jorgrove", "birth", "city", "leona", "northorne", "magnus", "pelquist", "lyon",
+                        "baku", "oslo", "spouse", "employer", "chemist", "architect", "film", "director",
+                        "halden", "labs", "cobalt"])
+    assert len(garbage.split()) == 20
+    for rel in ("Birth City", "Employer", "Place of Birth"):
+        assert loaded.lookup(garbage, rel, fallback="abstain") is None
+    assert loaded.lookup("Ivo", "Birth City", fallback="abstain") is None  # a fragment, not a typo

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional, get_args
 
 # The one definition of each choice set; everything else (CLI choices, request validation, HTTP
@@ -67,9 +67,10 @@ class FactStoreConfig:
     entity_threshold: float = 0.87
     # two_stage: accept the entity's relation whose label cosine to the query relation is >= this
     relation_threshold: float = 0.3
-    # two_stage: relation labels (query and stored) are embedded in this context; a possessive frame
-    # makes MiniLM read them as attributes ("born on" -> birth date, not birth city)
-    relation_template: str = "the person's {relation}"
+    # two_stage: relation labels (query and stored) are embedded in each of these contexts and the
+    # cosines averaged; a possessive frame makes MiniLM read them as attributes ("born on" -> birth
+    # date, not birth city), a verbal one reads verb phrases ("educated at" -> alma mater)
+    relation_templates: list[str] = field(default_factory=lambda: ["the person's {relation}", "the person {relation}"])
     # candidates fetched from a vector set per query (reference top-k, two_stage entity candidates)
     top_k: int = 20
     # what a query without an accepted match returns: "unknown", the best candidate, or None

@@ -309,18 +309,19 @@ class FactStore:
     def lookup_batch(self, queries: list[tuple[str, str]], *, mode: str | None = None,
                      entity_threshold: float | None = None, relation_threshold: float | None = None,
                      cosine_threshold: float | None = None, top_k: int | None = None,
-                     fallback: str | None = None) -> list[Answer | None]:
+                     fallback: str | None = None, timings: dict | None = None) -> list[Answer | None]:
         """Many lookups: one pipelined round trip for the exact keys; the misses share one embedding
         call and a fixed number of pipelined round trips (not one per query).
 
         Thresholds, each None for the config's: `entity_threshold` (two_stage: entity similarity),
         `relation_threshold` (two_stage: relation-label cosine), `cosine_threshold` (reference: cosine of
-        "{entity} {relation}" to a key). Giving one the mode does not use raises ValueError."""
+        "{entity} {relation}" to a key). Giving one the mode does not use raises ValueError.
+        `timings`: a dict that gets the seconds spent per stage added (see retrieval.lookup_batch)."""
         mode = mode or self.cfg.fuzzy_mode
         given = {"entity_threshold": entity_threshold, "relation_threshold": relation_threshold,
                  "cosine_threshold": cosine_threshold}
         return retrieval.lookup_batch(self, queries, mode=mode, top_k=top_k, fallback=fallback or self.cfg.fallback,
-                                      **{k: v for k, v in given.items() if v is not None})
+                                      timings=timings, **{k: v for k, v in given.items() if v is not None})
 
     def search(self, text: str, k: int = 5, entity: str | None = None) -> list[Answer]:
         """Nearest keys to free text ("{entity} {relation}"), optionally only among one entity's keys."""
