@@ -62,7 +62,7 @@ def test_lookup_batch_is_one_round_trip_and_one_embedding_call(loaded):
     assert emb.calls - calls <= 2  # queries + labels of exactly found entities, then unseen labels
     calls = emb.calls
     out = loaded.lookup_batch([("Ivo Jorgrove", "City of Birth"), ("Leona Northorn", "Employer")])
-    assert [a.value for a in out] == ["Baku", "Halden Labs"] and emb.calls - calls == 1
+    assert [a.value for a in out] == ["Baku", "Halden Labs"] and emb.calls - calls <= 1  # 0: cached (shared cache)
     # exact-only batches need no model at all
     calls = emb.calls
     assert [a.value for a in loaded.lookup_batch([(t.entity, t.relation) for t in TRIPLES])] == [t.value for t in TRIPLES]
@@ -179,9 +179,10 @@ def test_partitions_share_hash_tags(fact_store_factory):
     assert store.stats()["entities"] == 3
 
 
-def test_meta_refuses_a_different_layout(fact_store, redis_server):
+def test_meta_refuses_a_different_layout(fact_store, store_url):
     fact_store.add_triples(TRIPLES[:1])
-    cfg = FactStoreConfig(url=redis_server.url, namespace=fact_store.cfg.namespace, partitions=2, key_index=True)
+    cfg = FactStoreConfig(url=store_url, namespace=fact_store.cfg.namespace, partitions=fact_store.cfg.partitions + 1,
+                          key_index=True)
     with pytest.raises(ValueError, match="partitions"):
         FactStore.open(cfg)
 

@@ -7,6 +7,8 @@ carry batch ids; store.py). Redirections (MOVED/ASK) are answers, not failures, 
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -76,3 +78,51 @@ def describe(client) -> str:
         return f"{CLUSTER_SCHEME}://{n.host}:{n.port}"
     kw = client.connection_pool.connection_kwargs
     return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="factstore-node")
+    return _POOL
+
+
+def pipelined(client, items: list[tuple[str, Callable]]) -> list:
+    """Run `queue(pipe)` of each (routing key, queue) item in a pipeline and return every reply in
+    item order. One pipeline on a single server; on a cluster one per node holding the routing keys,
+    the nodes in parallel (scatter-gather: one round trip per node), each on a plain connection, so
+    scripts (EVALSHA) can be pipelined too. An item's commands must touch its routing key's slot."""
+    if not items:
+        return []
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for _, queue in items:
+            queue(pipe)
+        return pipe.execute()
+    groups: dict[str, list[int]] = {}
+    nodes = {}
+    for i, (key, _) in enumerate(items):
+        node = client.get_node_from_key(key)
+        nodes[node.name] = node
+        groups.setdefault(node.name, []).append(i)
+
+    def run(name: str) -> list[list]:
+        pipe = client.get_redis_connection(nodes[name]).pipeline(transaction=False)
+        sizes = []
+        for i in groups[name]:
+            before = len(pipe.command_stack)
+            items[i][1](pipe)
+            sizes.append(len(pipe.command_stack) - before)
+        flat = iter(pipe.execute())
+        return [[next(flat) for _ in range(k)] for k in sizes]
+
+    names = list(groups)
+    results = list(_pool().map(run, names)) if len(names) > 1 else [run(names[0])]
+    per_item: list[list] = [[] for _ in items]
+    for name, res in zip(names, results):
+        for i, r in zip(groups[name], res):
+            per_item[i] = r
+    return [r for rs in per_item for r in rs]

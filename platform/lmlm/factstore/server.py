@@ -75,7 +75,7 @@ class RedisServer:
 
     def __init__(self, data_dir: str | os.PathLike | None = None, appendfsync: str = "everysec",
                  port: int | None = None, binary: str | None = None, maxmemory: str | int | None = None,
-                 extra_config: tuple[str, ...] = ()):
+                 extra_config: tuple[str, ...] = (), password: str | None = None):
         if appendfsync not in ("everysec", "always", "no"):
             raise ValueError(f"appendfsync must be everysec, always or no, not {appendfsync!r}")
         self.binary = binary or redis_server_binary()
@@ -91,7 +91,7 @@ class RedisServer:
         self.maxmemory = str(maxmemory) if maxmemory is not None else str(default_maxmemory())
         self.extra_config = tuple(extra_config)
         self.port = port or free_port()
-        self.password = secrets.token_urlsafe(24)
+        self.password = password or secrets.token_urlsafe(24)
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -186,20 +186,17 @@ class FactStore:
         # vectors for what looks new (the script adds them only if it is still new, else asks again)
         ents = list(dict.fromkeys(k[0] for k in agg))
         keys = list(dict.fromkeys((k[0], k[1]) for k in agg)) if self.cfg.key_index else []
-        pipe = self.r.pipeline(transaction=False)
-        for E in ents:
-            pipe.exists(self.layout.of(E).entity(E))
-        for E, R in keys:
-            pipe.hexists(self.layout.of(E).entity(E), R)
-        found = self._read(pipe.execute)
+        hashes = [self.layout.of(E).entity(E) for E in ents]
+        found = self._pipe_read([(h, lambda p, h=h: p.exists(h)) for h in hashes] +
+                                [(h, lambda p, h=h, R=R: p.hexists(h, R))
+                                 for h, R in ((self.layout.of(E).entity(E), R) for E, R in keys)])
         evec = self._vectors([E for E, x in zip(ents, found) if not x])
         new_keys = [k for k, x in zip(keys, found[len(ents):]) if not x]
         kvec = dict(zip(new_keys, self._vectors([f"{E} {R}" for E, R in new_keys]).values()))
         by_part: dict[int, list] = defaultdict(list)
         for k, a in agg.items():
             by_part[self.layout.parts.index(self.layout.of(k[0]))].append((k, a))
-        pipe = self.r.pipeline(transaction=False)
-        order = []
+        calls = []
         n_part = len(field_values(self.layout.first.part_keys()))
         for p, items in by_part.items():
             ks = self.layout.parts[p]
@@ -217,12 +214,12 @@ class FactStore:
                     kv = len(vecs)
                 rows_out.append(field_values(WriteRow(pos[E], E, R, f.entity, f.relation, value, n, ds, ev, kv,
                                                       self._eid(E))))
-                order.append((E, R))
             args = WriteArgs(batch_id=batch_id, rows=rows_out, annotator=annotator, now_ms=now_ms(),
                              max_docs=self.cfg.max_docs_per_value, replace=replace, force=force, actor=self.actor,
                              audit_maxlen=self.cfg.audit_maxlen, op=op, single=single)
-            self._write_script(ks.part_keys(), args, more_keys=more_keys, more_args=vecs, client=pipe)
-        replies = [WRITE.parse(raw) for raw in self._call(pipe.execute)]
+            calls.append((ks.stats, lambda p, ks=ks, a=args, k=more_keys, v=vecs:
+                          self._write_script(ks.part_keys(), a, more_keys=k, more_args=v, client=p)))
+        replies = [WRITE.parse(raw) for raw in self._call(backend.pipelined, self.r, calls)]
         res, need_ents, need_keys = WriteResult(), [], []
         for items, rep in zip(by_part.values(), replies):
             res += WriteResult(rep.triples, rep.skipped, rep.forced, int(not rep.applied))
@@ -246,18 +243,14 @@ class FactStore:
         return str(self.layout.eid(E)) if self.cfg.key_index else ""
 
     def _repair_vectors(self, ents: list[str], keys: list[tuple[str, str]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
         ev = self._vectors(ents)
         kv = self._vectors([f"{E} {R}" for E, R in keys])
-        for E in ents:
-            ks = self.layout.of(E)
-            self._add_vector(ks.part_keys(), VectorArgs(E=E, R="", vector=ev[E], eid=""), ks.entity_keys(E),
-                             client=pipe)
-        for E, R in keys:
-            ks = self.layout.of(E)
-            self._add_vector(ks.part_keys(), VectorArgs(E=E, R=R, vector=kv[f"{E} {R}"], eid=self._eid(E)),
-                             ks.entity_keys(E), client=pipe)
-        self._call(pipe.execute)
+        args = [(E, VectorArgs(E=E, R="", vector=ev[E], eid="")) for E in ents] + \
+               [(E, VectorArgs(E=E, R=R, vector=kv[f"{E} {R}"], eid=self._eid(E))) for E, R in keys]
+        self._call(backend.pipelined, self.r, [
+            (self.layout.of(E).stats, lambda p, E=E, a=a: self._add_vector(self.layout.of(E).part_keys(), a,
+                                                                           self.layout.of(E).entity_keys(E), client=p))
+            for E, a in args])
 
     def delete(self, entity: str, relation: str | None = None, value: str | None = None) -> int:
         """Delete a triple, a key (entity, relation) or a whole entity, with its vector elements, in
@@ -329,13 +322,9 @@ class FactStore:
 
     # Reads by normalised names, for retrieval: parsed records and vector-set neighbours
 
-    def _pipe_read(self, fill) -> list:
-        """A pipelined read: `fill(pipe)` queues the commands; built again for the second try."""
-        def run():
-            pipe = self.r.pipeline(transaction=False)
-            fill(pipe)
-            return pipe.execute()
-        return self._read(run)
+    def _pipe_read(self, items: list[tuple[str, object]]) -> list:
+        """A pipelined read (backend.pipelined: (routing key, queue(pipe)) items), tried twice."""
+        return self._read(backend.pipelined, self.r, items)
 
     def records(self, keys: list[tuple[str, str]]) -> list[KeyRecord | None]:
         """The record under each (entity, relation) key, None where absent: one HGET for a single key,
@@ -356,8 +345,8 @@ class FactStore:
                 (idx, hashes, rels), = groups.values()
                 res = [self._read(self._hget_many, keys=hashes, args=rels)]
             else:
-                res = self._pipe_read(lambda pipe: [self._hget_many(keys=h, args=r, client=pipe)
-                                                    for _, h, r in groups.values()])
+                res = self._pipe_read([(h[0], lambda p, h=h, r=r: self._hget_many(keys=h, args=r, client=p))
+                                       for _, h, r in groups.values()])
             for (idx, _, _), got in zip(groups.values(), res):
                 for i, b in zip(idx, got):
                     blobs[i] = b
@@ -365,7 +354,7 @@ class FactStore:
 
     def entity_records(self, entities: list[str]) -> list[dict[str, KeyRecord]]:
         """Every record of each entity by relation ({} where the entity is absent), in one round trip."""
-        res = self._pipe_read(lambda pipe: [pipe.hgetall(self.layout.of(E).entity(E)) for E in entities])
+        res = self._pipe_read([(k, lambda p, k=k: p.hgetall(k)) for k in (self.layout.of(E).entity(E) for E in entities)])
         return [{R.decode(): KeyRecord.decode(b) for R, b in h.items()} for h in res]
 
     def lexical_candidates(self, names: list[str]) -> list[list[str]]:
@@ -374,8 +363,8 @@ class FactStore:
         pipelined round; a block of more than LEXICAL_FETCH names is sampled."""
         blocks = [query_blocks(n) for n in names]
         parts = self.layout.parts
-        res = iter(self._pipe_read(lambda pipe: [pipe.srandmember(ks.lexical(b), LEXICAL_FETCH)
-                                                 for bs in blocks for b in bs for ks in parts]))
+        res = iter(self._pipe_read([(k, lambda p, k=k: p.srandmember(k, LEXICAL_FETCH))
+                                    for bs in blocks for b in bs for k in (ks.lexical(b) for ks in parts)]))
         return [list({m.decode() for _ in bs for _ in parts for m in next(res)}) for bs in blocks]
 
     def nearest_entities(self, vectors, k: int) -> list[list[tuple[str, float]]]:
@@ -396,8 +385,8 @@ class FactStore:
         """VSIM on every set (on a cluster: each node's sets in one pipelined round, nodes in parallel)."""
         extra = ["FILTER", flt] if flt else []
         blobs = [np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
-        res = iter(self._pipe_read(lambda pipe: [pipe.execute_command("VSIM", key, "FP32", b, "WITHSCORES", "COUNT",
-                                                                      k, *extra) for b in blobs for key in sets]))
+        res = iter(self._pipe_read([(key, lambda p, key=key, b=b: p.execute_command(
+            "VSIM", key, "FP32", b, "WITHSCORES", "COUNT", k, *extra)) for b in blobs for key in sets]))
         return [[c for _ in sets for c in _pairs(next(res))] for _ in vectors]
 
     def iter_records(self) -> Iterator[tuple[KeyRecord, ValueRecord]]:
@@ -405,7 +394,7 @@ class FactStore:
         for ks in self.layout.parts:
             names = sorted(self._read(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000))))
             for batch in _chunks(names, 500):
-                for h in self._pipe_read(lambda pipe: [pipe.hgetall(n) for n in batch]):
+                for h in self._pipe_read([(n, lambda p, n=n: p.hgetall(n)) for n in batch]):
                     for R in sorted(h):
                         rec = KeyRecord.decode(h[R])
                         for v in rec.values:
@@ -419,9 +408,9 @@ class FactStore:
         totals = PartitionStats()
         out = {**asdict(totals), "entity_vectors": 0, "key_vectors": 0, "vector_bytes": 0, "tombstones": 0,
                "partitions": self.layout.partitions, "namespace": self.cfg.namespace, "key_index": self.cfg.key_index}
-        res = self._pipe_read(lambda pipe: [(pipe.hgetall(ks.stats), pipe.exists(ks.entity_vectors),
-                                             pipe.exists(ks.key_vectors), pipe.hlen(ks.tombstones))
-                                            for ks in self.layout.parts])
+        res = self._pipe_read([(ks.stats, lambda p, ks=ks: (p.hgetall(ks.stats), p.exists(ks.entity_vectors),
+                                                            p.exists(ks.key_vectors), p.hlen(ks.tombstones)))
+                               for ks in self.layout.parts])
         sizes = []
         for i, ks in enumerate(self.layout.parts):
             totals += PartitionStats.from_hash(res[4 * i])
@@ -430,8 +419,8 @@ class FactStore:
                 if res[4 * i + 1 + j]:
                     sizes.append((vs, name))
         out.update(asdict(totals))
-        res = self._pipe_read(lambda pipe: [(pipe.execute_command("VCARD", vs), pipe.memory_usage(vs, samples=0))
-                                            for vs, _ in sizes])
+        res = self._pipe_read([(vs, lambda p, vs=vs: (p.execute_command("VCARD", vs), p.memory_usage(vs, samples=0)))
+                               for vs, _ in sizes])
         for j, (_, name) in enumerate(sizes):
             out[name] += int(res[2 * j])
             out["vector_bytes"] += int(res[2 * j + 1] or 0)
