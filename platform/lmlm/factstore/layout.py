@@ -65,8 +65,7 @@ class Keys:
         return PartKeys(self.entity_vectors, self.key_vectors, self.stats, self.audit, self.tombstones, self.batches)
 
     def entity_keys(self, norm_entity: str) -> "EntityKeys":
-        head, tail = lexical_blocks(norm_entity)
-        return EntityKeys(self.entity(norm_entity), self.lexical(head), self.lexical(tail))
+        return EntityKeys(self.entity(norm_entity), *(self.lexical(b) for b in lexical_blocks(norm_entity)))
 
 
 @dataclass(frozen=True)
@@ -83,29 +82,42 @@ class PartKeys:
 
 @dataclass(frozen=True)
 class EntityKeys:
-    """The keys of one entity that the edit scripts write, after the PartKeys."""
+    """The keys of one entity that the edit scripts write, after the PartKeys: its hash, then the
+    LEX_BLOCKS lexical block sets it is filed in."""
 
     entity_hash: str
-    lex_head: str
-    lex_tail: str
+    lex_1: str
+    lex_2: str
+    lex_3: str
 
 
-# Lexical blocks. A name of length L is filed under its first L//2 - 1 and its last L - L//2 - 1
-# characters. One edit (substitution, insertion, deletion, adjacent swap) touches at most two
-# adjacent positions, which cannot reach into both, so a query one edit away from a stored name
-# shares a block with it: `query_blocks` lists the query's blocks for the lengths L - 1, L, L + 1.
-# Short names (< MIN_BLOCK_LEN) share one block per length.
+# Lexical blocks. A name of length L is filed under LEX_BLOCKS keys, block k being the name with
+# window k cut out; the windows split the name into thirds, each widened by one character so that
+# neighbours overlap. One edit (substitution, insertion, deletion, adjacent swap) touches at most
+# two adjacent positions, which lie inside one window, so a query one edit away from a stored name
+# has the same cut-out string for that window: `query_blocks` lists the query's cuts for the
+# stored lengths L - 1, L, L + 1. Each block keeps two thirds of the name, so names that share a
+# long prefix (numbered ones) still fall into small blocks. Names shorter than MIN_BLOCK_LEN share
+# one block per length.
+LEX_BLOCKS = 3
 MIN_BLOCK_LEN = 6
 
 
-def _blocks(name: str, L: int) -> tuple[str, str]:
+def _windows(L: int) -> list[tuple[int, int]]:
+    cuts = [k * L // LEX_BLOCKS for k in range(LEX_BLOCKS + 1)]
+    return [(cuts[k], min(cuts[k + 1] + 1, L)) for k in range(LEX_BLOCKS)]
+
+
+def _blocks(name: str, L: int) -> list[str]:
+    """`name`'s blocks as a stored name of length L (a query's length may be L +- 1)."""
     if L < MIN_BLOCK_LEN:
-        return f"{L}:all", f"{L}:all"
-    return f"{L}:h:{name[:L // 2 - 1]}", f"{L}:t:{name[len(name) - (L - L // 2 - 1):]}"
+        return [f"{L}:all"] * LEX_BLOCKS
+    n = len(name)
+    return [f"{L}:{k}:{name[:a]}{SEP}{name[n - (L - b):]}" for k, (a, b) in enumerate(_windows(L))]
 
 
-def lexical_blocks(norm_entity: str) -> tuple[str, str]:
-    """The two lexical blocks a stored normalised entity name is filed under."""
+def lexical_blocks(norm_entity: str) -> list[str]:
+    """The LEX_BLOCKS lexical blocks a stored normalised entity name is filed under."""
     return _blocks(norm_entity, len(norm_entity))
 
 

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
-from .layout import SEP, EntityKeys, PartKeys
+from .layout import LEX_BLOCKS, SEP, EntityKeys, PartKeys
 from .records import KEY_RECORD_JSON, AuditEntry, PartitionStats, ValueRecord, field_names, field_values
 
 
@@ -128,6 +128,7 @@ def _lua_lib() -> str:
         f"local {', '.join(n.upper() for n in v)} = {', '.join(str(i) for i in range(1, len(v) + 1))}",
         f"local REC_VALUES = '{rec['values']}'",
         f"local SEP = '\\{ord(SEP)}'",
+        f"local LEX_BLOCKS = {LEX_BLOCKS}",
         f"local function value_record({', '.join(v)}) return {{{', '.join(v)}}} end",
         f"local function key_record(entity, relation) return {{{rec['entity']} = entity, {rec['relation']} = relation, "
         f"{rec['values']} = {{}}}} end",
@@ -212,7 +213,7 @@ local need = {}
 local last = nil
 for i, row in ipairs(rows) do
   local k, E, R, entity, relation, value, count, docs, ev, kv, eid = unpack(row)
-  local entity_hash, lex_head, lex_tail = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local entity_hash = KEYS[k]
   local tomb = redis.call('HMGET', tombstones, E, key_element(E, R), key_element(E, R) .. SEP .. value)
   local dead = tomb[1] or tomb[2] or tomb[3]
   if dead and force then forced = forced + 1 end
@@ -252,8 +253,7 @@ for i, row in ipairs(rows) do
     redis.call('HSET', entity_hash, R, cjson.encode(rec))
     local need_e, need_k = 0, 0
     if new_entity == 1 then
-      redis.call('SADD', lex_head, E)
-      redis.call('SADD', lex_tail, E)
+      for j = 1, LEX_BLOCKS do redis.call('SADD', KEYS[k + j], E) end
       if ev > 0 then add_entity_vector(E, ARGV[N_ARGS + ev]) else need_e = 1 end
     end
     if new_key == 1 and eid ~= '' then
@@ -326,8 +326,7 @@ local entities = 0
 if existed == 1 and redis.call('EXISTS', entity_hash) == 0 then
   entities = 1
   if redis.call('EXISTS', entity_vectors) == 1 then redis.call('VREM', entity_vectors, E) end
-  redis.call('SREM', lex_head, E)
-  redis.call('SREM', lex_tail, E)
+  for _, key in ipairs({lex_1, lex_2, lex_3}) do redis.call('SREM', key, E) end
 end
 add_stats(-triples, -keys, -entities, -mentions)
 add_audit(audit_maxlen, {op = 'delete', who = actor, entity = entity, relation = R, value = value, removed = triples})
