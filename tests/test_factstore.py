@@ -266,3 +266,15 @@ def test_typos_resolve_lexically_without_the_model_and_garbage_is_never_accepted
     for rel in ("Birth City", "Employer", "Place of Birth"):
         assert loaded.lookup(garbage, rel, fallback="abstain") is None
     assert loaded.lookup("Ivo", "Birth City", fallback="abstain") is None  # a fragment, not a typo
+
+
+def test_a_store_of_format_1_gets_its_lexical_blocks_on_open(fact_store, store_url):
+    fact_store.add_triples(TRIPLES)
+    ks = fact_store.layout.of("ivo jorgrove")
+    lex = [k for k in fact_store.r.scan_iter(match=f"{ks.tag}:lx:*")]
+    fact_store.r.delete(*lex)  # as a format-1 store: no lexical blocks
+    fact_store.r.hset(fact_store.layout.meta, "format", "1")
+    with FactStore.open(fact_store.cfg) as again:
+        assert again.r.hget(again.layout.meta, "format") == b"2"
+        calls = again.embedder.calls
+        assert again.lookup("Ivo Jorgrvoe", "Birth City").value == "Baku" and again.embedder.calls == calls

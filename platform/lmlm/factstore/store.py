@@ -131,10 +131,23 @@ class FactStore:
         if not have:
             self._call(self.r.hset, self.layout.meta, mapping=want)
             return
+        if have.get("format") == "1":  # format 1 had no lexical blocks: file every entity once
+            self._file_lexical_blocks()
+            self._call(self.r.hset, self.layout.meta, "format", str(FORMAT_VERSION))
+            have["format"] = str(FORMAT_VERSION)
         for k, v in want.items():
             if have.get(k) != v:
                 raise ValueError(f"store {self.cfg.namespace!r} at {self.url} was created with {k}={have.get(k)}, "
                                  f"the config says {k}={v}: open it with the same setting")
+
+    def _file_lexical_blocks(self) -> None:
+        """Add every stored entity to its lexical blocks (a store written before they existed)."""
+        for ks in self.layout.parts:
+            names = self._read(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000)))
+            for batch in _chunks([n.decode().split(":e:", 1)[1] for n in names], 1000):
+                self._call(backend.pipelined, self.r, [
+                    (ks.stats, lambda p, E=E: [p.sadd(k, E) for k in field_values(ks.entity_keys(E))[1:]])
+                    for E in batch])
 
     # ---------------------------------------------------------------------------------------------
     # Writes
