@@ -3,7 +3,8 @@
 `LocalCluster(masters=3)` starts one `RedisServer` per master with cluster mode on (its own data dir,
 a free port and a free cluster-bus port, one shared random password), assigns the 16384 slots in
 equal ranges with CLUSTER ADDSLOTSRANGE, joins the nodes with CLUSTER MEET and waits until every
-node reports `cluster_state:ok`. `stop()` stops each server by its PID.
+node reports `cluster_state:ok`. `stop()` stops each server by its PID. A new cluster each start
+(fresh ports): it is not meant to be restarted on its data dirs.
 """
 from __future__ import annotations
 
@@ -62,13 +63,13 @@ class LocalCluster:
             n = len(self.servers)
             for i, s in enumerate(self.servers):
                 c = self._client(s)
-                if not c.execute_command("CLUSTER", "INFO").decode().count("cluster_slots_assigned:0"):
-                    continue  # restarted on its data dir: slots and peers come from nodes.conf
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", SLOTS * i // n, SLOTS * (i + 1) // n - 1)
-                if i:
-                    c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.servers[0].port,
-                                      self._bus_port(self.servers[0]))
-                c.close()
+                try:
+                    c.execute_command("CLUSTER", "ADDSLOTSRANGE", SLOTS * i // n, SLOTS * (i + 1) // n - 1)
+                    if i:
+                        c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.servers[0].port,
+                                          self._bus_port(self.servers[0]))
+                finally:
+                    c.close()
             self._wait_ok(timeout_s)
         except BaseException:
             self.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -65,6 +66,9 @@ class FactStore:
         if self.cluster:  # a cluster pipeline does not load scripts itself: load them on every primary now
             for lua in (WRITE.lua, DELETE.lua, ADD_VECTOR.lua, HGET_MANY):
                 self._call(self.r.script_load, lua)
+        if self.cluster and cfg.partitions < len(self.r.get_primaries()):
+            warnings.warn(f"partitions={cfg.partitions} on a cluster of {len(self.r.get_primaries())} masters leaves "
+                          "masters without entities: create the store with partitions >= 2 x masters", stacklevel=3)
         self._aof = any(int(i.get("aof_enabled", 0)) for i in self._read(backend.info_all, self.r, "persistence"))
         self._check_meta()
 
@@ -469,7 +473,8 @@ class FactStore:
         batch = "import:" + hashlib.blake2b(data, digest_size=12).hexdigest()
         groups, n = jsonio.read_database(path, annotator)
         for ann, (ts, ds) in groups.items():
-            self.write_triples(ts, ds, ann, batch_id=f"{batch}:{ann}", force=force, op="import")
+            tag = hashlib.blake2b(ann.encode(), digest_size=6).hexdigest()  # annotator names may hold '#'
+            self.write_triples(ts, ds, ann, batch_id=f"{batch}:{tag}", force=force, op="import")
         return n
 
 
