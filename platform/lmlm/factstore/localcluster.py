@@ -92,7 +92,8 @@ class LocalCluster:
             if all(states):
                 return
             if time.monotonic() > deadline:
-                raise ServerError(f"local cluster on ports {[s.port for s in self.servers]} not ok after {timeout_s:.0f} s")
+                ports = [s.port for s in self.servers]
+                raise ServerError(f"local cluster on ports {ports} not ok after {timeout_s:.0f} s")
             time.sleep(0.1)
 
     def stop(self) -> None:

@@ -199,7 +199,8 @@ def lexical_match(query: str, names: list[str], threshold: float) -> tuple[str, 
     return (name, sim) if sim >= threshold else None
 
 
-def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None, relation_threshold=None) -> list[Answer | None]:
+def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None,
+               relation_threshold=None) -> list[Answer | None]:
     """Entity: the stored name if it exists as typed; else the one name within one edit found
     through the lexical blocks (no model); else the entity vector set's candidates rescored by
     `entity_similarity`. Relation: among that entity's labels, by cosine of cached label
@@ -229,7 +230,8 @@ def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None, rela
             name, s = max(scored, key=lambda c: (c[1], c[0]))
             (entity if s >= e_thr else rejected)[i] = (name, s)
         clock.lap("vector_search")
-    fetch = [i for i in range(len(qs)) if not recs[i] and (i in entity or (fallback == "top1_anyway" and i in rejected))]
+    fetch = [i for i in range(len(qs))
+             if not recs[i] and (i in entity or (fallback == "top1_anyway" and i in rejected))]
     if fetch:
         for i, h in zip(fetch, store.entity_records([(entity.get(i) or rejected[i])[0] for i in fetch])):
             recs[i] = h

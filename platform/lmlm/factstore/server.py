@@ -115,7 +115,8 @@ class RedisServer:
                 "bind 127.0.0.1", f"port {self.port}", f"dir {self.data_dir}", "protected-mode yes",
                 f"requirepass {self.password}", f"maxmemory {self.maxmemory}", "maxmemory-policy noeviction",
                 "appendonly yes", f"appendfsync {self.appendfsync}", 'save ""', "daemonize no",
-                f"pidfile {self.data_dir / PIDFILE}", "set-proc-title no", "logfile redis.log", "loglevel warning", *self.extra_config,
+                f"pidfile {self.data_dir / PIDFILE}", "set-proc-title no", "logfile redis.log", "loglevel warning",
+                *self.extra_config,
             ]) + "\n")
         self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -5,8 +5,7 @@ import getpass
 import hashlib
 import os
 import warnings
-from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,34 +16,20 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from lmlm.format import Triple
 
-from . import backend, jsonio, retrieval
+from . import backend, jsonio, retrieval, writes
 from .config import FactStoreConfig
 from .embed import DIM, MODEL_NAME, Embedder, get_embedder
 from .layout import SEP, Fact, InvalidFact, Layout, clean_name, now_ms, query_blocks
 from .records import AuditEntry, KeyRecord, PartitionStats, StoreMeta, ValueRecord, field_values
 from .retrieval import Answer
-from .scripts import ADD_VECTOR, DELETE, HGET_MANY, WRITE, DeleteArgs, VectorArgs, WriteArgs, WriteRow
+from .scripts import ADD_VECTOR, DELETE, HGET_MANY, WRITE, DeleteArgs, VectorArgs
 from .server import RedisServer, StoreUnavailable
+from .writes import WriteResult
 
 _DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError, ConnectionError,
          TimeoutError, OSError)
 FORMAT_VERSION = 2
 LEXICAL_FETCH = 200  # names read per lexical block (a bigger block is sampled)
-
-
-@dataclass
-class WriteResult:
-    """What a write did: input triples written, tombstoned ones skipped or forced, batches replayed."""
-
-    written: int = 0
-    skipped: int = 0
-    forced: int = 0
-    replayed: int = 0   # batches already applied before (a replay: nothing written again)
-
-    def __iadd__(self, o: "WriteResult") -> "WriteResult":
-        for f in ("written", "skipped", "forced", "replayed"):
-            setattr(self, f, getattr(self, f) + getattr(o, f))
-        return self
 
 
 class FactStore:
@@ -194,54 +179,27 @@ class FactStore:
 
     def _write(self, rows: list[tuple[Fact, str | None]], annotator: str, op: str, *, replace: bool = False,
                force: bool = False, batch_id: str = "", single: bool = False) -> WriteResult:
-        agg: dict[tuple, list] = {}
-        for f, doc in rows:
-            a = agg.setdefault((f.E, f.R, f.value), [f, 0, []])
-            a[1] += 1
-            if doc is not None and str(doc) not in a[2]:
-                a[2].append(str(doc))
+        agg = writes.aggregate(rows)
         # vectors for what looks new (the script adds them only if it is still new, else asks again)
         ents = list(dict.fromkeys(k[0] for k in agg))
         keys = list(dict.fromkeys((k[0], k[1]) for k in agg)) if self.cfg.key_index else []
-        hashes = [self.layout.of(E).entity(E) for E in ents]
-        found = self._pipe_read([(h, lambda p, h=h: p.exists(h)) for h in hashes] +
-                                [(h, lambda p, h=h, R=R: p.hexists(h, R))
-                                 for h, R in ((self.layout.of(E).entity(E), R) for E, R in keys)])
+        hashes = {E: self.layout.of(E).entity(E) for E in ents}
+        found = self._pipe_read([(hashes[E], lambda p, h=hashes[E]: p.exists(h)) for E in ents] +
+                                [(hashes[E], lambda p, h=hashes[E], R=R: p.hexists(h, R)) for E, R in keys])
         evec = self._vectors([E for E, x in zip(ents, found) if not x])
         new_keys = [k for k, x in zip(keys, found[len(ents):]) if not x]
         kvec = dict(zip(new_keys, self._vectors([f"{E} {R}" for E, R in new_keys]).values()))
-        by_part: dict[int, list] = defaultdict(list)
-        for k, a in agg.items():
-            by_part[self.layout.parts.index(self.layout.of(k[0]))].append((k, a))
-        calls = []
-        n_part = len(field_values(self.layout.first.part_keys()))
-        for p, items in by_part.items():
-            ks = self.layout.parts[p]
-            more_keys, pos, vecs, rows_out = [], {}, [], []
-            for (E, R, value), (f, n, ds) in items:
-                if E not in pos:
-                    pos[E] = n_part + len(more_keys) + 1
-                    more_keys += field_values(ks.entity_keys(E))
-                ev = kv = 0
-                if E in evec:
-                    vecs.append(evec.pop(E))
-                    ev = len(vecs)
-                if (E, R) in kvec:
-                    vecs.append(kvec.pop((E, R)))
-                    kv = len(vecs)
-                rows_out.append(field_values(WriteRow(pos[E], E, R, f.entity, f.relation, value, n, ds, ev, kv,
-                                                      self._eid(E))))
-            args = WriteArgs(batch_id=batch_id, rows=rows_out, annotator=annotator, now_ms=now_ms(),
-                             max_docs=self.cfg.max_docs_per_value, replace=replace, force=force, actor=self.actor,
-                             audit_maxlen=self.cfg.audit_maxlen, op=op, single=single)
-            calls.append((ks.stats, lambda p, ks=ks, a=args, k=more_keys, v=vecs:
-                          self._write_script(ks.part_keys(), a, more_keys=k, more_args=v, client=p)))
-        replies = [WRITE.parse(raw) for raw in self._call(backend.pipelined, self.r, calls)]
+        calls = writes.pack(self.layout, agg, evec, kvec, self._eid, batch_id=batch_id, annotator=annotator,
+                            now_ms=now_ms(), max_docs=self.cfg.max_docs_per_value, replace=replace, force=force,
+                            actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, op=op, single=single)
+        raw = self._call(backend.pipelined, self.r, [
+            (c.keys.stats, lambda p, c=c: self._write_script(c.part_keys, c.args, more_keys=c.more_keys,
+                                                             more_args=c.vectors, client=p)) for c in calls])
         res, need_ents, need_keys = WriteResult(), [], []
-        for items, rep in zip(by_part.values(), replies):
-            res += WriteResult(rep.triples, rep.skipped, rep.forced, int(not rep.applied))
+        for c, rep in zip(calls, map(WRITE.parse, raw)):
+            res += WriteResult.of(rep)
             for j, want_e, want_k in rep.need:
-                E, R, _ = items[j][0]
+                E, R, _ = c.rows[j]
                 if want_e:
                     need_ents.append(E)
                 if want_k:
@@ -374,7 +332,8 @@ class FactStore:
 
     def entity_records(self, entities: list[str]) -> list[dict[str, KeyRecord]]:
         """Every record of each entity by relation ({} where the entity is absent), in one round trip."""
-        res = self._pipe_read([(k, lambda p, k=k: p.hgetall(k)) for k in (self.layout.of(E).entity(E) for E in entities)])
+        names = [self.layout.of(E).entity(E) for E in entities]
+        res = self._pipe_read([(k, lambda p, k=k: p.hgetall(k)) for k in names])
         return [{R.decode(): KeyRecord.decode(b) for R, b in h.items()} for h in res]
 
     def lexical_candidates(self, names: list[str]) -> list[list[str]]:
