@@ -200,11 +200,11 @@ def test_redis_kubernetes_manifest():
     assert re.fullmatch(r"redis:8(\.\d+)*", c["image"]), c["image"]
     env = {e["name"]: e for e in c["env"]}
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "lmlm-redis", "key": "password"}
-    assert "--requirepass" in " ".join(c["command"])
     (cm,) = [d for d in _k8s("ConfigMap") if d["metadata"]["name"] == "lmlm-redis-config"]
     conf = _redis_directives(cm["data"]["redis.conf"])
     assert conf["appendonly"] == "yes" and conf["appendfsync"] == "everysec"
     assert "requirepass" not in conf, "the password belongs in the Secret"
+    _check_redis_pod(pod, conf, "lmlm-redis")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert mounts["data"] == conf["dir"]
@@ -214,6 +214,71 @@ def test_redis_kubernetes_manifest():
     (svc,) = [d for d in _k8s("Service") if d["metadata"]["name"] == "lmlm-redis"]
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert svc["spec"]["ports"][0]["port"] == int(conf["port"]) == c["ports"][0]["containerPort"]
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+    for u, f in units.items():
+        if quantity.endswith(u):
+            return int(quantity[: -len(u)]) * f
+    return int(quantity)
+
+
+def _check_redis_pod(pod: dict, conf: dict, where: str) -> None:
+    """The password from the Secret reaches Redis through a file an init container writes (no
+    command line holds it), redis.conf includes that file, maxmemory is ~70% of the memory limit."""
+    (c,) = pod["containers"]
+    (init,) = pod["initContainers"]
+    for x in (c, init):
+        cmd = " ".join(x.get("command", []) + x.get("args", []))
+        assert "--requirepass" not in cmd and " -a " not in cmd, f"{where}: the password on a command line"
+    assert "$REDIS_PASSWORD" in init["command"][-1] and "/auth/auth.conf" in init["command"][-1], where
+    assert conf["include"] == "/auth/auth.conf", where
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/auth"}, where
+    ratio = _bytes(conf["maxmemory"]) / _bytes(c["resources"]["limits"]["memory"])
+    assert 0.6 <= ratio <= 0.75 and conf["maxmemory-policy"] == "noeviction", f"{where}: maxmemory {ratio:.2f}"
+
+
+def test_redis_cluster_kubernetes_manifest():
+    (sts,) = [d for d in _k8s("StatefulSet") if d["metadata"]["name"] == "lmlm-redis-cluster"]
+    pod = sts["spec"]["template"]["spec"]
+    (cm,) = [d for d in _k8s("ConfigMap") if d["metadata"]["name"] == "lmlm-redis-cluster-config"]
+    conf = _redis_directives(cm["data"]["redis.conf"])
+    assert conf["cluster-enabled"] == "yes" and conf["appendonly"] == "yes" and sts["spec"]["replicas"] == 3
+    _check_redis_pod(pod, conf, "lmlm-redis-cluster")
+    (job,) = [d for d in _k8s("Job") if d["metadata"]["name"] == "lmlm-redis-cluster-create"]
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    script = c["command"][-1]
+    assert "--cluster create" in script and " -a " not in script
+    assert {e["name"] for e in c["env"]} == {"REDISCLI_AUTH"}
+    (svc,) = [d for d in _k8s("Service") if d["metadata"]["name"] == "lmlm-redis-cluster"]
+    assert svc["spec"]["clusterIP"] == "None"
+
+
+def test_network_policies_keep_redis_and_serve_inside_the_cluster():
+    pols = {d["metadata"]["name"]: d["spec"] for d in _k8s("NetworkPolicy")}
+    redis_sel = pols["lmlm-redis"]["podSelector"]["matchExpressions"][0]["values"]
+    assert set(redis_sel) == {"lmlm-redis", "lmlm-redis-cluster"}
+    for name, spec in pols.items():
+        assert spec["policyTypes"] == ["Ingress"]
+        for rule in spec["ingress"]:
+            assert rule.get("from"), f"{name}: a rule open to everyone"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector"), f"{name}: {peer}"
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kust["resources"]
+    launcher = (INFRA / "cluster-aws.yaml").read_text()
+    assert "--dashboard-host=0.0.0.0" not in launcher  # the VM dashboard has no token auth
+
+
+def test_every_redis_config_sets_maxmemory():
+    confs = {"redis.conf": _redis_directives((INFRA / "redis.conf").read_text())}
+    for cm in _k8s("ConfigMap"):
+        if "redis.conf" in cm.get("data", {}):
+            confs[cm["metadata"]["name"]] = _redis_directives(cm["data"]["redis.conf"])
+    assert len(confs) == 3
+    for name, conf in confs.items():
+        assert _bytes(conf["maxmemory"]) > 0 and conf["maxmemory-policy"] == "noeviction", name
 
 
 def test_vm_redis_conf_is_accepted_by_redis_8(tmp_path):

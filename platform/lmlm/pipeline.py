@@ -279,11 +279,12 @@ def _publish(hf_dir: Path, link: Path) -> None:
     link.symlink_to(os.path.relpath(hf_dir, link.parent))
 
 
-def restore_deleted_entities(cfg: PipelineConfig, store) -> int:
+def restore_deleted_entities(cfg: PipelineConfig, store, force: bool = False) -> int:
     """Re-add the annotated facts of entities that have none left in the store.
 
     Evaluation deletes the forget split and the serve demo one person; a rerun must measure
-    "before deletion" on the database the annotation built, not on what the last run left.
+    "before deletion" on the database the annotation built, not on what the last run left. Those
+    deletions left tombstones: only `force` writes past them (the store's audit stream records it).
     """
     from lmlm.annotate.pipeline import shard_triples
 
@@ -295,7 +296,7 @@ def restore_deleted_entities(cfg: PipelineConfig, store) -> int:
     for entity, facts in by_entity.items():
         if all(store.get(t.entity, t.relation) is None for t, _, _ in facts):
             restored += store.add_triples([t for t, _, _ in facts], doc_ids=[d for _, d, _ in facts],
-                                          annotator=facts[0][2])
+                                          annotator=facts[0][2], force=force, op="restore")
     if restored:
         print(f"evaluate: restored {restored} deleted triples from the annotated corpus")
     return restored
@@ -310,7 +311,7 @@ def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world, in
     if results.is_file() and (done := read_results(results)).complete and done.forget_quality_reference == reference:
         print(f"evaluate: results exist in {results}")
         return done
-    restore_deleted_entities(cfg, store)
+    restore_deleted_entities(cfg, store, force=True)  # a rerun measures "before deletion" again: on purpose
     return run_evaluation(eval_config(cfg), models["lmlm"], models["standard"], store, world, cfg.run_dir, inserted)
 
 

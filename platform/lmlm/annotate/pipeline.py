@@ -12,13 +12,14 @@ and convert each output with `lmlm.format.to_special` -> the driver streams resu
     output_dir/rejected/<shard>.parquet    id, doc_id, source, reason, detail
     output_dir/stats/<shard>.parquet       id, doc_id, status, reason, lookups, dropped (JSON), words, chars,
                                            worker (host:pid of the actor)
-    output_dir/loaded/<shard>.json         written after the shard's triples are in the fact store
+    output_dir/loaded/<shard>.json         what loading the shard into the fact store wrote (informational)
     output_dir/summary.json                the last run's summary
 
 Resume: a stats shard is written last, so the ids in stats/ are the finished documents (chunks);
 a re-run skips them, except documents whose annotator call failed (endpoint errors, timeouts),
-which are tried again (their earlier reject rows stay in rejected/ and stats/). A shard's triples are loaded once: only shards without a loaded/ marker are
-loaded (an interrupted load is finished by the next run), so no triple is counted twice.
+which are tried again (their earlier reject rows stay in rejected/ and stats/). A shard's triples are loaded exactly
+once: its chunks carry batch ids whose markers Redis writes with the triples (an interrupted load is finished by
+the next run), so no triple is counted twice.
 """
 from __future__ import annotations
 
@@ -224,22 +225,30 @@ def shard_triples(shard: Path) -> tuple[list[tuple[Triple, str, str]], int]:
     return rows, invalid
 
 
-def load_pending(out: Path, store, annotator_id: str, log=print) -> tuple[int, int]:
-    """Load the triples of every shard without a loaded/ marker; returns (triples loaded, invalid)."""
+def load_pending(out: Path, store, annotator_id: str, log=print, force: bool = False) -> tuple[int, int]:
+    """Load the triples of every annotated shard exactly once; returns (triples loaded now, invalid).
+
+    Each shard is written with its name as the batch id: the marker that says a chunk of it is in
+    the store lives in Redis, written by the same script as the chunk's triples, so a load killed at
+    any point and run again counts each triple once, and a shard loaded before writes nothing (a new,
+    empty store gets every shard). Facts deleted from the store (tombstones) are skipped unless
+    `force`. loaded/<shard>.json only records what a run wrote.
+    """
     loaded = invalid = 0
     for stats in sorted((out / STATS).glob("*.parquet")):
-        marker = out / LOADED / f"{stats.stem}.json"
-        if marker.exists():
-            continue
-        rows: list[tuple[Triple, str, str]] = []
         shard = out / ANNOTATED / stats.name
-        if shard.exists():
-            rows, bad = shard_triples(shard)
-            invalid += bad
-            ann = rows[0][2] if rows else annotator_id
-            loaded += store.add_triples([t for t, _, _ in rows], doc_ids=[d for _, d, _ in rows],
-                                        annotator=ann) if rows else 0
-        marker.write_text(json.dumps({"triples": len(rows), "at": time.time()}))
+        if not shard.exists():
+            continue
+        rows, bad = shard_triples(shard)
+        invalid += bad
+        if not rows:
+            continue
+        res = store.write_triples([t for t, _, _ in rows], doc_ids=[d for _, d, _ in rows], annotator=rows[0][2],
+                                  batch_id=f"shard:{stats.stem}", force=force)
+        loaded += res.written
+        if res.written or res.skipped:
+            (out / LOADED / f"{stats.stem}.json").write_text(json.dumps(
+                {"triples": res.written, "skipped_deleted": res.skipped, "forced": res.forced, "at": time.time()}))
     if loaded:
         log(f"annotate: loaded {loaded} triples into the fact store")
     return loaded, invalid

@@ -29,12 +29,21 @@ def register(subparsers) -> None:
     p = cmd("load", "load a reference database JSON or a corpus's lookups", _load)
     p.add_argument("input", help="database JSON ({'triplets': ...}) or corpus (.json, .jsonl, .parquet, dir)")
     p.add_argument("--annotator", default=None, help="annotator id for provenance (default: file name)")
+    p.add_argument("--force", action="store_true",
+                   help="also write facts that were deleted (tombstoned); the audit stream records it")
+    p.add_argument("--batch-id", default=None,
+                   help="load exactly once under this id: run again after an interruption with the same id")
     p = cmd("get", "look a fact up (exact key, then fuzzy)", _get)
     p.add_argument("entity")
     p.add_argument("relation")
     p.add_argument("--mode", choices=FUZZY_MODES, default=None)
     p.add_argument("--fallback", choices=FALLBACKS, default=None)
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--entity-threshold", type=float, default=None,
+                   help="two_stage: least entity similarity to accept (default: the config's)")
+    p.add_argument("--relation-threshold", type=float, default=None,
+                   help="two_stage: least relation-label cosine to accept (default: the config's)")
+    p.add_argument("--cosine-threshold", type=float, default=None,
+                   help="reference: least cosine of '{entity} {relation}' to a key (default: the config's)")
     p = cmd("search", "nearest keys to free text", _search)
     p.add_argument("text")
     p.add_argument("-k", type=int, default=5)
@@ -92,7 +101,7 @@ def _load(args) -> int:
     path = Path(args.input)
     with _open(args) as store:
         if path.suffix == ".json" and path.is_file() and '"triplets"' in path.read_text(encoding="utf-8")[:1 << 20]:
-            n = store.import_json(path, annotator=args.annotator or path.stem)
+            n = store.import_json(path, annotator=args.annotator or path.stem, force=args.force)
         else:
             from lmlm.format import to_special
 
@@ -101,14 +110,16 @@ def _load(args) -> int:
                 for t in to_special(r.annotated_text).triples if r.annotated_text else []:
                     triples.append(t)
                     docs.append(r.id)
-            n = store.add_triples(triples, doc_ids=docs, annotator=args.annotator or path.stem)
+            n = store.add_triples(triples, doc_ids=docs, annotator=args.annotator or path.stem,
+                                  batch_id=args.batch_id, force=args.force)
         return _print({"loaded": n, **store.stats()})
 
 
 def _get(args) -> int:
     with _open(args) as store:
         a = store.lookup(args.entity, args.relation, mode=args.mode, fallback=args.fallback,
-                         threshold=args.threshold)
+                         entity_threshold=args.entity_threshold, relation_threshold=args.relation_threshold,
+                         cosine_threshold=args.cosine_threshold)
         return _print(_answer(a))
 
 

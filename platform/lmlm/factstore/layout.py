@@ -50,24 +50,81 @@ class Keys:
         """The entity's hash: one field per normalised relation (records.KeyRecord)."""
         return f"{self.tag}:e:{norm_entity}"
 
+    def lexical(self, block: str) -> str:
+        """Set of the partition's normalised entity names in one lexical block (`lexical_blocks`)."""
+        return f"{self.tag}:lx:{block}"
+
     entity_vectors = _partition_key("ve", "vector set of the partition's normalised entity names")
     key_vectors = _partition_key("vk", 'vector set of "entity\\x1frelation" (the key index)')
     stats = _partition_key("stats", "hash of running totals (records.PartitionStats)")
     audit = _partition_key("audit", "stream of edits (records.AuditEntry)")
+    tombstones = _partition_key("tomb", "hash: deleted entity / entity\\x1frelation / ...\\x1fvalue -> ms")
+    batches = _partition_key("batches", "set of the write batches applied (replays are no-ops)")
 
-    def script_keys(self, norm_entity: str) -> "ScriptKeys":
-        return ScriptKeys(self.entity(norm_entity), self.entity_vectors, self.key_vectors, self.stats, self.audit)
+    def part_keys(self) -> "PartKeys":
+        return PartKeys(self.entity_vectors, self.key_vectors, self.stats, self.audit, self.tombstones, self.batches)
+
+    def entity_keys(self, norm_entity: str) -> "EntityKeys":
+        return EntityKeys(self.entity(norm_entity), *(self.lexical(b) for b in lexical_blocks(norm_entity)))
 
 
 @dataclass(frozen=True)
-class ScriptKeys:
-    """KEYS of every edit script (scripts.py), in this order: the keys of one entity's partition."""
+class PartKeys:
+    """KEYS of every edit script (scripts.py) first, in this order: the partition's shared keys."""
 
-    entity_hash: str
     entity_vectors: str
     key_vectors: str
     stats: str
     audit: str
+    tombstones: str
+    batches: str
+
+
+@dataclass(frozen=True)
+class EntityKeys:
+    """The keys of one entity that the edit scripts write, after the PartKeys: its hash, then the
+    LEX_BLOCKS lexical block sets it is filed in."""
+
+    entity_hash: str
+    lex_1: str
+    lex_2: str
+    lex_3: str
+
+
+# Lexical blocks. A name of length L is filed under LEX_BLOCKS keys, block k being the name with
+# window k cut out; the windows split the name into thirds, each widened by one character so that
+# neighbours overlap. One edit (substitution, insertion, deletion, adjacent swap) touches at most
+# two adjacent positions, which lie inside one window, so a query one edit away from a stored name
+# has the same cut-out string for that window: `query_blocks` lists the query's cuts for the
+# stored lengths L - 1, L, L + 1. Each block keeps two thirds of the name, so names that share a
+# long prefix (numbered ones) still fall into small blocks. Names shorter than MIN_BLOCK_LEN share
+# one block per length.
+LEX_BLOCKS = 3
+MIN_BLOCK_LEN = 6
+
+
+def _windows(L: int) -> list[tuple[int, int]]:
+    cuts = [k * L // LEX_BLOCKS for k in range(LEX_BLOCKS + 1)]
+    return [(cuts[k], min(cuts[k + 1] + 1, L)) for k in range(LEX_BLOCKS)]
+
+
+def _blocks(name: str, L: int) -> list[str]:
+    """`name`'s blocks as a stored name of length L (a query's length may be L +- 1)."""
+    if L < MIN_BLOCK_LEN:
+        return [f"{L}:all"] * LEX_BLOCKS
+    n = len(name)
+    return [f"{L}:{k}:{name[:a]}{SEP}{name[n - (L - b):]}" for k, (a, b) in enumerate(_windows(L))]
+
+
+def lexical_blocks(norm_entity: str) -> list[str]:
+    """The LEX_BLOCKS lexical blocks a stored normalised entity name is filed under."""
+    return _blocks(norm_entity, len(norm_entity))
+
+
+def query_blocks(norm_query: str) -> list[str]:
+    """The blocks a stored name one edit away from `norm_query` is filed under (one of them each)."""
+    n = len(norm_query)
+    return list(dict.fromkeys(b for L in (n - 1, n, n + 1) if L >= 1 for b in _blocks(norm_query, L)))
 
 
 class Layout:
@@ -78,6 +135,10 @@ class Layout:
         self.partitions = partitions
         self.parts = [Keys(f"{{{namespace}:{p}}}") for p in range(partitions)]
         self.meta = f"{{{namespace}}}:meta"
+
+    @property
+    def first(self) -> Keys:
+        return self.parts[0]
 
     def of(self, norm_entity: str) -> Keys:
         if self.partitions == 1:

@@ -107,8 +107,9 @@ class PartitionStats:
 @dataclass
 class AuditEntry:
     """One entry of an audit stream. An edit (put/add/delete) names its triple and how many triples it
-    removed; a bulk write (load/import) names the annotator and the partition's triple count; a flush
-    only op and who."""
+    removed; a bulk write (load/import) names the annotator, the partition's triple count and its batch
+    id; either says how many tombstoned rows it skipped or wrote anyway (`forced`); a flush only op and
+    who. The scripts write the fields in this order (scripts.add_audit)."""
 
     op: str
     who: str
@@ -118,9 +119,10 @@ class AuditEntry:
     removed: Optional[int] = None
     annotator: Optional[str] = None
     triples: Optional[int] = None
+    skipped: Optional[int] = None   # rows not written: a tombstone says deleted
+    forced: Optional[int] = None    # tombstoned rows written anyway (force)
+    batch: Optional[str] = None     # the write batch id (exactly-once loads)
     id: Optional[str] = None  # the stream id, once read
-
-    EDIT_FIELDS = ("op", "who", "entity", "relation", "value", "removed")  # what the scripts write
 
     def to_stream(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and k != "id"}
@@ -130,7 +132,7 @@ class AuditEntry:
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
              for k, v in raw.items()}
         known = set(field_names(cls)) - {"id"}
-        for k in ("removed", "triples"):
+        for k in ("removed", "triples", "skipped", "forced"):
             if d.get(k) is not None:
                 d[k] = int(d[k])
         return cls(**{k: v for k, v in d.items() if k in known},

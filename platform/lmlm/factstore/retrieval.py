@@ -12,15 +12,17 @@ Retrieval reads the store only through its public methods (`records`, `entity_re
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from lmlm.format import UNKNOWN, Triple, normalize_key
 
-from .config import FALLBACKS, FUZZY_MODES
+from .config import FALLBACKS, check_thresholds
 from .layout import InvalidFact, clean_name, norm_name
 from .records import KeyRecord
 
@@ -54,8 +56,11 @@ def entity_similarity(query: str, name: str, cos: float) -> float:
     surname: < 0.85); MiniLM's cosine alone cannot, since a typo splits a name into other word pieces
     and names of different people share pieces. The cosine only breaks ties between candidates.
     """
-    d = osa_distance(query, name)
-    char = max(0.0, 1.0 - d / max(len(query), len(name), 1))
+    limit = 3
+    d = osa_distance(query, name, limit)
+    # beyond the limit the distance is not known (rapidfuzz stops early): no character similarity,
+    # else a long string a few edits past the limit would look like a near match
+    char = 0.0 if d > limit else max(0.0, 1.0 - d / max(len(query), len(name), 1))
     return 0.9 * char + 0.1 * max(cos, 0.0)
 
 
@@ -110,10 +115,28 @@ def _fallback(policy: str, best: Answer | None, reason: str, query: tuple[str, s
                    "best": [best.triple.entity, best.triple.relation, best.value] if best and best.triple else None})
 
 
-def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_threshold, relation_threshold,
-                 top_k, fallback) -> list[Answer | None]:
-    if mode not in FUZZY_MODES:
-        raise ValueError(f"mode must be one of {FUZZY_MODES}, not {mode!r}")
+class StageTimer:
+    """Seconds spent per lookup stage, added into a caller's dict (None: not timed)."""
+
+    def __init__(self, into: dict | None):
+        self.into = into
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.into is not None:
+            now = time.perf_counter()
+            self.into[stage] = self.into.get(stage, 0.0) + now - self.t
+            self.t = now
+
+
+def lookup_batch(store: "FactStore", queries, *, mode, top_k, fallback, timings: dict | None = None,
+                 **thresholds) -> list[Answer | None]:
+    """`thresholds`: entity_threshold / relation_threshold (two_stage) or cosine_threshold (reference);
+    None: the config's; a threshold the mode does not compare against is refused. `timings`: a dict
+    that gets the seconds spent per stage added (exact, entity_exact, lexical, embed, vector_search,
+    relation)."""
+    check_thresholds(mode, thresholds)
+    clock = StageTimer(timings)
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
     cfg = store.cfg
@@ -131,23 +154,25 @@ def lookup_batch(store: "FactStore", queries, *, mode, threshold, entity_thresho
             misses.append(i)
         else:
             out[i] = _answer(rec, 1.0, "exact")
+    clock.lap("exact")
     if misses:
         fuzzy = _two_stage if mode == "two_stage" else _reference
-        for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], threshold=threshold,
-                                      entity_threshold=entity_threshold, relation_threshold=relation_threshold,
-                                      top_k=top_k, fallback=fallback)):
+        for i, a in zip(misses, fuzzy(store, [parsed[i] for i in misses], top_k=top_k, fallback=fallback,
+                                      clock=clock, **thresholds)):
             out[i] = a
     return out
 
 
-def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | None]:
+def _reference(store, qs, *, top_k, fallback, clock, cosine_threshold=None) -> list[Answer | None]:
     """LMLM.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
     if not store.cfg.key_index:
         raise ValueError("reference mode needs the '{entity} {relation}' vector set: create the store "
                          "with FactStoreConfig(key_index=True)")
-    thr = store.cfg.threshold if threshold is None else threshold
+    thr = store.cfg.cosine_threshold if cosine_threshold is None else cosine_threshold
     vecs = store.embedder.encode([f"{E} {R}" for E, R in qs])
+    clock.lap("embed")
     best = [max(cands, key=lambda c: c[2]) if cands else None for cands in store.nearest_keys(vecs, top_k)]
+    clock.lap("vector_search")
     recs = iter(store.records([b[:2] for b in best if b]))
     out = []
     for (E, R), b in zip(qs, best):
@@ -162,36 +187,63 @@ def _reference(store, qs, *, threshold, top_k, fallback, **_) -> list[Answer | N
     return out
 
 
-def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, top_k, fallback) -> list[Answer | None]:
+def lexical_match(query: str, names: list[str], threshold: float) -> tuple[str, float] | None:
+    """The one stored name within one edit of `query` (optimal string alignment), if its character
+    similarity 1 - d/len reaches `threshold`; None when there is none, or two (ambiguous: left to
+    the embedding stage)."""
+    best = process.extract(query, names, scorer=OSA.distance, score_cutoff=1, limit=2)
+    if not best or (len(best) == 2 and best[1][1] == best[0][1]):
+        return None
+    name, d, _ = best[0]
+    sim = 1.0 - d / max(len(query), len(name), 1)
+    return (name, sim) if sim >= threshold else None
+
+
+def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None,
+               relation_threshold=None) -> list[Answer | None]:
+    """Entity: the stored name if it exists as typed; else the one name within one edit found
+    through the lexical blocks (no model); else the entity vector set's candidates rescored by
+    `entity_similarity`. Relation: among that entity's labels, by cosine of cached label
+    embeddings; a query label stored as is needs no embedding at all."""
     cfg = store.cfg
     e_thr = cfg.entity_threshold if entity_threshold is None else entity_threshold
-    r_thr = relation_threshold if relation_threshold is not None else (
-        threshold if threshold is not None else cfg.relation_threshold)
+    r_thr = cfg.relation_threshold if relation_threshold is None else relation_threshold
     recs = store.entity_records([E for E, _ in qs])  # per query: {relation: record} of its entity
-    need = [i for i, h in enumerate(recs) if not h]
-    # One model call for the query strings and the labels of entities found exactly; labels of
-    # fuzzily found entities come from the cache (a second call only for labels never seen).
-    known = sorted({R for h in recs for R in h})
-    tmpl = cfg.relation_template
-    texts = [qs[i][0] for i in need] + [tmpl.format(relation=R) for _, R in qs] + [tmpl.format(relation=r) for r in known]
-    vecs = store.embedder.encode(texts)
-    evecs, rvecs = vecs[: len(need)], vecs[len(need): len(need) + len(qs)]
+    clock.lap("entity_exact")
     # entity[i] = (stored normalised name, entity score); rejected[i]: the best candidate below threshold
     entity: dict[int, tuple[str, float]] = {i: (qs[i][0], 1.0) for i, h in enumerate(recs) if h}
     rejected: dict[int, tuple[str, float]] = {}
+    need = [i for i, h in enumerate(recs) if not h]
     if need:
+        for i, names in zip(need, store.lexical_candidates([qs[i][0] for i in need])):
+            if (m := lexical_match(qs[i][0], names, e_thr)) is not None:
+                entity[i] = m
+        need = [i for i in need if i not in entity]
+        clock.lap("lexical")
+    if need:
+        evecs = store.embedder.encode([qs[i][0] for i in need])
+        clock.lap("embed")
         for i, cands in zip(need, store.nearest_entities(evecs, top_k)):
             scored = [(name, entity_similarity(qs[i][0], name, cos)) for name, cos in cands]
             if not scored:
                 continue
             name, s = max(scored, key=lambda c: (c[1], c[0]))
             (entity if s >= e_thr else rejected)[i] = (name, s)
-        fetch = [i for i in need if i in entity or (fallback == "top1_anyway" and i in rejected)]
+        clock.lap("vector_search")
+    fetch = [i for i in range(len(qs))
+             if not recs[i] and (i in entity or (fallback == "top1_anyway" and i in rejected))]
+    if fetch:
         for i, h in zip(fetch, store.entity_records([(entity.get(i) or rejected[i])[0] for i in fetch])):
             recs[i] = h
-    # Relation stage: cosine between the query label and this entity's labels (cached embeddings).
-    labels = sorted({R for h in recs for R in h})
-    lvec = dict(zip(labels, _label_vectors(store, labels))) if labels else {}
+        clock.lap("entity_exact")
+    # Relation stage: cosine between the query label and this entity's labels (cached embeddings);
+    # one model call for every string not cached yet.
+    asked = [i for i, (_, R) in enumerate(qs) if recs[i] and R not in recs[i]]
+    labels = sorted({R for i in asked for R in recs[i]})
+    rvec = relation_vectors(store, list(dict.fromkeys([qs[i][1] for i in asked] + labels)))
+    clock.lap("embed")
+    qvec = {i: rvec[qs[i][1]] for i in asked}
+    lvec = rvec
     out: list[Answer | None] = []
     for i, (E, R) in enumerate(qs):
         h = recs[i]
@@ -200,23 +252,33 @@ def _two_stage(store, qs, *, entity_threshold, relation_threshold, threshold, to
             out.append(_fallback(fallback, None, "entity not found", (E, R)))
             continue
         rels = list(h)
-        cos = np.array([1.0 if r == R else min(1.0, float(lvec[r] @ rvecs[i]) + lexical_bonus(R, r))
-                        for r in rels])
-        j = int(np.argmax(cos))
-        e_ok, r_ok = i in entity, cos[j] >= r_thr
+        if R in h:
+            j, score = rels.index(R), 1.0
+        else:
+            cos = [min(1.0, float(lvec[r] @ qvec[i]) + lexical_bonus(R, r)) for r in rels]
+            j = int(np.argmax(cos))
+            score = cos[j]
+        e_ok, r_ok = i in entity, score >= r_thr
         stage = "relation" if ent[1] == 1.0 and ent[0] == E else "entity"
-        ans = _answer(h[rels[j]], ent[1] * float(cos[j]), stage,
-                      {"entity_score": ent[1], "relation_score": float(cos[j])})
+        ans = _answer(h[rels[j]], ent[1] * score, stage, {"entity_score": ent[1], "relation_score": score})
         if e_ok and r_ok:
             out.append(ans)
         else:
             why = "entity below threshold" if not e_ok else f"no relation with cosine >= {r_thr}"
             out.append(_fallback(fallback, ans, why, (E, R)))
+    clock.lap("relation")
     return out
 
 
-def _label_vectors(store, labels: list[str]) -> np.ndarray:
-    return store.embedder.encode([store.cfg.relation_template.format(relation=r) for r in labels])
+def relation_vectors(store, rels: list[str]) -> dict[str, np.ndarray]:
+    """Per relation label, its embeddings in each of `cfg.relation_templates` side by side, scaled so
+    that a dot product is the mean cosine over the templates (one model call, cached strings free)."""
+    tmpls = store.cfg.relation_templates
+    if not rels:
+        return {}
+    vecs = store.embedder.encode([t.format(relation=r) for r in rels for t in tmpls])
+    vecs = vecs.reshape(len(rels), -1) / np.sqrt(len(tmpls))
+    return dict(zip(rels, vecs))
 
 
 def search(store: "FactStore", text: str, k: int, entity: str | None) -> list[Answer]:

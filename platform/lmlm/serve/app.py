@@ -120,7 +120,7 @@ class LMLMServer:
             raise HTTPError(400, f"max_tokens: must be between 1 and {self.cfg.max_tokens_limit} (got {mt})", "max_tokens")
         d["max_new_tokens"] = mt
         for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "max_lookups", "max_query_tokens",
-                     "fallback", "threshold"):
+                     "fallback", "entity_threshold", "relation_threshold", "cosine_threshold"):
             if getattr(req, name) is not None:
                 d[name] = getattr(req, name)
         if req.stop is not None:
@@ -135,6 +135,14 @@ class LMLMServer:
             vocab = self.engine.model.config.vocab_size
             if any(not 0 <= k < vocab for k in d["logit_bias"]):
                 raise HTTPError(400, f"logit_bias: token ids must lie in [0, {vocab})", "logit_bias")
+        mode = getattr(getattr(self.engine.store, "cfg", None), "fuzzy_mode", None)
+        if mode is not None:  # a threshold the store's fuzzy mode does not compare against: 400, naming it
+            from lmlm.factstore.config import ALL_THRESHOLDS, check_thresholds
+
+            try:
+                check_thresholds(mode, {k: d[k] for k in ALL_THRESHOLDS if d.get(k) is not None})
+            except ValueError as e:
+                raise HTTPError(400, str(e), str(e).split(" ")[0]) from None
         try:
             return GenerationParams(**d)
         except (ParamsError, TypeError) as e:

@@ -25,7 +25,9 @@ class GenerationFields(_Strict):
     max_lookups: Optional[int] = None
     max_query_tokens: Optional[int] = None
     fallback: Optional[Fallback] = None
-    threshold: Optional[float] = None
+    entity_threshold: Optional[float] = None     # two_stage fuzzy lookups (see lmlm.factstore.config)
+    relation_threshold: Optional[float] = None
+    cosine_threshold: Optional[float] = None     # reference (single-stage) fuzzy lookups
     allow_lookups_disabled: Optional[bool] = None   # store unreachable: answer without lookups, not 503
 
 
