@@ -89,7 +89,7 @@ def test_corpus_pipeline_end_to_end(ray_cluster, world_docs, tmp_path, capsys):
     overrides = [f"run_dir={tmp_path / 'run'}", f"corpus.train=[{train}]", f"corpus.eval=[{held_out}]",
                  "vocab_size=512", "pretrain.model=tiny", "pretrain.seq_len=128", "pretrain.max_steps=2",
                  "pretrain.checkpoint_every=2", "pretrain.zero_stage=0", "pretrain.cpus_per_worker=1",
-                 "realtext.completion=3", "factstore.relation_template='{relation}'"]
+                 "realtext.completion=3", "factstore.relation_templates=['{relation}']"]
     results = run_pipeline(load(None, overrides))
     assert results["docs"] == 2 and results["train_documents"] == len(world_docs) - 2
     assert results["completion_n"] == 3 and math.isfinite(results["ppl_normalized_lmlm"])

@@ -183,7 +183,7 @@ def run_corpus_eval(job: CorpusEvalJob, log=print) -> dict:
     docs = [r.annotated_text for r in records]
     lmlm, standard = load_model(job.lmlm, "lmlm"), load_model(job.standard, "standard")
     # Real relations are free-form labels, not a person's attributes: embed them as they are.
-    store_cfg = FactStoreConfig(url=job.store_url, relation_template="{relation}")
+    store_cfg = FactStoreConfig(url=job.store_url, relation_templates=["{relation}"])
     with FactStore.open(store_cfg) as store:
         if job.store_url is None:
             loaded = load_corpus_facts(store, docs, [r.id for r in records], "corpus:" + Path(job.corpus).name)
