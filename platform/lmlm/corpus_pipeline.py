@@ -76,20 +76,14 @@ def stage_corpus(splits: CorpusSplits, out_dir: Path) -> tuple[list[Record], lis
     return train, held_out
 
 
-def stage_build_factstore(store, records: list[Record], marker: Path) -> dict:
-    """Load the facts of every document once (`marker` says it was done)."""
+def stage_build_factstore(store, records: list[Record], batch_id: str) -> dict:
+    """Load the facts of every document, exactly once (a rerun with the same `batch_id` writes nothing)."""
     from lmlm.eval.realtext import load_corpus_facts
 
-    if marker.is_file() and store.stats().get("triples", 0) > 0:
-        print(f"build_factstore: the corpus's facts are in the store already ({marker})")
-        return json.loads(marker.read_text())
     loaded = load_corpus_facts(store, [r.annotated_text for r in records], [r.id for r in records],
-                               annotator="corpus")
-    info = loaded | {"documents": len(records)}
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(info))
+                               annotator="corpus", batch_id=batch_id)
     print(f"build_factstore: {json.dumps(loaded)} from {len(records)} documents; store: {json.dumps(store.stats())}")
-    return info
+    return loaded
 
 
 def stage_pretrain(pretrain, train: list[Record], out_dir: Path) -> dict[str, str]:

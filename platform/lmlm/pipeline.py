@@ -426,8 +426,7 @@ def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
     train, held_out = timed("corpus", cp.stage_corpus, cfg.corpus, cfg.path("corpus"))
     with open_store(cfg) as store:
         if "build_factstore" in selected:
-            timed("build_factstore", cp.stage_build_factstore, store, train + held_out,
-                  cfg.path("corpus", "store_loaded.json"))
+            timed("build_factstore", cp.stage_build_factstore, store, train + held_out, "corpus")
         models = finished_models(cfg)
         if "pretrain" in selected:
             ensure_ray(cfg)

@@ -135,8 +135,10 @@ def summary_line(result: dict) -> str:
 
 
 
-def load_corpus_facts(store: Any, documents: Sequence[str], doc_ids: Sequence[str], annotator: str) -> dict:
-    """Put every valid lookup of the documents into `store`; {"loaded": n, "invalid": n}."""
+def load_corpus_facts(store: Any, documents: Sequence[str], doc_ids: Sequence[str], annotator: str,
+                      batch_id: str | None = None) -> dict:
+    """Put every valid lookup of the documents into `store`: {"loaded", "replayed", "invalid"}.
+    With `batch_id` the load is exactly once: run again, it writes nothing."""
     from lmlm.factstore import InvalidFact
     from lmlm.factstore.layout import Fact
 
@@ -148,8 +150,9 @@ def load_corpus_facts(store: Any, documents: Sequence[str], doc_ids: Sequence[st
         except InvalidFact:
             continue
         keep.append((t, d))
-    loaded = store.add_triples([t for t, _ in keep], doc_ids=[d for _, d in keep], annotator=annotator)
-    return {"loaded": loaded, "invalid": len(triples) - len(keep)}
+    result = store.write_triples([t for t, _ in keep], doc_ids=[d for _, d in keep], annotator=annotator,
+                                 batch_id=batch_id)
+    return {"loaded": result.written, "replayed": result.replayed, "invalid": len(triples) - len(keep)}
 
 
 @dataclass
