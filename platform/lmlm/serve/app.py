@@ -221,6 +221,7 @@ class LMLMServer:
         for res, j in zip(results, jobs):
             _check_result(res)
             res.batch_size = j.batch_size  # most requests decoded together with this one
+            res.ttft_s = j.ttft_s
         return results
 
     # ------------------------------------------------------------------ endpoints
@@ -240,7 +241,8 @@ class LMLMServer:
         self._check_prompt(req.prompt)
         [res] = await self._results(self._submit([req.prompt], self._params(req)))
         body = {"text": res.display_text, "raw_text": res.raw_text, "finish_reason": res.finish_reason,
-                "lookups_disabled": res.lookups_disabled, "usage": _usage(res), "batch_size": res.batch_size}
+                "lookups_disabled": res.lookups_disabled, "usage": _usage(res), "batch_size": res.batch_size,
+                "ttft_s": res.ttft_s}
         return expose(body, res.lookups, level)
 
     @app.post("/v1/completions")
@@ -317,7 +319,7 @@ class LMLMServer:
                 yield _event({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None}})
             else:
                 yield chunk(res.display_text[shown.sent:], _finish(res), usage=_usage(res),
-                            lookups_disabled=res.lookups_disabled)
+                            lookups_disabled=res.lookups_disabled, ttft_s=job.ttft_s)
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): a running row leaves the batch
             self.scheduler.cancel(job, "disconnect")

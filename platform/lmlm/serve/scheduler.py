@@ -37,6 +37,11 @@ class Job:
     batch_size: int = 0                   # most rows decoded together while this job ran
     cancel_reason: Optional[str] = None   # set by `Scheduler.cancel`; the row leaves before the next step
 
+    @property
+    def ttft_s(self) -> Optional[float]:
+        """Seconds from submit to the first token taken (None before it)."""
+        return None if self.first_token is None else round(self.first_token - self.submitted, 4)
+
     def resolve(self, result: Any) -> None:
         def set_():
             if self.future.done():
