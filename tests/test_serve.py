@@ -291,10 +291,19 @@ def test_join_queue_full_and_disconnect(served):
     assert h["cancelled"].get("disconnect", 0) - before == 3
 
 
-def test_timeout_ends_the_row(served):
+def test_timeout_and_client_timeout_end_the_row(served):
+    import httpx
+
     client, _ = served
-    before = client.get("/slow/healthz").json()["cancelled"].get("timeout", 0)
-    r = client.post("/slow/v1/generate", json={"prompt": "Kira", "max_tokens": 6000, "logit_bias": NO_EOS})
+    long = {"prompt": "Kira", "max_tokens": 6000, "logit_bias": NO_EOS}
+    before = client.get("/slow/healthz").json()["cancelled"]
+    r = client.post("/slow/v1/generate", json=long)
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
     h = _wait_for(client, "/slow/healthz", lambda h: h["running"] == 0)
-    assert h["running"] == 0 and h["cancelled"].get("timeout", 0) - before == 1
+    assert h["running"] == 0 and h["cancelled"].get("timeout", 0) - before.get("timeout", 0) == 1
+    # A plain (not streamed) request whose client gives up: Serve cancels the handler, the row leaves.
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/slow/v1/generate", json=long, timeout=1.0)
+    h = _wait_for(client, "/slow/healthz",
+                  lambda h: h["running"] == 0 and h["cancelled"].get("disconnect", 0) > before.get("disconnect", 0))
+    assert h["running"] == 0 and h["cancelled"].get("disconnect", 0) - before.get("disconnect", 0) == 1

@@ -106,19 +106,20 @@ class Scheduler:
                     self.cond.wait()
                 if self.stopped:
                     return
+                dropped = [j for j in self.waiting if j.cancel_reason]
+                if dropped:
+                    self.waiting = deque(j for j in self.waiting if not j.cancel_reason)
                 admit = []
                 while self.waiting and len(self.batch) + len(admit) < self.max_batch_size:
                     admit.append(self.waiting.popleft())
                 gone = [r for r in self.batch.rows if r.key.cancel_reason]
-                dropped = [j for j in admit if j.cancel_reason]
                 for j in [*(r.key for r in gone), *dropped]:
                     self.cancelled[j.cancel_reason] += 1
             self.batch.remove(gone)
             for j in [*(r.key for r in gone), *dropped]:
                 j.resolve(asyncio.CancelledError(j.cancel_reason))
             for j in admit:
-                if not j.cancel_reason:
-                    self._admit(j)
+                self._admit(j)
             try:
                 self._step()
             except Exception as e:  # noqa: BLE001 — a bug in bookkeeping must not stop the replica
