@@ -307,3 +307,21 @@ def test_timeout_and_client_timeout_end_the_row(served):
     h = _wait_for(client, "/slow/healthz",
                   lambda h: h["running"] == 0 and h["cancelled"].get("disconnect", 0) > before.get("disconnect", 0))
     assert h["running"] == 0 and h["cancelled"].get("disconnect", 0) - before.get("disconnect", 0) == 1
+
+
+def test_prometheus_metrics(served, ray_cluster):
+    """The replica's metrics reach Ray's Prometheus endpoint (exported every few seconds)."""
+    import time
+
+    client, _ = served
+    t = synthetic_triples()[2]
+    assert client.post("/v1/generate", json={"prompt": cloze(t.entity, t.relation), "max_tokens": 4}).status_code == 200
+    port = ray_cluster.nodes()[0]["MetricsExportPort"]
+    names = ["queue_length", "running_batch_size", "generated_tokens_total", "tokens_per_second",
+             "time_to_first_token_s_bucket", "lookups_total", "lookup_latency_s_bucket"]
+    deadline, missing = time.monotonic() + 60, names
+    while missing and time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        missing = [n for n in names if f"ray_lmlm_{n}{{" not in text]
+        time.sleep(1)
+    assert not missing, f"not exported: {missing}"

@@ -1,11 +1,12 @@
-"""The replica's Prometheus metrics (Ray Serve's `ray.serve.metrics`, exported by Ray's metrics agent).
+"""The replica's Prometheus metrics (Ray Serve's `ray.serve.metrics`, exported by Ray's metrics agent
+with the prefix `ray_`).
 
     lmlm_queue_length            gauge      requests waiting for a row
     lmlm_running_batch_size      gauge      rows in the decoding batch
-    lmlm_generated_tokens        counter    tokens taken (rate() = tokens/s)
+    lmlm_generated_tokens_total  counter    tokens taken (rate() = tokens/s)
     lmlm_tokens_per_second       gauge      the same, averaged over the last second or more
     lmlm_time_to_first_token_s   histogram  submit -> first token
-    lmlm_lookups                 counter    store lookups (rate() = lookups/s)
+    lmlm_lookups_total           counter    store lookups (rate() = lookups/s)
     lmlm_lookup_latency_s        histogram  one lookup_batch call
 """
 from __future__ import annotations
@@ -32,22 +33,22 @@ class ServeMetrics:
         self._lock = threading.Lock()
         self._window_start, self._window_tokens = time.monotonic(), 0
 
-    def gauges(self, waiting: int, running: int) -> None:
+    def tick(self, waiting: int, running: int, new_tokens: int) -> None:
+        """After every scheduler iteration (at least once a second, idle or not: Ray exports a
+        gauge only while it is being set)."""
         self.queue.set(waiting)
         self.running.set(running)
-
-    def first_token(self, seconds: float) -> None:
-        self.ttft.observe(seconds)
-
-    def tokens(self, n: int) -> None:
-        if n:
-            self.generated.inc(n)
+        if new_tokens:
+            self.generated.inc(new_tokens)
         with self._lock:
-            self._window_tokens += n
+            self._window_tokens += new_tokens
             dt = time.monotonic() - self._window_start
             if dt >= 1.0:
                 self.rate.set(self._window_tokens / dt)
                 self._window_start, self._window_tokens = time.monotonic(), 0
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
 
     def lookups(self, n: int, seconds: float) -> None:
         self.lookups_n.inc(n)

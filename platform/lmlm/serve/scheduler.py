@@ -63,6 +63,8 @@ class SchedulerStats:
 
 
 class Scheduler:
+    IDLE_TICK_S = 1.0  # an idle loop still wakes this often (metrics, cancelled waiting requests)
+
     def __init__(self, engine, max_batch_size: int, max_queue: int, prefill_chunk: int = 256, metrics=None):
         self.engine, self.max_batch_size, self.max_queue = engine, max_batch_size, max_queue
         self.batch = DecodeBatch(engine, prefill_chunk)
@@ -102,8 +104,8 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.stopped and not self.waiting and not len(self.batch):
-                    self.cond.wait()
+                if not self.stopped and not self.waiting and not len(self.batch):
+                    self.cond.wait(timeout=self.IDLE_TICK_S)
                 if self.stopped:
                     return
                 dropped = [j for j in self.waiting if j.cancel_reason]
@@ -120,15 +122,16 @@ class Scheduler:
                 j.resolve(asyncio.CancelledError(j.cancel_reason))
             for j in admit:
                 self._admit(j)
+            new_tokens = 0
             try:
-                self._step()
+                new_tokens = self._step()
             except Exception as e:  # noqa: BLE001 — a bug in bookkeeping must not stop the replica
                 for r in self.batch.rows:
                     r.state.fail(f"scheduler error: {type(e).__name__}: {e}")
                     r.key.resolve(r.state.result())
                 self.batch.remove(list(self.batch.rows))
             if self.metrics is not None:
-                self.metrics.gauges(len(self.waiting), len(self.batch))
+                self.metrics.tick(len(self.waiting), len(self.batch), new_tokens)
 
     def _admit(self, job: Job) -> None:
         try:
@@ -136,9 +139,10 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 — this request's own error
             job.resolve(e)
 
-    def _step(self) -> None:
+    def _step(self) -> int:
+        """One decoding step; returns the tokens taken."""
         if not len(self.batch):
-            return
+            return 0
         n = len(self.batch)
         for r in self.batch.rows:
             r.key.batch_size = max(r.key.batch_size, n)
@@ -155,11 +159,10 @@ class Scheduler:
                     job.on_progress(r.state)
                 except Exception as e:  # noqa: BLE001 — a broken stream ends its own request
                     r.state.fail(f"streaming failed: {type(e).__name__}: {e}")
-        if self.metrics is not None:
-            self.metrics.tokens(sum(len(r.new_tokens) for r in step.progressed))
         for r in step.finished:
             r.key.resolve(r.state.result())
         failed = [r for r in self.batch.rows if r.state.done]  # a stream that failed above
         self.batch.remove(failed)
         for r in failed:
             r.key.resolve(r.state.result())
+        return sum(len(r.new_tokens) for r in step.progressed)
