@@ -25,6 +25,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+STARTED = time.perf_counter()  # bench_wall_s counts the imports too
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -109,14 +110,25 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
-def batch1(engine: Engine, p: GenerationParams, suffix: str = "") -> tuple[dict, float, int]:
+def best_of(repeats: int, *fns):
+    """Run the fns in turn `repeats` times; each one's last output and its fastest time (the
+    machine is shared: interleaving keeps a busy spell from landing on one side only)."""
+    outs, best = [None] * len(fns), [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            outs[i], t = timed(fn)
+            best[i] = min(best[i], t)
+    return outs, best
+
+
+def batch1(engine: Engine, p: GenerationParams, repeats: int, suffix: str = "") -> tuple[dict, float, int]:
     """Engine vs re-prefill reference on one long-context prompt. The engine runs once untimed first:
     both timed runs then pay the same warm embedding cache for the same queries (parity makes them
     identical). Returns the figures, the engine's seconds and its generated tokens."""
     prompt = [CONTEXT + " " + PROMPTS[0]]
     engine.generate(prompt, p)
-    [e1], t_eng = timed(lambda: engine.generate(prompt, p))
-    [r1], t_ref = timed(lambda: reference_generate(engine, prompt, p))
+    ([[e1], [r1]], [t_eng, t_ref]) = best_of(repeats, lambda: engine.generate(prompt, p),
+                                             lambda: reference_generate(engine, prompt, p))
     return ({f"batch1_prompt_tokens{suffix}": e1.n_prompt_tokens, f"lookups_per_prompt{suffix}": len(e1.lookups),
              f"batch1_engine_s{suffix}": round(t_eng, 3), f"batch1_reference_s{suffix}": round(t_ref, 3),
              f"speedup_vs_reference_batch1{suffix}": round(t_ref / t_eng, 2),
@@ -124,14 +136,13 @@ def batch1(engine: Engine, p: GenerationParams, suffix: str = "") -> tuple[dict,
             t_eng, e1.n_generated_tokens)
 
 
-def overhead_and_ceiling(engine: Engine, t_on: float, n: int) -> dict:
+def overhead_and_ceiling(engine: Engine, t_on: float, n: int, repeats: int) -> dict:
     """The batch-1 run's tokens/s (with lookups) vs the same prompt and length without lookups, and
     that vs transformers' generate (greedy, same repetition penalty, its own KV cache)."""
     prompt = CONTEXT + " " + PROMPTS[0]
     off = GenerationParams(max_new_tokens=n, use_lookups=False, ignore_eos=True)
-    [e0], t_off = timed(lambda: engine.generate([prompt], off))
     ids = torch.tensor([engine.encode(prompt)])
-    out, t_hf = timed(lambda: engine.model.generate(
+    ([[e0], out], [t_off, t_hf]) = best_of(repeats, lambda: engine.generate([prompt], off), lambda: engine.model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
         repetition_penalty=off.repetition_penalty, use_cache=True, pad_token_id=engine.pad_id))
     n_off, n_hf = e0.n_generated_tokens, out.shape[1] - ids.shape[1]
@@ -177,7 +188,8 @@ def main() -> None:
     torch.set_num_threads(1)  # 2 threads on a shared 2-core machine spin-wait: 10x slower per token
     (n_new, n_conc, conc_lookups, gap) = (16, 12, 1, 0.05) if args.quick else (128, 128, 2, 0.1)
     hidden, layers = 512, 8
-    res: dict = {"quick": args.quick, "model": f"llama random h{hidden} l{layers} i{4 * hidden}", "device": "cpu",
+    repeats = 1 if args.quick else 2
+    res: dict = {"load_avg_1m_at_start": round(os.getloadavg()[0], 2), "repeats": repeats, "quick": args.quick, "model": f"llama random h{hidden} l{layers} i{4 * hidden}", "device": "cpu",
                  "torch_threads": 1, "embedding_cache": "warm for both loops"}
     # Query fields capped at 4 tokens: a random model would write them to any cap; real ones are short.
     p = GenerationParams(max_new_tokens=n_new, max_lookups=6, max_query_tokens=4, ignore_eos=True, fallback="top1_anyway")
@@ -191,18 +203,19 @@ def main() -> None:
         model, tok = build(Path(tmp), hidden, layers)
         engine = Engine(model, tok, store)
         progress("model built; batch 1")
-        figures, t_on, n_on = batch1(engine, p)
+        figures, t_on, n_on = batch1(engine, p, repeats)
         res.update(figures)
         progress("lookup overhead and transformers generate")
-        res.update(overhead_and_ceiling(engine, t_on, n_on))
+        res.update(overhead_and_ceiling(engine, t_on, n_on, repeats))
         progress("16 requests: sequential reference, then Serve")
         res.update(concurrent16(engine, Path(tmp), store.url, n_conc, conc_lookups, gap))
         if not args.quick:  # the llama2-176m shape (LMLM.md §5), random weights
             big_dir = Path(tmp) / "176m"
             big, big_tok = build(big_dir, 512, 8, intermediate=11008)
             res["model_176m"] = "llama2-176m shape: h512 l8 i11008, random"
-            res.update(batch1(Engine(big, big_tok, store), p, "_176m")[0])
-    res["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+            res.update(batch1(Engine(big, big_tok, store), p, repeats, "_176m")[0])
+    res["bench_wall_s"] = round(time.perf_counter() - STARTED, 1)
+    res["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res))
 
 
