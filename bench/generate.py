@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer tokens, one model: under 60 s")
     args = ap.parse_args()
     torch.set_num_threads(1)  # 2 threads on a shared 2-core machine spin-wait: 10x slower per token
-    (n_new, n_conc, conc_lookups, gap) = (16, 12, 1, 0.05) if args.quick else (128, 128, 2, 0.1)
+    (n_new, n_conc, conc_lookups, gap) = (16, 12, 1, 0.05) if args.quick else (24, 128, 2, 0.1)
     hidden, layers = 512, 8
     repeats = 1 if args.quick else 2
     res: dict = {"load_avg_1m_at_start": round(os.getloadavg()[0], 2), "repeats": repeats, "quick": args.quick, "model": f"llama random h{hidden} l{layers} i{4 * hidden}", "device": "cpu",
