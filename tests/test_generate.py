@@ -176,6 +176,7 @@ def test_generate_command(tmp_path, tok, capsys):
     t = synthetic_triples()[2]
     facts = tmp_path / "prompts.txt"
     facts.write_text(cloze(t.entity, t.relation) + "\n")
+    capsys.readouterr()  # what saving printed (DeepSpeed, imported through accelerate, logs to stdout)
     rc = main(["generate", "--set", f"model_path={tmp_path}", "--set", "params.max_new_tokens=3",
                "--set", f"prompts_file={facts}", "--json", "Kira"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]

@@ -43,7 +43,7 @@ class ServeConfig:
     prefill_chunk: int = 256              # prompt ids a joining row feeds per step
     request_timeout_s: float = 120.0      # bound on one request's generation (504 after; its row leaves)
     torch_threads: int = 1                # intra-op threads per replica (more only with free cores)
-    limits: RequestLimits = field(default_factory=RequestLimits)
+    limits: RequestLimits = field(default_factory=RequestLimits)  # request caps: 400 (413 for the body) naming the field
     defaults: dict[str, Any] = field(default_factory=dict)  # GenerationParams defaults (e.g. max_lookups)
 
     def __post_init__(self) -> None:
