@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from lmlm.format import SPECIAL_TOKENS, Triple, clean_field, strip_lookups
+from lmlm.format import SPECIAL_TOKENS, UNKNOWN, Triple, clean_field, strip_lookups
 from lmlm.tokenizer import LookupTokenIds
 
 from .params import GenerationParams
@@ -185,7 +185,7 @@ class SequenceState:
         self.mode, self.pending = AWAIT, (entity, relation)
         limit = self.params.max_entity_chars
         if not entity or not relation or len(entity) > limit or len(relation) > limit:
-            self._inject(LookupRecord(entity, relation, "unknown", None, None, "skipped", {}))
+            self._inject(LookupRecord(entity, relation, UNKNOWN, None, None, "skipped", {}))
 
     def take_injected(self) -> list[int]:
         """Push the queued `" " + value + "<|db_end|>"` tokens at once; returns them."""
@@ -199,9 +199,9 @@ class SequenceState:
         """Queue the answer (an `Answer` or None) as forced tokens; the block closes with <|db_end|>."""
         entity, relation = self.pending
         if answer is None:
-            rec = LookupRecord(entity, relation, "unknown", None, None, "none", {})
+            rec = LookupRecord(entity, relation, UNKNOWN, None, None, "none", {})
         else:
-            rec = LookupRecord(entity, relation, sanitize_value(answer.value) or "unknown", answer.triple,
+            rec = LookupRecord(entity, relation, sanitize_value(answer.value) or UNKNOWN, answer.triple,
                                None if answer.score is None else float(answer.score), answer.stage,
                                dict(answer.provenance or {}))
         self._inject(rec)
@@ -213,7 +213,7 @@ class SequenceState:
             return
         self.lookups_disabled = True
         entity, relation = self.pending
-        self._inject(LookupRecord(entity, relation, "unknown", None, None, "unavailable", {}))
+        self._inject(LookupRecord(entity, relation, UNKNOWN, None, None, "unavailable", {}))
 
     def fail(self, message: str, reason: str = "error") -> None:
         """End this sequence only, with its own error (the rest of its batch goes on)."""
