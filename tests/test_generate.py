@@ -142,7 +142,7 @@ def test_stop_strings_and_eos(engine64, tok):
     [r] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, ignore_eos=True, stop=[stop]))
     assert r.finish_reason == "stop" and r.display_text == free.display_text[: free.display_text.find(stop)]
     eos = tok.eos_token_id
-    [e] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, logit_bias={eos: 1e4}))
+    [e] = engine64.generate([PROMPTS[0]], GenerationParams(max_new_tokens=30, use_lookups=False, logit_bias={eos: 100}))
     assert e.finish_reason == "eos" and e.raw_text == "" and e.n_generated_tokens == 1
 
 
@@ -176,6 +176,7 @@ def test_generate_command(tmp_path, tok, capsys):
     t = synthetic_triples()[2]
     facts = tmp_path / "prompts.txt"
     facts.write_text(cloze(t.entity, t.relation) + "\n")
+    capsys.readouterr()  # what saving printed (DeepSpeed, imported through accelerate, logs to stdout)
     rc = main(["generate", "--set", f"model_path={tmp_path}", "--set", "params.max_new_tokens=3",
                "--set", f"prompts_file={facts}", "--json", "Kira"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -183,3 +184,88 @@ def test_generate_command(tmp_path, tok, capsys):
     assert lines[1]["lookups"][0]["entity"] == t.entity  # a private, empty store: no value, but the query is parsed
     assert main(["generate", "--set", "model_path=/nonexistent", "Kira"]) == 1
     assert "model_path: /nonexistent is not a checkpoint directory" in capsys.readouterr().err
+
+
+def test_injected_value_is_fed_in_one_pass(engine64):
+    t = synthetic_triples()[3]
+    steps = []
+    prompts = [cloze(t.entity, t.relation), PROMPTS[0]]
+    [res, _] = engine64.generate(prompts, GenerationParams(max_new_tokens=4, max_lookups=0),
+                                 on_token=lambda i, s: steps.append((i, len(s.ids))) if i == 0 else None)
+    n_value = len(engine64.encode(" " + t.value)) + 1
+    # The prompt's own lookup is answered before the first pass: prompt and value are prefilled together.
+    assert res.raw_text.startswith(f" {t.value}{DB_END}") and steps[0][1] == res.n_prompt_tokens + n_value + 1
+    # A lookup the model makes mid-text: every answered row takes token + value + <|db_end|> in one step.
+    got = engine64.generate(PROMPTS, GenerationParams(max_new_tokens=30, max_lookups=4, fallback="top1_anyway"),
+                            on_token=lambda i, s: steps.append((i, len(s.ids))))
+    grown = {}
+    for i, n in steps[1:]:
+        grown.setdefault(i, []).append(n)
+    jumps = [b - a for ns in grown.values() for a, b in zip(ns, ns[1:])]
+    assert max(jumps) >= 3 and sum(len(r.lookups) for r in got) >= 4
+
+
+def test_grammar_requires_entity_and_relation(engine64):
+    # The lookup bias of 100 pushes each marker as early as possible: never before a field's first token.
+    params = GenerationParams(max_new_tokens=12, max_lookups=3, lookup_bias=100, entity_bias=100, fallback="unknown")
+    for r in engine64.generate(PROMPTS[:2] + ["Kira " + DB_ENTITY], params):
+        assert r.lookups and DB_ENTITY + DB_RELATIONSHIP not in r.raw_text
+        assert DB_RELATIONSHIP + DB_RETURN not in r.raw_text
+
+
+def test_overlong_query_is_unknown_without_a_store_call(tok):
+    with FactStore.open(FactStoreConfig(timeout_s=0.5)) as dead:
+        pass  # closed: any store call would fail the request
+    eng = Engine(tiny_model(len(tok)), tok, dead)
+    long_entity = "her precision. Her occupation is that of a finishing school"
+    [r] = eng.generate([cloze(long_entity, "Award")], GenerationParams(max_new_tokens=3, max_lookups=0, max_entity_chars=40))
+    assert r.finish_reason == "length" and r.raw_text.startswith(f" unknown{DB_END}")
+    assert (r.lookups[0].stage, r.lookups[0].value, r.lookups[0].entity) == ("skipped", "unknown", long_entity)
+
+
+def test_a_poisoned_row_ends_alone(engine64, store):
+    """A Redis error other than 'unreachable' (a key of the wrong type) and a sampling failure each end
+    their own request; the rows decoded beside them finish as if alone."""
+    from lmlm.factstore.layout import norm_name
+
+    bad = "Poisoned Person"
+    key = store.layout.of(norm_name(bad, "entity")).entity(norm_name(bad, "entity"))
+    store.r.set(key, "not a hash")
+    try:
+        good = [cloze(t.entity, t.relation) for t in synthetic_triples()[:2]] + PROMPTS[:2]
+        p = GenerationParams(max_new_tokens=10, max_lookups=1, fallback="top1_anyway")
+        nan_sampler = GenerationParams(max_new_tokens=10, temperature=1.0, seed=1, use_lookups=False)
+        nan_sampler.temperature = 5e-324  # past validation (as a bug would be): x / T overflows, sampling fails
+        prompts = [good[0], cloze(bad, "Birth City"), good[1], "Kira", good[2], good[3]]
+        res = engine64.generate(prompts, [p, p, p, nan_sampler, p, p])
+        assert res[1].finish_reason == "error" and "WRONGTYPE" in res[1].error
+        assert res[3].finish_reason == "error" and "sampling failed" in res[3].error
+        alone = [engine64.generate([q], p)[0] for q in good]
+        for r, a in zip([res[0], res[2], res[4], res[5]], alone):
+            assert r.error is None and r.token_ids == a.token_ids
+    finally:
+        store.r.delete(key)
+
+
+def test_bad_values_are_rejected_by_name():
+    for kw, name in [({"seed": 2**70}, "seed"), ({"seed": -1}, "seed"), ({"temperature": 5e-324}, "temperature"),
+                     ({"temperature": float("nan")}, "temperature"), ({"logit_bias": {3: 1e39}}, "logit_bias"),
+                     ({"logit_bias": {3: float("inf")}}, "logit_bias"), ({"top_p": float("nan")}, "top_p"),
+                     ({"repetition_penalty": 1e-300}, "repetition_penalty"), ({"entity_bias": 1e9}, "entity_bias"),
+                     ({"threshold": float("inf")}, "threshold"), ({"max_entity_chars": 0}, "max_entity_chars")]:
+        with pytest.raises(ParamsError, match=f"^{name}:"):
+            GenerationParams(**kw)
+    GenerationParams(seed=2**63 - 1, temperature=0.01, logit_bias={3: -100})
+
+
+def test_parity_when_rows_join_a_running_batch_in_chunks(engine64, tok, store):
+    """Two rows at a time: later prompts join while others decode, their prompts prefilled 3 ids a
+    step beside the running rows' tokens; every row still matches the reference token for token."""
+    eng = Engine(engine64.model, tok, store, max_batch_size=2, prefill_chunk=3)
+    t = synthetic_triples()[5]
+    prompts = PROMPTS + [cloze(t.entity, t.relation)]
+    params = GenerationParams(max_new_tokens=20, max_lookups=3, fallback="top1_anyway")
+    got = eng.generate(prompts, params)
+    ref = reference_generate(eng, prompts, params)
+    assert [g.token_ids for g in got] == [r.token_ids for r in ref]
+    assert sum(len(g.lookups) for g in got) >= 5 and got[-1].lookups[0].stage == "exact"

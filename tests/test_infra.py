@@ -161,7 +161,10 @@ def test_rayservice_serve_config_is_valid():
     _check_import_path(app.import_path)
     (dep,) = app.deployments
     assert dep.ray_actor_options.num_gpus == 1
-    assert dep.max_ongoing_requests >= app.args["max_batch_size"], "max_ongoing_requests caps @serve.batch"
+    from lmlm.serve.config import ServeConfig
+
+    held = app.args["max_batch_size"] + app.args.get("max_queue", ServeConfig.max_queue)
+    assert dep.max_ongoing_requests > held, "max_ongoing_requests must exceed running + queued (scheduler back-pressure)"
     mounts = {m["mountPath"] for _, _, c in _containers(svc["spec"]["rayClusterConfig"])
               for m in c.get("volumeMounts", [])}
     assert any(app.args["model_path"].startswith(m) for m in mounts), "model_path not on a mounted volume"

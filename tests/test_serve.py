@@ -14,6 +14,9 @@ from lmlm.netutil import free_port
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret-test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+SLOW_TIMEOUT_S = 8
+NO_EOS = {"0": -100}  # the tiny tokenizer's EOS: long requests run until cancelled
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,7 @@ def served(ray_cluster, tmp_path_factory):
     from ray import serve
 
     from lmlm.serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
+    from lmlm.serve.config import RequestLimits
 
     d = tmp_path_factory.mktemp("tiny-model")
     tok = tiny_tokenizer(synthetic_texts(), out_dir=d)
@@ -28,9 +32,16 @@ def served(ray_cluster, tmp_path_factory):
     store = FactStore.open(FactStoreConfig())
     store.add_triples(synthetic_triples(), annotator="test")
     dead = FactStore.open(FactStoreConfig())  # closed after the second app starts: unreachable store
+    long_ctx = tmp_path_factory.mktemp("long-model")
+    tok.save_pretrained(long_ctx)
+    tiny_model(len(tok), max_len=8192).save_pretrained(long_ctx)
     cfg = ServeConfig(model_path=str(d), admin_token=TOKEN, max_tokens_limit=64, default_max_tokens=8,
-                      max_batch_size=8, batch_wait_timeout_s=0.2, request_timeout_s=60, torch_threads=1,
-                      defaults={"max_lookups": 2})
+                      max_batch_size=8, request_timeout_s=60, torch_threads=1, defaults={"max_lookups": 2},
+                      limits=RequestLimits(max_body_bytes=20_000, max_prompts=4, max_stop_strings=3, max_stop_chars=20,
+                                           max_lookups=8, max_query_tokens=32, max_entity_chars=40))
+    # A long context, one row and one queue slot: for joining, queue-full, timeout and cancellation.
+    slow = ServeConfig(model_path=str(long_ctx), admin_token=TOKEN, max_tokens_limit=6000, max_batch_size=2,
+                       max_queue=1, request_timeout_s=SLOW_TIMEOUT_S, torch_threads=1, exposure="none")
     loaders = dict(model_loader=partial(model_from_dir, str(d)), tokenizer_loader=partial(tokenizer_from_dir, str(d)))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -38,6 +49,9 @@ def served(ray_cluster, tmp_path_factory):
         serve.run(build_app(cfg, store_loader=partial(store_at, store.url, 1.0), **loaders), name="lmlm", route_prefix="/")
         serve.run(build_app(cfg, store_loader=partial(store_at, dead.url, 1.0), **loaders), name="dead",
                   route_prefix="/dead")
+        serve.run(build_app(slow, store_loader=partial(store_at, store.url, 1.0),
+                            model_loader=partial(model_from_dir, str(long_ctx)),
+                            tokenizer_loader=partial(tokenizer_from_dir, str(long_ctx))), name="slow", route_prefix="/slow")
         dead.close()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             yield client, store
@@ -64,16 +78,26 @@ def test_health_models_and_completion(served):
     assert body["usage"]["total_tokens"] > body["usage"]["prompt_tokens"]
 
 
-def test_generate_returns_lookup_trace(served):
+def test_lookup_trace_exposure(served):
     client, _ = served
     t = synthetic_triples()[1]
-    r = client.post("/v1/generate", json={"prompt": cloze(t.entity, t.relation), "max_tokens": 4, "max_lookups": 0})
+    gen = {"prompt": cloze(t.entity, t.relation), "max_tokens": 4, "max_lookups": 0}
+    # Default (citations): the value, its stage and source documents; no stored record.
+    r = client.post("/v1/generate", json=gen)
     body = r.json()
     assert r.status_code == 200, r.text
     assert body["raw_text"].startswith(f" {t.value}{DB_END}")
     lk = body["lookups"][0]
-    assert (lk["entity"], lk["relation"], lk["value"], lk["stage"]) == (t.entity, t.relation, t.value, "exact")
-    assert lk["triple"] == {"entity": t.entity, "relation": t.relation, "value": t.value}
+    assert lk == {"entity": t.entity, "relation": t.relation, "value": t.value, "stage": "exact", "doc_ids": []}
+    # The admin token sees the full record; a wrong token is refused, not downgraded.
+    full = client.post("/v1/generate", json=gen, headers=AUTH).json()["lookups"][0]
+    assert full["triple"] == {"entity": t.entity, "relation": t.relation, "value": t.value}
+    assert full["provenance"]["annotators"] == ["test"]
+    assert client.post("/v1/generate", json=gen, headers={"authorization": "Bearer nope"}).status_code == 401
+    # exposure: none (the slow app): no trace and no raw text, which holds the injected values.
+    none = client.post("/slow/v1/generate", json=gen).json()
+    assert "lookups" not in none and "raw_text" not in none and "text" in none
+    assert "lookups" in client.post("/slow/v1/generate", json=gen, headers=AUTH).json()
 
 
 def test_streaming_matches_the_plain_answer(served):
@@ -115,7 +139,7 @@ def test_facts_admin_auth_and_unlearning(served):
     assert client.post("/v1/generate", json=gen).json()["lookups"][0]["value"] == "Reykjavik"
     d = client.request("DELETE", "/v1/facts", json={"entity": "Zed Quill", "relation": "Birth City"}, headers=auth)
     assert d.json() == {"deleted": 1}
-    after = client.post("/v1/generate", json=gen).json()["lookups"][0]
+    after = client.post("/v1/generate", json=gen, headers=auth).json()["lookups"][0]
     assert after["value"] != "Reykjavik"
     assert after["triple"] is None or after["triple"]["entity"] != "Zed Quill"
     assert client.get("/v1/facts", params={"entity": "Zed Quill", "relation": "Birth City"}, headers=auth).status_code == 404
@@ -132,11 +156,25 @@ def test_facts_admin_auth_and_unlearning(served):
     ({"prompt": "Kira " * 200}, "prompt", 400),
     ({"prompt": "Kira", "frobnicate": 1}, "frobnicate", 400),
     ({"prompt": "Kira", "top_p": 0}, "top_p", 400),
+    ({"prompt": "Kira", "seed": 2**70}, "seed", 400),
+    ({"prompt": "Kira", "seed": -1}, "seed", 400),
+    ({"prompt": "Kira", "temperature": float("nan")}, "temperature", 400),
+    ({"prompt": "Kira", "top_p": float("inf")}, "top_p", 400),
+    ({"prompt": "Kira", "temperature": 5e-324}, "temperature", 400),
+    ({"prompt": "Kira", "logit_bias": {"3": 1e39}}, "logit_bias", 400),
+    ({"prompt": "Kira", "logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias", 400),
+    ({"prompt": "Kira", "max_lookups": 10**9}, "max_lookups", 400),
+    ({"prompt": "Kira", "max_query_tokens": 33}, "max_query_tokens", 400),
+    ({"prompt": "Kira", "stop": ["a", "b", "c", "d"]}, "stop", 400),
+    ({"prompt": "Kira", "stop": "x" * 21}, "stop", 400),
+    ({"prompt": ["Kira"] * 5}, "prompt", 400),
+    ({"prompt": "Kira", "stop": ["s"] * 100_000}, "body", 413),
     ({"prompt": "Kira", "model": "gpt-4"}, "model", 404),
 ])
 def test_bad_completion_requests_name_the_field(served, body, field, status):
     client, _ = served
-    r = client.post("/v1/completions", json=body)
+    # json.dumps, not httpx: it writes NaN and Infinity, as some clients do.
+    r = client.post("/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["param"] == field and field in err["message"]
@@ -158,3 +196,132 @@ def test_store_unreachable_is_503_or_flagged(served):
     assert r.status_code == 503 and "unavailable" in r.json()["error"]["message"]
     r = client.post("/dead/v1/generate", json={**gen, "allow_lookups_disabled": True})
     assert r.status_code == 200 and r.json()["lookups_disabled"] is True
+
+
+def test_poisoned_requests_beside_good_ones(served):
+    """Bad values are 400s naming the field; a Redis error for one query is that request's 500; the
+    good requests sent at the same time all succeed."""
+    import concurrent.futures
+
+    from lmlm.factstore.layout import norm_name
+
+    client, store = served
+    bad_entity = norm_name("Poisoned Person", "entity")
+    key = store.layout.of(bad_entity).entity(bad_entity)
+    store.r.set(key, "not a hash")  # WRONGTYPE for any read of this entity
+    good = [{"prompt": cloze(t.entity, t.relation), "max_tokens": 6, "max_lookups": 1} for t in synthetic_triples()[:8]]
+    bad = [{"prompt": "Kira", "seed": 2**70}, {"prompt": "Kira", "temperature": 5e-324},
+           {"prompt": "Kira", "logit_bias": {"5": 1e39}}, {"prompt": "Kira", "max_lookups": 10**9},
+           {"prompt": "Kira", "stop": [str(i) for i in range(100_000)]}]
+    store_bad = {"prompt": cloze("Poisoned Person", "Birth City"), "max_tokens": 6}
+    bodies = good[:4] + bad + [store_bad] + good[4:]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            rs = list(pool.map(lambda b: client.post("/v1/generate", json=b), bodies))
+    finally:
+        store.r.delete(key)
+    assert [r.status_code for r in rs[4:9]] == [400, 400, 400, 400, 413]
+    assert [r.json()["error"]["param"] for r in rs[4:9]] == ["seed", "temperature", "logit_bias", "max_lookups", "body"]
+    assert rs[9].status_code == 500 and "WRONGTYPE" in rs[9].json()["error"]["message"]
+    for r, b in zip(rs[:4] + rs[10:], good):
+        assert r.status_code == 200, r.text
+        assert r.json()["lookups"][0]["stage"] == "exact"
+
+
+def _wait_for(client, path: str, pred, timeout_s: float = 30.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        h = client.get(path).json()
+        if pred(h) or time.monotonic() > deadline:
+            return h
+        time.sleep(0.05)
+
+
+class _Stream:
+    """A long streaming completion on the slow app, held open until closed."""
+
+    def __init__(self, client, max_tokens: int = 5000):
+        self.cm = client.stream("POST", "/slow/v1/completions",
+                                json={"prompt": "Tell me a bio of Kira Dunn.", "max_tokens": max_tokens, "stream": True,
+                                      "logit_bias": NO_EOS})
+        self.r = self.cm.__enter__()
+        self.lines = self.r.iter_lines()
+
+    def first_event(self) -> str:
+        for line in self.lines:
+            if line.startswith("data: "):
+                return line[6:]
+        raise AssertionError("the stream ended before its first event")
+
+    def close(self) -> None:
+        self.cm.__exit__(None, None, None)
+
+
+def test_join_queue_full_and_disconnect(served):
+    client, _ = served
+    before = client.get("/slow/healthz").json()["cancelled"].get("disconnect", 0)
+    a = _Stream(client)
+    try:
+        assert json.loads(a.first_event())["choices"][0]["text"] is not None
+        # A short request joins the running batch and finishes while the long one still decodes.
+        short = client.post("/slow/v1/generate", json={"prompt": "Kira", "max_tokens": 4})
+        assert short.status_code == 200 and short.json()["batch_size"] == 2
+        assert client.get("/slow/healthz").json()["running"] == 1
+        # Both rows taken and the one queue slot filled: the next request is turned away at once.
+        b = _Stream(client)
+        c = None
+        try:
+            b.first_event()
+            c = _Stream(client)
+            assert _wait_for(client, "/slow/healthz", lambda h: h["waiting"] == 1)["waiting"] == 1
+            full = client.post("/slow/v1/generate", json={"prompt": "Kira", "max_tokens": 4})
+            assert full.status_code == 503 and full.headers["retry-after"] == "1"
+            assert full.json()["error"]["type"] == "overloaded"
+        finally:
+            b.close()
+            if c is not None:
+                c.close()
+    finally:
+        a.close()
+    # Clients that went away: their rows (and the queued request) leave the batch.
+    h = _wait_for(client, "/slow/healthz", lambda h: h["running"] == 0 and h["waiting"] == 0)
+    assert (h["running"], h["waiting"]) == (0, 0)
+    assert h["cancelled"].get("disconnect", 0) - before == 3
+
+
+def test_timeout_and_client_timeout_end_the_row(served):
+    import httpx
+
+    client, _ = served
+    long = {"prompt": "Kira", "max_tokens": 6000, "logit_bias": NO_EOS}
+    before = client.get("/slow/healthz").json()["cancelled"]
+    r = client.post("/slow/v1/generate", json=long)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+    h = _wait_for(client, "/slow/healthz", lambda h: h["running"] == 0)
+    assert h["running"] == 0 and h["cancelled"].get("timeout", 0) - before.get("timeout", 0) == 1
+    # A plain (not streamed) request whose client gives up: Serve cancels the handler, the row leaves.
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/slow/v1/generate", json=long, timeout=1.0)
+    h = _wait_for(client, "/slow/healthz",
+                  lambda h: h["running"] == 0 and h["cancelled"].get("disconnect", 0) > before.get("disconnect", 0))
+    assert h["running"] == 0 and h["cancelled"].get("disconnect", 0) - before.get("disconnect", 0) == 1
+
+
+def test_prometheus_metrics(served, ray_cluster):
+    """The replica's metrics reach Ray's Prometheus endpoint (exported every few seconds)."""
+    import time
+
+    client, _ = served
+    t = synthetic_triples()[2]
+    assert client.post("/v1/generate", json={"prompt": cloze(t.entity, t.relation), "max_tokens": 4}).status_code == 200
+    port = ray_cluster.nodes()[0]["MetricsExportPort"]
+    names = ["queue_length", "running_batch_size", "generated_tokens_total", "tokens_per_second",
+             "time_to_first_token_s_bucket", "lookups_total", "lookup_latency_s_bucket"]
+    deadline, missing = time.monotonic() + 60, names
+    while missing and time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        missing = [n for n in names if f"ray_lmlm_{n}{{" not in text]
+        time.sleep(1)
+    assert not missing, f"not exported: {missing}"

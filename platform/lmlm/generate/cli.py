@@ -1,7 +1,9 @@
 """`lmlm generate`: prompts in, display text or JSON results out (`lmlm serve` is in lmlm.serve.cli)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -48,8 +50,11 @@ def _generate(args) -> int:
         raise ValueError("prompts: give at least one prompt (positional or prompts_file)")
     if not Path(cfg.model_path).is_dir():
         raise ValueError(f"model_path: {cfg.model_path} is not a checkpoint directory")
-    model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, cfg.dtype))
-    tok = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.model_path)
+    # Library chatter while loading goes to stderr: stdout carries the results (--json: one per line).
+    # (transformers imports accelerate, which imports DeepSpeed, whose logger prints to stdout.)
+    with contextlib.redirect_stdout(sys.stderr):
+        model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, cfg.dtype))
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.model_path)
     store = FactStore.open(cfg.store) if cfg.params.use_lookups else None
     try:
         results = Engine(model, tok, store, max_batch_size=cfg.batch_size).generate(prompts, cfg.params)

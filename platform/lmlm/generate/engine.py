@@ -1,43 +1,46 @@
 """The batched, KV-cache-preserving generation engine with interleaved fact lookups (LMLM.md §6).
 
-Prompts are left-padded and prefilled once. Every step then feeds one token per live row: the
-row's sampled token, or a forced one while it is injecting `" " + value + "<|db_end|>"` after a
-lookup. Rows that emit <|db_return|> in the same step are answered by one `store.lookup_batch`
-call. Finished rows leave the batch (their cache rows are dropped); no context is ever re-prefilled.
+`generate` runs a `DecodeBatch` (batch.py): up to `max_batch_size` sequences decode together, a
+waiting prompt joins as soon as a row finishes, and a row whose lookup was answered feeds the whole
+injected value in the same forward pass as the other rows' next token. Rows that emit
+<|db_return|> in the same step are answered by one `store.lookup_batch` call. No context is ever
+re-prefilled.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from transformers import DynamicCache
 
 from lmlm.factstore import StoreUnavailable
 from lmlm.tokenizer import lookup_token_ids
 
 from .params import GenerationParams
-from .sampling import choose_tokens
 from .state import GenerationResult, SequenceState
 
 Prompt = Union[str, Sequence[int]]
-# on_token(prompt_index, state) after each token a sequence takes (for streaming).
+# on_token(prompt_index, state) after each step in which a sequence took tokens (for streaming).
 OnToken = Callable[[int, SequenceState], None]
 
 
 class Engine:
     """`Engine(model, tokenizer, store)`; `store` is anything with `lookup_batch(queries, **policy)`."""
 
-    def __init__(self, model, tokenizer, store=None, *, max_batch_size: int = 32):
+    def __init__(self, model, tokenizer, store=None, *, max_batch_size: int = 32, prefill_chunk: int = 256):
+        if max_batch_size <= 0:
+            raise ValueError(f"max_batch_size: must be > 0 (got {max_batch_size})")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.store = store
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.prefill_chunk = max_batch_size, prefill_chunk
         self.token_ids = lookup_token_ids(tokenizer)
         self.eos_id = self.token_ids.eos
         self.pad_id = self.token_ids.pad
         self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.device = next(model.parameters()).device
         self.lookup_ids = torch.tensor(self.token_ids.markers)
+        self.lookup_listener: Optional[Callable[[int, float], None]] = None  # (queries, seconds) per store call
 
     # ---------------------------------------------------------------- helpers shared with the reference
     def encode(self, text: str) -> list[int]:
@@ -56,84 +59,77 @@ class Engine:
             raise ValueError("prompt: must not be empty")
         if params.use_lookups and self.store is None:
             raise ValueError("use_lookups: this engine has no fact store; pass use_lookups=False")
-        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode)
+        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode, self.encode)
 
     def answer_pending(self, states: Sequence[SequenceState]) -> None:
-        """Answer every pending query: one `lookup_batch` call per distinct store policy (usually one)."""
+        """Answer every pending query: one `lookup_batch` call per distinct store policy (usually one).
+
+        An unreachable store follows each request's `on_store_error`; any other store error is
+        retried query by query, so that it ends only the request(s) whose query raises it.
+        """
         groups: dict[tuple, list[SequenceState]] = {}
         for s in states:
             if s.pending is not None:
                 groups.setdefault(tuple(sorted(s.params.store_policy().items())), []).append(s)
         for policy, group in groups.items():
             try:
-                answers = self.store.lookup_batch([s.pending for s in group], **dict(policy))
+                answers = self._lookup([s.pending for s in group], dict(policy))
             except StoreUnavailable as e:
                 for s in group:
-                    s.store_failed(f"fact store unavailable: {e}", self.encode)
+                    s.store_failed(f"fact store unavailable: {e}")
+                continue
+            except Exception as e:  # noqa: BLE001
+                if len(group) > 1:
+                    for s in group:
+                        self.answer_pending([s])
+                else:
+                    group[0].fail(f"fact store error: {type(e).__name__}: {e}")
                 continue
             for s, a in zip(group, answers):
-                s.answer(a, self.encode)
+                try:
+                    s.answer(a)
+                except Exception as e:  # noqa: BLE001
+                    s.fail(f"fact store answer unusable: {type(e).__name__}: {e}")
+
+    def _lookup(self, queries: list[tuple[str, str]], policy: dict) -> list:
+        import time
+
+        t = time.perf_counter()
+        answers = self.store.lookup_batch(queries, **policy)
+        if self.lookup_listener is not None:
+            self.lookup_listener(len(queries), time.perf_counter() - t)
+        return answers
+
+    def forward(self, input_ids, mask, positions, cache, keep: int = 1) -> torch.Tensor:
+        """Logits [rows, keep, vocab] (float32 or wider, on the CPU) of the last `keep` positions."""
+        # Without padding the mask says nothing: skip building the 4D mask.
+        mask = None if bool(mask.all()) else mask.to(self.device)
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask,
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True,
+                         logits_to_keep=keep)
+        logits = out.logits[:, -keep:]
+        return (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).cpu()
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[Prompt], params: Union[GenerationParams, Sequence[GenerationParams], None] = None,
                  on_token: Optional[OnToken] = None) -> list[GenerationResult]:
         """Generate for every prompt; `params` is one for all or one per prompt."""
+        from .batch import DecodeBatch
+
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of prompts, got one string")
         plist = list(params) if isinstance(params, (list, tuple)) else [params or GenerationParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"params: {len(plist)} given for {len(prompts)} prompts")
         states = [self.new_state(p, pp) for p, pp in zip(prompts, plist)]
-        for start in range(0, len(states), self.max_batch_size):
-            chunk = list(range(start, min(start + self.max_batch_size, len(states))))
-            self._run([states[i] for i in chunk], chunk, on_token)
+        waiting = deque(range(len(states)))
+        batch = DecodeBatch(self, self.prefill_chunk)
+        while waiting or len(batch):
+            while waiting and len(batch) < self.max_batch_size:
+                i = waiting.popleft()
+                batch.add(states[i], i)
+            step = batch.step()
+            if on_token is not None:
+                for r in step.progressed:
+                    on_token(r.key, r.state)
         return [s.result() for s in states]
-
-    @torch.inference_mode()
-    def _run(self, states: list[SequenceState], index: list[int], on_token: Optional[OnToken]) -> None:
-        self.answer_pending(states)  # prompts that end with <|db_return|>
-        live = [i for i, s in enumerate(states) if not s.done]
-        if not live:
-            return
-        rows = [states[i] for i in live]
-        width = max(len(s.ids) for s in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        seen = torch.zeros((len(rows), self.model.config.vocab_size), dtype=torch.bool)
-        for r, s in enumerate(rows):
-            input_ids[r, width - len(s.ids):] = torch.tensor(s.ids)
-            mask[r, width - len(s.ids):] = 1
-            seen[r, s.ids] = True
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        next_pos = mask.sum(-1)
-        cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, mask, positions, cache)
-        while True:
-            toks = choose_tokens(logits, seen, rows, self.lookup_ids, self.eos_id)
-            for r, s in enumerate(rows):
-                s.push(toks[r])
-                if on_token is not None:
-                    on_token(index[live[r]], s)
-            self.answer_pending(rows)
-            keep = [r for r, s in enumerate(rows) if not s.done]
-            if not keep:
-                return
-            tok = torch.tensor(toks)
-            if len(keep) < len(rows):
-                sel = torch.tensor(keep)
-                cache.batch_select_indices(sel)
-                rows, live = [rows[r] for r in keep], [live[r] for r in keep]
-                tok, mask, seen, next_pos = tok[sel], mask[sel], seen[sel], next_pos[sel]
-            seen[torch.arange(len(rows)), tok] = True
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype)], dim=1)
-            logits = self._forward(tok[:, None], mask, next_pos[:, None], cache)
-            next_pos = next_pos + 1
-
-    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
-        # Without padding among the live rows the mask says nothing: skip building the 4D mask.
-        mask = None if bool(mask.all()) else mask.to(self.device)
-        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask,
-                         position_ids=positions.to(self.device), cache=cache, use_cache=True,
-                         logits_to_keep=1)
-        return out.logits[:, -1].float().cpu() if out.logits.dtype in (torch.float16, torch.bfloat16) \
-            else out.logits[:, -1].cpu()

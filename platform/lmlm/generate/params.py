@@ -1,6 +1,7 @@
 """Per-request generation settings (one dataclass, loadable through `lmlm.config`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -10,6 +11,11 @@ from lmlm.factstore.config import FALLBACKS, Fallback
 
 class ParamsError(ValueError):
     """A generation setting out of range; the message starts with the field's name."""
+
+
+MAX_SEED = 2**63 - 1          # torch.Generator.manual_seed takes at most 64 bits; JSON clients 63
+MIN_TEMPERATURE = 0.01        # below it x / T overflows to inf and sampling yields NaN
+MAX_BIAS = 100.0              # |logit bias|: +-100 already forces or bans a token (OpenAI's range)
 
 
 @dataclass
@@ -25,6 +31,7 @@ class GenerationParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # extra bias by token id
     max_lookups: int = 5                 # lookups per sequence; then <|db_entity|> is banned
     max_query_tokens: int = 24           # entity (and relation) length cap; then the next marker is forced
+    max_entity_chars: int = 100          # a longer entity (or relation) is answered unknown, no store call
     stop: list[str] = field(default_factory=list)  # stop strings, searched in the display text
     use_lookups: bool = True             # False bans the four lookup tokens (database-off ablation)
     fallback: Optional[Fallback] = None  # None: the store's default
@@ -47,26 +54,34 @@ class GenerationParams:
             return isinstance(v, int) and not isinstance(v, bool)
 
         def is_num(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        def is_bias(v) -> bool:
+            return is_num(v) and abs(v) <= MAX_BIAS
 
         need(is_int(self.max_new_tokens) and self.max_new_tokens > 0, "max_new_tokens", "must be an integer > 0")
-        need(is_num(self.temperature) and self.temperature >= 0, "temperature", "must be a number >= 0")
+        need(is_num(self.temperature) and (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE), "temperature",
+             f"must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE}")
         need(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be a number in (0, 1]")
         need(is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an integer >= 0")
-        need(self.seed is None or is_int(self.seed), "seed", "must be an integer or null")
-        need(is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", "must be a number > 0")
-        need(is_num(self.entity_bias), "entity_bias", "must be a number")
-        need(is_num(self.lookup_bias), "lookup_bias", "must be a number")
-        need(isinstance(self.logit_bias, dict) and all(is_int(k) and is_num(v) for k, v in self.logit_bias.items()),
-             "logit_bias", "must map integer token ids to numbers")
+        need(self.seed is None or (is_int(self.seed) and 0 <= self.seed <= MAX_SEED), "seed",
+             f"must be an integer in [0, {MAX_SEED}] or null")
+        need(is_num(self.repetition_penalty) and 0.01 <= self.repetition_penalty <= 100, "repetition_penalty",
+             "must be a number in [0.01, 100]")
+        need(is_bias(self.entity_bias), "entity_bias", f"must be a number in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
+        need(is_bias(self.lookup_bias), "lookup_bias", f"must be a number in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
+        need(isinstance(self.logit_bias, dict) and all(is_int(k) and k >= 0 and is_bias(v) for k, v in self.logit_bias.items()),
+             "logit_bias", f"must map token ids (integers >= 0) to numbers in [-{MAX_BIAS:g}, {MAX_BIAS:g}]")
         need(is_int(self.max_lookups) and self.max_lookups >= 0, "max_lookups", "must be an integer >= 0")
         need(is_int(self.max_query_tokens) and self.max_query_tokens > 0, "max_query_tokens", "must be an integer > 0")
+        need(is_int(self.max_entity_chars) and self.max_entity_chars > 0, "max_entity_chars", "must be an integer > 0")
         need(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "stop",
              "must be a list of non-empty strings")
         need(isinstance(self.use_lookups, bool), "use_lookups", "must be true or false")
         need(self.fallback is None or self.fallback in FALLBACKS, "fallback", f"must be one of {list(FALLBACKS)} or null")
         for name in STORE_THRESHOLDS:
-            need(getattr(self, name) is None or is_num(getattr(self, name)), name, "must be a number or null")
+            v = getattr(self, name)
+            need(v is None or (is_num(v) and 0 <= v <= 1), name, "must be a number in [0, 1] or null")
         need(self.on_store_error in ("fail", "disable_lookups"), "on_store_error", "must be 'fail' or 'disable_lookups'")
         need(isinstance(self.ignore_eos, bool), "ignore_eos", "must be true or false")
 

@@ -31,8 +31,7 @@ def _one(engine: Engine, state: SequenceState) -> GenerationResult:
     vocab = engine.model.config.vocab_size
     while not state.done:
         # Prefill everything so far, including the value just injected, into a fresh cache.
-        while state.forced and state.mode == "text" and not state.done:
-            state.push(state.next_forced())
+        state.take_injected()
         if state.done:
             break
         ids = torch.tensor([state.ids])

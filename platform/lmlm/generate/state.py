@@ -3,7 +3,9 @@
 Modes: TEXT (ordinary text), ENTITY (after <|db_entity|>), RELATION (after <|db_relationship|>).
 Lookup tokens are constrained by mode (a block is always well formed), <|db_return|> yields a
 pending query, and the answer is queued as forced tokens `" " + value + "<|db_end|>"` that the
-caller feeds one per step. Both decoders differ only in how they run the model.
+caller takes at once (`take_injected`). A block needs a non-empty entity and relation; a query
+longer than `max_entity_chars` (or empty once cleaned) is answered unknown without a store call.
+Both decoders differ only in how they run the model.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from lmlm.format import SPECIAL_TOKENS, Triple, clean_field, strip_lookups
+from lmlm.format import SPECIAL_TOKENS, UNKNOWN, Triple, clean_field, strip_lookups
 from lmlm.tokenizer import LookupTokenIds
 
 from .params import GenerationParams
@@ -31,7 +33,7 @@ class LookupRecord:
     value: str                      # the text injected after <|db_return|>
     triple: Optional[Triple]        # the stored triple that answered (None: fallback / no answer)
     score: Optional[float]
-    stage: str                      # exact | entity | relation | fallback | none | unavailable
+    stage: str                      # exact | entity | relation | fallback | none | unavailable | skipped
     provenance: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -52,7 +54,7 @@ class GenerationResult:
     n_prompt_tokens: int
     n_text_tokens: int              # counted against max_new_tokens
     n_lookup_tokens: int            # ids inside lookup blocks (query, markers, injected value)
-    finish_reason: str              # eos | length | stop | context | store_unavailable
+    finish_reason: str              # eos | length | stop | context | store_unavailable | error
     lookups_disabled: bool = False  # the store failed and the request allowed going on without it
     error: Optional[str] = None
 
@@ -76,8 +78,9 @@ def sanitize_value(value: str) -> str:
 
 class SequenceState:
     def __init__(self, prompt: str, prompt_ids: list[int], params: GenerationParams, token_ids: LookupTokenIds,
-                 max_len: int, decode: Callable[[list[int]], str]):
-        self.prompt, self.params, self.decode, self.max_len = prompt, params, decode, max_len
+                 max_len: int, decode: Callable[[list[int]], str], encode: Callable[[str], list[int]]):
+        self.prompt, self.params, self.max_len = prompt, params, max_len
+        self.decode, self.encode = decode, encode
         self.ent, self.rel, self.ret, self.end = token_ids.markers
         self.eos_id = token_ids.eos
         self.ids = list(prompt_ids)
@@ -128,9 +131,10 @@ class SequenceState:
         if self.mode == TEXT:
             ent = p.entity_bias if self.n_lookups < p.max_lookups else NEG_INF
             return [ent, NEG_INF, NEG_INF, NEG_INF]
+        # The next marker only once the entity (relation) has a token: no empty fields reach the store.
         if self.mode == ENTITY:
-            return [NEG_INF, p.lookup_bias, NEG_INF, NEG_INF]
-        return [NEG_INF, NEG_INF, p.lookup_bias, NEG_INF]
+            return [NEG_INF, p.lookup_bias if len(self.ids) - 1 > self.query_start else NEG_INF, NEG_INF, NEG_INF]
+        return [NEG_INF, NEG_INF, p.lookup_bias if len(self.ids) - 1 > self.rel_pos else NEG_INF, NEG_INF]
 
     def next_forced(self) -> Optional[int]:
         return self.forced[0] if self.forced else None
@@ -179,32 +183,47 @@ class SequenceState:
         entity = clean_field(self.decode(q[self.query_start + 1 : self.rel_pos]))
         relation = clean_field(self.decode(q[self.rel_pos + 1 : len(q) - 1]))
         self.mode, self.pending = AWAIT, (entity, relation)
+        limit = self.params.max_entity_chars
+        if not entity or not relation or len(entity) > limit or len(relation) > limit:
+            self._inject(LookupRecord(entity, relation, UNKNOWN, None, None, "skipped", {}))
 
-    def answer(self, answer: Any, encode: Callable[[str], list[int]]) -> None:
+    def take_injected(self) -> list[int]:
+        """Push the queued `" " + value + "<|db_end|>"` tokens at once; returns them."""
+        out = []
+        while self.forced and self.mode == TEXT and not self.done:
+            out.append(self.forced[0])
+            self.push(self.forced[0])
+        return out
+
+    def answer(self, answer: Any) -> None:
         """Queue the answer (an `Answer` or None) as forced tokens; the block closes with <|db_end|>."""
         entity, relation = self.pending
         if answer is None:
-            rec = LookupRecord(entity, relation, "unknown", None, None, "none", {})
+            rec = LookupRecord(entity, relation, UNKNOWN, None, None, "none", {})
         else:
-            rec = LookupRecord(entity, relation, sanitize_value(answer.value) or "unknown", answer.triple,
+            rec = LookupRecord(entity, relation, sanitize_value(answer.value) or UNKNOWN, answer.triple,
                                None if answer.score is None else float(answer.score), answer.stage,
                                dict(answer.provenance or {}))
-        self._inject(rec, encode)
+        self._inject(rec)
 
-    def store_failed(self, message: str, encode: Callable[[str], list[int]]) -> None:
+    def store_failed(self, message: str) -> None:
         """The store is unreachable: stop with an error, or close the block and go on without lookups."""
         if self.params.on_store_error == "fail":
-            self.pending = None
-            self.error = message
-            self._finish("store_unavailable")
+            self.fail(message, "store_unavailable")
             return
         self.lookups_disabled = True
         entity, relation = self.pending
-        self._inject(LookupRecord(entity, relation, "unknown", None, None, "unavailable", {}), encode)
+        self._inject(LookupRecord(entity, relation, UNKNOWN, None, None, "unavailable", {}))
 
-    def _inject(self, rec: LookupRecord, encode: Callable[[str], list[int]]) -> None:
+    def fail(self, message: str, reason: str = "error") -> None:
+        """End this sequence only, with its own error (the rest of its batch goes on)."""
+        self.pending = None
+        self.error = message
+        self._finish(reason)
+
+    def _inject(self, rec: LookupRecord) -> None:
         self.lookups.append(rec)
-        self.forced.extend(encode(" " + rec.value) + [self.end])
+        self.forced.extend(self.encode(" " + rec.value) + [self.end])
         self.pending = None
         self.mode = TEXT
 

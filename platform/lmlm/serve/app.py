@@ -6,20 +6,19 @@
 `build_app(cfg, model_loader=..., tokenizer_loader=..., store_loader=...)` returns the bound
 application; loaders are picklable zero-argument callables run inside each replica (tests pass a
 tiny saved model and a FactStore at a known Redis URL; the defaults are in `lmlm.serve.loaders`).
-Requests that arrive together are decoded together: the ingress validates, then one `@serve.batch`
-method runs the engine over the batch in a worker thread, streaming display-text deltas to
-`stream: true` clients as server-sent events.
+The ingress validates each request against `cfg.limits` and hands its prompts to the replica's
+`Scheduler` (continuous batching, scheduler.py), which streams display-text deltas to `stream: true`
+clients as server-sent events. A request that times out or whose client goes away leaves the batch
+before the next step. What a lookup trace shows is `cfg.exposure` (exposure.py).
 """
 
 import asyncio
-import concurrent.futures
 import json
 import os
 import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -32,6 +31,7 @@ from lmlm.config import from_dict, load_config, to_dict
 from lmlm.generate.params import GenerationParams, ParamsError
 
 from .config import ServeConfig
+from .exposure import expose
 from .loaders import (default_model_loader, default_store_loader, default_tokenizer_loader, model_from_dir,
                       store_at, tokenizer_from_dir)
 from .schemas import CompletionRequest, FactsDelete, FactsPut, GenerateRequest, GenerationFields
@@ -41,17 +41,31 @@ __all__ = ["LMLMServer", "ServeConfig", "app", "app_builder", "build_app", "mode
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error",
+                 headers: Optional[dict] = None):
         super().__init__(message)
-        self.status, self.message, self.field, self.kind = status, message, field_name, kind
+        self.status, self.message, self.field, self.kind, self.headers = status, message, field_name, kind, headers
 
 
-def _error(status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": field_name}}, status_code=status)
+def _error(status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error",
+           headers: Optional[dict] = None):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": field_name}}, status_code=status,
+                        headers=headers)
 
 
 app = FastAPI(title="LMLM")
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*)$")
+
+
+@app.middleware("http")
+async def _limit_body(request: Request, call_next):
+    limit = getattr(request.app.state, "max_body_bytes", None)
+    if limit is not None and request.method in ("POST", "PUT", "DELETE"):
+        size = request.headers.get("content-length")
+        n = int(size) if size is not None and size.isdigit() else len(await request.body())
+        if n > limit:
+            return _error(413, f"body: {n} bytes, more than the limit of {limit}", "body")
+    return await call_next(request)
 
 
 @app.exception_handler(RequestValidationError)
@@ -68,7 +82,7 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 @app.exception_handler(HTTPError)
 async def _http_error(request: Request, exc: HTTPError):
-    return _error(exc.status, exc.message, exc.field, exc.kind)
+    return _error(exc.status, exc.message, exc.field, exc.kind, exc.headers)
 
 
 # Module-level helpers the deployment uses must be defined above it: Serve serializes the class when
@@ -87,16 +101,16 @@ def _event(obj: dict) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-@dataclass
-class Job:
-    prompt: str
-    params: GenerationParams
-    queue: Optional[asyncio.Queue] = None     # streaming: display deltas, then None
-    loop: Optional[asyncio.AbstractEventLoop] = None
-    sent: int = 0                             # characters of display text streamed so far
+def _check_result(res) -> None:
+    """A finished row that ended in error becomes its request's HTTP error."""
+    if res.finish_reason == "store_unavailable":
+        raise HTTPError(503, f"{res.error}; retry later, or send allow_lookups_disabled: true to answer without lookups",
+                        None, "store_unavailable")
+    if res.finish_reason == "error":
+        raise HTTPError(500, f"generation failed: {res.error}", None, "server_error")
 
 
-@serve.deployment(max_ongoing_requests=64, graceful_shutdown_timeout_s=5)
+@serve.deployment(max_ongoing_requests=96, graceful_shutdown_timeout_s=5)
 @serve.ingress(app)
 class LMLMServer:
     def __init__(self, cfg: ServeConfig, model_loader: Callable, tokenizer_loader: Callable, store_loader: Callable):
@@ -104,32 +118,53 @@ class LMLMServer:
 
         from lmlm.generate import Engine
 
+        from .metrics import ServeMetrics
+        from .scheduler import Scheduler
+
         torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
-        self.engine = Engine(model_loader(), tokenizer_loader(), store_loader(), max_batch_size=cfg.max_batch_size)
+        app.state.max_body_bytes = cfg.limits.max_body_bytes
+        self.engine = Engine(model_loader(), tokenizer_loader(), store_loader(), max_batch_size=cfg.max_batch_size,
+                             prefill_chunk=cfg.prefill_chunk)
         self.token = cfg.admin_token or os.environ.get("LMLM_ADMIN_TOKEN", "")
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self._generate_batch.set_max_batch_size(cfg.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.metrics = ServeMetrics()
+        self.engine.lookup_listener = self.metrics.lookups
+        self.scheduler = Scheduler(self.engine, cfg.max_batch_size, cfg.max_queue, cfg.prefill_chunk, self.metrics)
+
+    def __del__(self):
+        if hasattr(self, "scheduler"):
+            self.scheduler.stop()
 
     # ------------------------------------------------------------------ requests -> params
     def _params(self, req: GenerationFields) -> GenerationParams:
-        d = dict(self.cfg.defaults)
+        lim = self.cfg.limits
+        d = {**self.cfg.defaults, "max_entity_chars": lim.max_entity_chars}
         mt = self.cfg.default_max_tokens if req.max_tokens is None else req.max_tokens
         if mt <= 0 or mt > self.cfg.max_tokens_limit:
             raise HTTPError(400, f"max_tokens: must be between 1 and {self.cfg.max_tokens_limit} (got {mt})", "max_tokens")
         d["max_new_tokens"] = mt
+        for name, cap in (("max_lookups", lim.max_lookups), ("max_query_tokens", lim.max_query_tokens)):
+            v = getattr(req, name)
+            if v is not None and v > cap:
+                raise HTTPError(400, f"{name}: at most {cap} on this server (got {v})", name)
         for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "max_lookups", "max_query_tokens",
                      "fallback", "entity_threshold", "relation_threshold", "cosine_threshold"):
             if getattr(req, name) is not None:
                 d[name] = getattr(req, name)
         if req.stop is not None:
             d["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+            if len(d["stop"]) > lim.max_stop_strings:
+                raise HTTPError(400, f"stop: at most {lim.max_stop_strings} stop strings (got {len(d['stop'])})", "stop")
+            if any(len(x) > lim.max_stop_chars for x in d["stop"]):
+                raise HTTPError(400, f"stop: each stop string has at most {lim.max_stop_chars} characters", "stop")
         if req.allow_lookups_disabled:
             d["on_store_error"] = "disable_lookups"
         if req.logit_bias:
+            if len(req.logit_bias) > lim.max_logit_bias:
+                raise HTTPError(400, f"logit_bias: at most {lim.max_logit_bias} entries (got {len(req.logit_bias)})",
+                                "logit_bias")
             try:
-                d["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
+                d["logit_bias"] = {int(k): v for k, v in req.logit_bias.items()}
             except ValueError:
                 raise HTTPError(400, "logit_bias: keys must be token ids", "logit_bias") from None
             vocab = self.engine.model.config.vocab_size
@@ -156,59 +191,67 @@ class LMLMServer:
         if n >= self.engine.max_len:
             raise HTTPError(400, f"prompt: {n} tokens, longer than the context ({self.engine.max_len - 1} at most)", "prompt")
 
-    # ------------------------------------------------------------------ batching
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, jobs: list[Job]) -> list:
-        from lmlm.generate.stream import DisplayStream
+    def _is_admin(self, request: Request) -> bool:
+        """True with a valid admin token, False without one; a wrong token is a 401."""
+        if "authorization" not in request.headers:
+            return False
+        self._auth(request)
+        return True
 
-        streams = {i: DisplayStream(j.params.stop) for i, j in enumerate(jobs) if j.queue is not None}
-
-        def on_token(i, state):
-            if i in streams:
-                d = streams[i].delta(state)
-                if d:
-                    jobs[i].sent += len(d)
-                    jobs[i].loop.call_soon_threadsafe(jobs[i].queue.put_nowait, d)
+    # ------------------------------------------------------------------ scheduling
+    def _submit(self, prompts: list[str], params: GenerationParams, on_progress=None) -> list:
+        from .scheduler import Job, QueueFull
 
         loop = asyncio.get_running_loop()
+        jobs = [Job(p, params, loop, loop.create_future(), on_progress) for p in prompts]
         try:
-            results = await loop.run_in_executor(
-                self.pool, partial(self.engine.generate, [j.prompt for j in jobs], [j.params for j in jobs], on_token))
-        except Exception as e:  # noqa: BLE001 — every caller gets the error, not a hang
-            results = [e] * len(jobs)
-        for i in streams:
-            jobs[i].queue.put_nowait(None)
-        return [(r, len(jobs)) for r in results]
+            self.scheduler.submit(jobs)
+        except QueueFull as e:
+            raise HTTPError(503, f"server busy: {e}; retry later", None, "overloaded", {"Retry-After": "1"}) from None
+        return jobs
 
-    async def _run(self, job: Job):
+    async def _results(self, jobs: list) -> list:
         try:
-            res, batch = await asyncio.wait_for(self._generate_batch(job), timeout=self.cfg.request_timeout_s)
+            results = await asyncio.wait_for(asyncio.gather(*(asyncio.shield(j.future) for j in jobs)),
+                                             timeout=self.cfg.request_timeout_s)
         except asyncio.TimeoutError:
+            for j in jobs:
+                self.scheduler.cancel(j, "timeout")
             raise HTTPError(504, f"generation took longer than {self.cfg.request_timeout_s} s", None, "timeout") from None
-        if isinstance(res, Exception):
-            raise HTTPError(500, f"generation failed: {res}", None, "server_error")
-        if res.finish_reason == "store_unavailable":
-            raise HTTPError(503, f"{res.error}; retry later, or send allow_lookups_disabled: true to answer without lookups",
-                            None, "store_unavailable")
-        res.batch_size = batch  # how many requests were decoded together with this one
-        return res
+        except asyncio.CancelledError:  # Serve cancels the handler when the client disconnects
+            for j in jobs:
+                self.scheduler.cancel(j, "disconnect")
+            raise
+        except ValueError as e:
+            raise HTTPError(400, str(e)) from None
+        except Exception as e:  # noqa: BLE001
+            raise HTTPError(500, f"generation failed: {type(e).__name__}: {e}", None, "server_error") from None
+        for res, j in zip(results, jobs):
+            _check_result(res)
+            res.batch_size = j.batch_size  # most requests decoded together with this one
+            res.ttft_s = j.ttft_s
+        return results
 
     # ------------------------------------------------------------------ endpoints
     @app.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "model": self.cfg.model_name}
+        st = self.scheduler.stats()
+        return {"status": "ok", "model": self.cfg.model_name, "waiting": st.waiting, "running": st.running,
+                "cancelled": st.cancelled}
 
     @app.get("/v1/models")
     async def models(self):
         return {"object": "list", "data": [{"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "lmlm"}]}
 
     @app.post("/v1/generate")
-    async def generate(self, req: GenerateRequest):
+    async def generate(self, req: GenerateRequest, request: Request):
+        level = "full" if self._is_admin(request) else self.cfg.exposure
         self._check_prompt(req.prompt)
-        res = await self._run(Job(req.prompt, self._params(req)))
-        return {"text": res.display_text, "raw_text": res.raw_text, "lookups": [lk.to_dict() for lk in res.lookups],
-                "finish_reason": res.finish_reason, "lookups_disabled": res.lookups_disabled,
-                "usage": _usage(res), "batch_size": res.batch_size}
+        [res] = await self._results(self._submit([req.prompt], self._params(req)))
+        body = {"text": res.display_text, "raw_text": res.raw_text, "finish_reason": res.finish_reason,
+                "lookups_disabled": res.lookups_disabled, "usage": _usage(res), "batch_size": res.batch_size,
+                "ttft_s": res.ttft_s}
+        return expose(body, res.lookups, level)
 
     @app.post("/v1/completions")
     async def completions(self, req: CompletionRequest):
@@ -217,6 +260,9 @@ class LMLMServer:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise HTTPError(400, "prompt: must not be an empty list", "prompt")
+        if len(prompts) > self.cfg.limits.max_prompts:
+            raise HTTPError(400, f"prompt: at most {self.cfg.limits.max_prompts} prompts per request (got {len(prompts)})",
+                            "prompt")
         if req.stream and len(prompts) != 1:
             raise HTTPError(400, "prompt: streaming takes one prompt", "prompt")
         for p in prompts:
@@ -225,12 +271,8 @@ class LMLMServer:
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": created, "model": self.cfg.model_name}
         if req.stream:
-            return StreamingResponse(self._sse(Job(prompts[0], params, asyncio.Queue(), asyncio.get_running_loop()), head),
-                                     media_type="text/event-stream")
-        jobs = []
-        for p in prompts:
-            jobs.append(self._run(Job(p, params)))
-        results = await asyncio.gather(*jobs)
+            return self._stream(prompts[0], params, head)
+        results = await self._results(self._submit(prompts, params))
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         for i, r in enumerate(results):
             choices.append({"text": r.display_text, "index": i, "logprobs": None, "finish_reason": _finish(r)})
@@ -240,26 +282,55 @@ class LMLMServer:
         return {**head, "choices": choices, "usage": usage,
                 "lookups_disabled": any(r.lookups_disabled for r in results)}
 
-    async def _sse(self, job: Job, head: dict):
-        task = asyncio.ensure_future(self._run(job))
+    def _stream(self, prompt: str, params: GenerationParams, head: dict) -> StreamingResponse:
+        from lmlm.generate.stream import DisplayStream
+
+        loop, deltas, shown = asyncio.get_running_loop(), asyncio.Queue(), DisplayStream(params.stop)
+
+        def on_progress(state):  # scheduler thread
+            d = shown.delta(state)
+            if d:
+                loop.call_soon_threadsafe(deltas.put_nowait, d)
+
+        [job] = self._submit([prompt], params, on_progress)
+        return StreamingResponse(self._sse(job, deltas, shown, head), media_type="text/event-stream")
+
+    async def _sse(self, job, deltas: asyncio.Queue, shown, head: dict):
+        def chunk(text, finish=None, **extra):
+            return _event({**head, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+                           **extra})
+
         deadline = time.monotonic() + self.cfg.request_timeout_s
-        while True:
-            try:
-                delta = await asyncio.wait_for(job.queue.get(), timeout=max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                break
-            if delta is None:
-                break
-            yield _event({**head, "choices": [{"text": delta, "index": 0, "logprobs": None, "finish_reason": None}]})
         try:
-            res = await task
-        except HTTPError as e:
-            yield _event({"error": {"message": e.message, "type": e.kind, "param": e.field}})
-        else:
-            tail = res.display_text[job.sent:]
-            yield _event({**head, "choices": [{"text": tail, "index": 0, "logprobs": None, "finish_reason": _finish(res)}],
-                          "usage": _usage(res), "lookups_disabled": res.lookups_disabled})
-        yield "data: [DONE]\n\n"
+            while not job.future.done():
+                get = asyncio.ensure_future(deltas.get())
+                done, _ = await asyncio.wait({get, job.future}, timeout=max(0.0, deadline - time.monotonic()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if get in done:
+                    yield chunk(get.result())
+                    continue
+                get.cancel()
+                if not done:
+                    self.scheduler.cancel(job, "timeout")
+                    yield _event({"error": {"message": f"generation took longer than {self.cfg.request_timeout_s} s",
+                                            "type": "timeout", "param": None}})
+                    yield "data: [DONE]\n\n"
+                    return
+            while not deltas.empty():
+                yield chunk(deltas.get_nowait())
+            try:
+                res = job.future.result()
+                _check_result(res)
+            except HTTPError as e:
+                yield _event({"error": {"message": e.message, "type": e.kind, "param": e.field}})
+            except Exception as e:  # noqa: BLE001
+                yield _event({"error": {"message": f"generation failed: {e}", "type": "server_error", "param": None}})
+            else:
+                yield chunk(res.display_text[shown.sent:], _finish(res), usage=_usage(res),
+                            lookups_disabled=res.lookups_disabled, ttft_s=job.ttft_s)
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): a running row leaves the batch
+            self.scheduler.cancel(job, "disconnect")
 
     # ------------------------------------------------------------------ fact administration
     def _auth(self, request: Request) -> None:
@@ -309,7 +380,8 @@ def build_app(cfg: ServeConfig | dict | None = None, *, model_loader: Callable |
               deployment_options: dict | None = None):
     """The bound application; loaders default to the checkpoint and store named in `cfg`."""
     cfg = cfg if isinstance(cfg, ServeConfig) else from_dict(ServeConfig, cfg or {})
-    opts = {"max_ongoing_requests": max(64, 2 * cfg.max_batch_size), **(deployment_options or {})}
+    # Serve must pass on more requests than the scheduler holds, or its own queue hides the 503.
+    opts = {"max_ongoing_requests": cfg.max_batch_size + cfg.max_queue + 16, **(deployment_options or {})}
     return LMLMServer.options(**opts).bind(cfg, model_loader or partial(default_model_loader, cfg),
                                            tokenizer_loader or partial(default_tokenizer_loader, cfg),
                                            store_loader or partial(default_store_loader, cfg))

@@ -132,7 +132,7 @@ def _train_func(config: dict) -> None:
     n_rows = len(all_ids)
     steps, _ = total_steps(cfg, n_rows, world)
     tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
-    model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed)
+    model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed, tokenizer=tokenizer)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

@@ -31,10 +31,32 @@ def preset_config(name: str, vocab_size: int, max_seq_len: int = 1024):
     raise ValueError(f"model: {name!r} is neither a preset {list(PRESETS)} nor an existing directory")
 
 
-def build_model(preset_or_path: str, vocab_size: int, max_seq_len: int = 1024, seed: int | None = None
-                ) -> PreTrainedModel:
+def build_model(preset_or_path: str, vocab_size: int, max_seq_len: int = 1024, seed: int | None = None,
+                tokenizer=None) -> PreTrainedModel:
     """A causal LM: a preset from scratch, or a local directory (config only: from scratch; with
-    weights: loaded). Embeddings are resized to `vocab_size` and left untied."""
+    weights: loaded). Embeddings are resized to `vocab_size` and left untied. With `tokenizer`, the
+    model's config and generation config carry its bos/eos/pad ids (`set_special_ids`)."""
+    model = _build(preset_or_path, vocab_size, max_seq_len, seed)
+    if tokenizer is not None:
+        set_special_ids(model, tokenizer)
+    return model
+
+
+def set_special_ids(model: PreTrainedModel, tokenizer) -> None:
+    """Write the tokenizer's bos/eos/pad ids into `model.config` and `model.generation_config`, so
+    that an exported checkpoint stops where the tokenizer's EOS is (transformers' config defaults,
+    bos=1 and eos=2, are lookup tokens in our tokenizers)."""
+    from lmlm.tokenizer import lookup_token_ids
+
+    ids = lookup_token_ids(tokenizer)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids.eos
+    named = {"bos_token_id": bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad}
+    for cfg in (model.config, model.generation_config):
+        for k, v in named.items():
+            setattr(cfg, k, v)
+
+
+def _build(preset_or_path: str, vocab_size: int, max_seq_len: int, seed: int | None) -> PreTrainedModel:
     import torch
 
     if vocab_size <= 0:
