@@ -1,4 +1,4 @@
-"""Benchmark: the serving engine against its baselines, each measured in the same run (LMLM.md §6).
+"""Benchmark: the serving engine against its baselines, each measured in the same run (docs/method.md §6).
 
     python bench/generate.py [--quick]      # --quick: under 60 s on 2 CPU cores
 
@@ -209,7 +209,7 @@ def main() -> None:
         res.update(overhead_and_ceiling(engine, t_on, n_on, repeats))
         progress("16 requests: sequential reference, then Serve")
         res.update(concurrent16(engine, Path(tmp), store.url, n_conc, conc_lookups, gap))
-        if not args.quick:  # the llama2-176m shape (LMLM.md §5), random weights
+        if not args.quick:  # the llama2-176m shape (docs/method.md §5), random weights
             big_dir = Path(tmp) / "176m"
             big, big_tok = build(big_dir, 512, 8, intermediate=11008)
             res["model_176m"] = "llama2-176m shape: h512 l8 i11008, random"

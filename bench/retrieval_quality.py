@@ -1,4 +1,4 @@
-"""Retrieval quality of the fact store: `reference` (single-stage, LMLM.md §3) vs `two_stage`.
+"""Retrieval quality of the fact store: `reference` (single-stage, docs/method.md §3) vs `two_stage`.
 
 A synthetic world (lmlm.world) is loaded into a private Redis 8 (90% of its people; the other 10% are
 the absent entities). Three query sets: reworded relations (a synonym from RELATION_SYNONYMS, never

@@ -252,7 +252,8 @@ def test_bad_values_are_rejected_by_name():
                      ({"temperature": float("nan")}, "temperature"), ({"logit_bias": {3: 1e39}}, "logit_bias"),
                      ({"logit_bias": {3: float("inf")}}, "logit_bias"), ({"top_p": float("nan")}, "top_p"),
                      ({"repetition_penalty": 1e-300}, "repetition_penalty"), ({"entity_bias": 1e9}, "entity_bias"),
-                     ({"threshold": float("inf")}, "threshold"), ({"max_entity_chars": 0}, "max_entity_chars")]:
+                     ({"entity_threshold": float("inf")}, "entity_threshold"), ({"cosine_threshold": 1.5}, "cosine_threshold"),
+                     ({"max_entity_chars": 0}, "max_entity_chars")]:
         with pytest.raises(ParamsError, match=f"^{name}:"):
             GenerationParams(**kw)
     GenerationParams(seed=2**63 - 1, temperature=0.01, logit_bias={3: -100})

@@ -164,7 +164,7 @@ def lookup_batch(store: "FactStore", queries, *, mode, top_k, fallback, timings:
 
 
 def _reference(store, qs, *, top_k, fallback, clock, cosine_threshold=None) -> list[Answer | None]:
-    """LMLM.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
+    """docs/method.md §3: embed "{entity} {relation}", top-k inner product, accept cosine >= 0.6, top-1."""
     if not store.cfg.key_index:
         raise ValueError("reference mode needs the '{entity} {relation}' vector set: create the store "
                          "with FactStoreConfig(key_index=True)")

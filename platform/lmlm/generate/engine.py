@@ -1,4 +1,4 @@
-"""The batched, KV-cache-preserving generation engine with interleaved fact lookups (LMLM.md §6).
+"""The batched, KV-cache-preserving generation engine with interleaved fact lookups (docs/method.md §6).
 
 `generate` runs a `DecodeBatch` (batch.py): up to `max_batch_size` sequences decode together, a
 waiting prompt joins as soon as a row finishes, and a row whose lookup was answered feeds the whole

@@ -69,7 +69,7 @@ def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 600, out_dir: str | P
 def tiny_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, max_len: int = 1024,
                seed: int = 0, dtype: torch.dtype = torch.float32, intermediate: int | None = None,
                logit_std: float = 1.3):
-    """A randomly initialised LLaMA-style causal LM (untied embeddings, as in LMLM.md §5)."""
+    """A randomly initialised LLaMA-style causal LM (untied embeddings, as in docs/method.md §5)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Model presets (LMLM.md §5) built from transformers configs, or a local config/checkpoint dir.
+"""Model presets (docs/method.md §5) built from transformers configs, or a local config/checkpoint dir.
 
 All presets use untied input/output embeddings sized to the tokenizer (the four lookup tokens
 included). Models are created from scratch: nothing is downloaded.
