@@ -208,7 +208,7 @@ def main() -> None:
         progress("lookup overhead and transformers generate")
         res.update(overhead_and_ceiling(engine, t_on, n_on, repeats))
         progress("16 requests: sequential reference, then Serve")
-        res.update(concurrent16(engine, Path(tmp), store.url, n_conc, conc_lookups, gap))
+        res.update(concurrent16(engine, Path(tmp), store.connection_url, n_conc, conc_lookups, gap))
         if not args.quick:  # the llama2-176m shape (docs/method.md §5), random weights
             big_dir = Path(tmp) / "176m"
             big, big_tok = build(big_dir, 512, 8, intermediate=11008)

@@ -110,7 +110,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, FactStore.open(FactStoreConfig()) as store:
             store.add_triples(synthetic_triples(), annotator="bench")
             build(Path(tmp), 256, 4)
-            url = start_serve(Path(tmp), store.url, max_batch_size=32)
+            url = start_serve(Path(tmp), store.connection_url, max_batch_size=32)
             try:
                 res = measure(url)
             finally:

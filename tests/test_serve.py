@@ -46,10 +46,10 @@ def served(ray_cluster, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(cfg, store_loader=partial(store_at, store.url, 1.0), **loaders), name="lmlm", route_prefix="/")
-        serve.run(build_app(cfg, store_loader=partial(store_at, dead.url, 1.0), **loaders), name="dead",
+        serve.run(build_app(cfg, store_loader=partial(store_at, store.connection_url, 1.0), **loaders), name="lmlm", route_prefix="/")
+        serve.run(build_app(cfg, store_loader=partial(store_at, dead.connection_url, 1.0), **loaders), name="dead",
                   route_prefix="/dead")
-        serve.run(build_app(slow, store_loader=partial(store_at, store.url, 1.0),
+        serve.run(build_app(slow, store_loader=partial(store_at, store.connection_url, 1.0),
                             model_loader=partial(model_from_dir, str(long_ctx)),
                             tokenizer_loader=partial(tokenizer_from_dir, str(long_ctx))), name="slow", route_prefix="/slow")
         dead.close()

@@ -336,7 +336,7 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> di
     facts = [{"entity": person.name, "relation": r, "value": v} for r, v in person.attributes.items()]
     port = cfg.serve.port or free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(ServeConfig(model_path=model_dir, store=dataclasses.replace(store_config(cfg), url=store.url),
+    app = build_app(ServeConfig(model_path=model_dir, store=dataclasses.replace(store_config(cfg), url=store.connection_url),
                                 admin_token=cfg.serve.admin_token, max_batch_size=8))
     prompt = f"Tell me a bio of {person.name}. {person.name} is"
     body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens, "repetition_penalty": cfg.serve.repetition_penalty}

@@ -33,10 +33,12 @@ def safe_url(url: str) -> str:
     return urlunsplit(p._replace(netloc="***@" + p.netloc.rsplit("@", 1)[1]))
 
 
-def connect(url: str, timeout_s: float, cluster: bool = False) -> redis.Redis | RedisCluster:
+def connect(url: str, timeout_s: float, cluster: bool = False, read_timeout_s: float | None = None
+            ) -> redis.Redis | RedisCluster:
     """A client with bounded connect/read timeouts (RESP2, hiredis when installed), no command
-    retries; checks the server version (every node's, on a cluster)."""
-    kw = dict(socket_connect_timeout=timeout_s, socket_timeout=timeout_s, protocol=2)
+    retries; checks the server version (every node's, on a cluster). `read_timeout_s` (default
+    `timeout_s`) must cover the longest server-side wait a command asks for (WAITAOF)."""
+    kw = dict(socket_connect_timeout=timeout_s, socket_timeout=read_timeout_s or timeout_s, protocol=2)
     try:
         if cluster or is_cluster_url(url):
             p = urlsplit(url)

@@ -83,6 +83,7 @@ class FactStoreConfig:
     # triples per pipelined write batch during bulk load
     write_batch: int = 1000
     # socket connect/read timeout; an unreachable server raises StoreUnavailable within about this
+    # (a read may take aof_wait_ms longer: a deletion's reply waits for the AOF)
     timeout_s: float = 2.0
     # document ids kept per value (the count keeps counting past this)
     max_docs_per_value: int = 8

@@ -69,7 +69,10 @@ class FactStore:
             server = RedisServer(cfg.data_dir, cfg.appendfsync, maxmemory=cfg.maxmemory).start()
             url = server.url
         try:
-            return cls(cfg, backend.connect(url, cfg.timeout_s, cluster=cfg.cluster), server, embedder)
+            # a deletion's reply may wait aof_wait_ms on the server (WAITAOF): reads must outlast it
+            read_timeout = cfg.timeout_s + cfg.aof_wait_ms / 1000
+            return cls(cfg, backend.connect(url, cfg.timeout_s, cluster=cfg.cluster, read_timeout_s=read_timeout),
+                       server, embedder)
         except BaseException:
             if server:
                 server.stop()
@@ -77,7 +80,15 @@ class FactStore:
 
     @property
     def url(self) -> str:
+        """Where the store is, without its password: safe to print."""
         return backend.describe(self.r)
+
+    @property
+    def connection_url(self) -> str:
+        """The URL another process connects with, the password included: pass it on, never print it."""
+        if self.server is not None:
+            return self.server.url
+        return self.cfg.resolved_url() or self.url
 
     @property
     def embedder(self) -> Embedder:

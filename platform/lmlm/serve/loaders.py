@@ -69,7 +69,7 @@ class _StoreHost:
         atexit.register(self.store.close)
 
     def url(self) -> str:
-        return self.store.url
+        return self.store.connection_url
 
     def __ray_shutdown__(self) -> None:  # graceful actor exit (ray.kill with no_restart, cluster shutdown)
         self.store.close()
