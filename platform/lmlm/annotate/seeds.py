@@ -104,6 +104,25 @@ def align(annotated: str, relation_tag: dict[str, str] | None = None) -> Aligned
 # Training
 
 
+def select_entity_rules(docs: list[Aligned], rel_tag: dict[str, str]) -> dict[str, str]:
+    """Per tag name (and "*" for all), the entity rule that names the seed calls' entities more often:
+    the document's subject (first ENT span) or the nearest ENT span to the left of the value."""
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for d in docs:
+        ents = [(i, j) for i, j, n in spans(d.tags) if n == ENT]
+        keys = [normalize_key(w) for w, _, _ in d.tokens]
+        for i, _, triple in d.calls:
+            name = rel_tag.get(normalize_key(triple.relation), OTHER)
+            for rule in (SUBJECT, NEAREST):
+                e = entity_for(ents, i, rule)
+                if e and " ".join(keys[e[0]:e[1]]) == normalize_key(triple.entity):
+                    votes[name][rule] += 1
+                    votes["*"][rule] += 1
+    rules = {name: (NEAREST if v[NEAREST] > v[SUBJECT] else SUBJECT) for name, v in votes.items()}
+    rules.setdefault("*", SUBJECT)
+    return rules
+
+
 def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) -> dict[str, str]:
     """normalised relation -> tag name, for relations frequent enough to get their own tag."""
     counts: Counter = Counter()
@@ -150,20 +169,7 @@ def _fit(annotated: list[str], *, buckets: int = 1 << 17, dim: int = 32, epochs:
         tags += ["B-" + name, "I-" + name]
     tag_id = {t: i for i, t in enumerate(tags)}
 
-    # entity rule per relation, selected by counting on the seeds
-    votes: dict[str, Counter] = defaultdict(Counter)
-    for d in docs:
-        ents = [(i, j) for i, j, n in spans(d.tags) if n == ENT]
-        keys = [normalize_key(w) for w, _, _ in d.tokens]
-        for i, _, triple in d.calls:
-            name = rel_tag.get(normalize_key(triple.relation), OTHER)
-            for rule in (SUBJECT, NEAREST):
-                e = entity_for(ents, i, rule)
-                if e and " ".join(keys[e[0]:e[1]]) == normalize_key(triple.entity):
-                    votes[name][rule] += 1
-                    votes["*"][rule] += 1
-    rules = {name: (NEAREST if v[NEAREST] > v[SUBJECT] else SUBJECT) for name, v in votes.items()}
-    rules.setdefault("*", SUBJECT)
+    rules = select_entity_rules(docs, rel_tag)
 
     ids_l, y_l, prev_l = [], [], []
     for d in docs:
