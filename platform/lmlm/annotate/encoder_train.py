@@ -12,29 +12,15 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
+from lmlm.annotate.config import EncoderTrainConfig
 from lmlm.annotate.encoder import KIND, EncoderAnnotator, Head, base_model_path, word_states
 from lmlm.annotate.seeds import align, relation_counts, select_entity_rules, torch_threads
 from lmlm.annotate.trained import ENT
-
-
-@dataclass
-class EncoderTrainConfig:
-    base_model: str = ""  # HF encoder directory; "": the offline all-MiniLM-L6-v2
-    hidden: int = 256  # hidden units of the head
-    context: int = 2  # neighbouring words each side the head reads
-    epochs: int = 10  # passes over the seed words
-    lr: float = 1e-3  # AdamW learning rate
-    batch_words: int = 256  # words per optimisation step
-    max_tokens: int = 256  # word pieces per window
-    min_relation_count: int = 3  # rarer relations take the nearest frequent label
-    max_relations: int = 64  # relation labels at most
-    span_weight: float = 1.0  # loss weight of entity/value tags vs "O"
-    seed: int = 0
 
 
 def relation_tags(annotated: list[str], min_count: int, max_relations: int) -> tuple[dict[str, str], dict[str, str]]:
