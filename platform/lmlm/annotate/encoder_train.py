@@ -43,6 +43,30 @@ def relation_tags(annotated: list[str], min_count: int, max_relations: int) -> t
     return rel_tag, {k: surface[k] for k in frequent}
 
 
+def train_head(head: Head, states: list[torch.Tensor], y: torch.Tensor, cfg: EncoderTrainConfig, log=print) -> int:
+    """Train `head` on the word states of the seed documents and their tag ids y; returns the steps."""
+    x = torch.cat([head.features(h) for h in states if len(h)])
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
+    weight = torch.full((head.mlp[-1].out_features,), float(cfg.span_weight))
+    weight[0] = 1.0  # "O"
+    head.train()
+    steps = 0
+    for epoch in range(cfg.epochs):
+        perm, total = torch.randperm(len(y)), 0.0
+        for b in range(0, len(y), cfg.batch_words):
+            idx = perm[b:b + cfg.batch_words]
+            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            total += loss.item() * len(idx)
+        if epoch == cfg.epochs - 1 or (epoch + 1) % 10 == 0:
+            log(f"train-annotator: epoch {epoch + 1}/{cfg.epochs} loss {total / len(y):.4f}")
+    head.eval()
+    return steps
+
+
 def fit_encoder(annotated: list[str], cfg: EncoderTrainConfig | None = None, *, threads: int | None = 1,
                 log=print) -> EncoderAnnotator:
     """Train the encoder annotator from seed documents in legacy (or special-token) annotated form."""
@@ -74,26 +98,8 @@ def _fit(annotated: list[str], cfg: EncoderTrainConfig, log) -> EncoderAnnotator
         f"encoder states in {t_cache:.1f} s")
 
     head = Head(encoder.config.hidden_size, len(tags), cfg.hidden, cfg.context)
-    x = torch.cat([head.features(h) for h in states if len(h)])
     y = torch.tensor([tag_id[t] for d in docs for t in d.tags])
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
-    weight = torch.full((len(tags),), float(cfg.span_weight))
-    weight[0] = 1.0
-    head.train()
-    steps = 0
-    for epoch in range(cfg.epochs):
-        perm, total = torch.randperm(len(y)), 0.0
-        for b in range(0, len(y), cfg.batch_words):
-            idx = perm[b:b + cfg.batch_words]
-            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
-            total += loss.item() * len(idx)
-        if epoch == cfg.epochs - 1 or (epoch + 1) % 10 == 0:
-            log(f"train-annotator: epoch {epoch + 1}/{cfg.epochs} loss {total / len(y):.4f}")
-    head.eval()
+    steps = train_head(head, states, y, cfg, log)
 
     fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], asdict(cfg)]).encode()):08x}"
     meta = {"kind": KIND, "tags": tags, "relation_names": names, "relation_map": rel_tag,
