@@ -164,8 +164,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     args = ap.parse_args()
-    sizes = dict(train_people=30, eval_people=20, epochs=3, squad_epochs=3, minilm_epochs=10, speed_docs=400,
-                 minilm_speed_docs=16, squad=False) if args.quick else \
+    sizes = dict(train_people=24, eval_people=16, epochs=3, squad_epochs=3, minilm_epochs=10, speed_docs=300,
+                 minilm_speed_docs=8, squad=False) if args.quick else \
         dict(train_people=300, eval_people=200, epochs=5, squad_epochs=6, minilm_epochs=10, speed_docs=4000,
              minilm_speed_docs=100, squad=True)
     for k, v in sizes.items():
