@@ -16,7 +16,8 @@ Speed (same documents, torch 1 thread per worker)
   fact-store loading off), measured from dataset creation to the last shard written;
 - speedup_2_actors = 2 actors / 1 actor; overhead_vs_loop = 1-actor time / loop time - 1.
   `*_steady` figures leave out the time to the first result (actor start-up: process, imports, model);
-- minilm_docs_per_s_loop: the minilm annotator in the same loop; minilm_train_s / tagger_train_s:
+- minilm_docs_per_s_loop: the minilm annotator in the same loop (and in the full run all the
+  figures above for it, prefixed minilm_, on minilm_speed_docs documents); minilm_train_s / tagger_train_s:
   training time on the in-world seeds (minilm: encoder states + head).
 
     python bench/annotate.py --quick     # < 60 s; last line: one JSON object
@@ -119,7 +120,31 @@ def quality(args, work: Path) -> tuple[dict, Path, Path]:
     return res, tagger.save(work / "tagger"), minilm.save(work / "minilm")
 
 
+def _loop_s(cfg: AnnotateConfig, texts: list[str]) -> float:
+    annotate_loop(cfg, texts[:4])  # warm caches once, as the actors' first batch does
+    t = time.time()
+    annotate_loop(cfg, texts)
+    return time.time() - t
+
+
+def _scaling(cfg: AnnotateConfig, n_docs: int, loop_s: float, out: Path, prefix: str = "") -> dict:
+    """1- and 2-actor runs of `cfg` against the loop time of the same documents."""
+    runs, workers = {}, {}
+    for n in (1, 2):
+        s = run_annotation(AnnotateConfig(**{**cfg.__dict__, "num_actors": n, "output_dir": str(out / f"{prefix}out{n}")}),
+                           log=log)
+        runs[n] = (s["annotate_seconds"], s["annotate_seconds"] - s["first_result_s"])
+        workers[n] = s["docs_per_worker"]
+    res = {"docs_per_s_loop": n_docs / loop_s, "docs_per_s_1_actor": n_docs / runs[1][0],
+           "docs_per_s_2_actors": n_docs / runs[2][0], "speedup_2_actors": runs[1][0] / runs[2][0],
+           "overhead_vs_loop": runs[1][0] / loop_s - 1, "speedup_2_actors_steady": runs[1][1] / runs[2][1],
+           "overhead_vs_loop_steady": runs[1][1] / loop_s - 1, "first_result_s_1_actor": runs[1][0] - runs[1][1],
+           "docs_per_worker_2_actors": workers[2]}
+    return {prefix + k: v for k, v in res.items()}
+
+
 def speed(args, work: Path, model_dir: Path, minilm_dir: Path) -> dict:
+    """The tagger's loop and actor scaling; the minilm annotator's loop (and its scaling in the full run)."""
     import ray
 
     world = generate_world(WorldConfig(people=args.speed_docs, seed=2))
@@ -127,35 +152,19 @@ def speed(args, work: Path, model_dir: Path, minilm_dir: Path) -> dict:
     src = write_jsonl([Record(d.id, d.text, "", "world", {}) for d in world.documents], work / "speed.jsonl")
     base = AnnotateConfig(input=str(src), trained_path=str(model_dir), batch_size=16, shard_docs=500,
                           load_store=False, progress=False, threads_per_actor=1, num_cpus_per_actor=0.5)
-    annotate_loop(base, texts[:20])  # warm caches once, as the actors' first batch does
-    t = time.time()
-    annotate_loop(base, texts)
-    loop_s = time.time() - t
-    minilm_cfg = AnnotateConfig(**{**base.__dict__, "annotator": "minilm", "trained_path": str(minilm_dir)})
-    annotate_loop(minilm_cfg, texts[:4])
-    t = time.time()
-    annotate_loop(minilm_cfg, texts[:args.minilm_speed_docs])
-    minilm_loop_s = time.time() - t
+    minilm_cfg = AnnotateConfig(**{**base.__dict__, "annotator": "minilm", "trained_path": str(minilm_dir),
+                                   "limit": args.minilm_speed_docs})
+    loop_s = _loop_s(base, texts)
+    minilm_loop_s = _loop_s(minilm_cfg, texts[:args.minilm_speed_docs])
+    res = {"speed_docs": len(texts), "minilm_speed_docs": args.minilm_speed_docs,
+           "minilm_docs_per_s_loop": args.minilm_speed_docs / minilm_loop_s}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        runs, workers = {}, {}
-        for n in (1, 2):
-            cfg = AnnotateConfig(**{**base.__dict__, "num_actors": n, "output_dir": str(work / f"out{n}")})
-            s = run_annotation(cfg, log=log)
-            runs[n] = (s["annotate_seconds"], s["annotate_seconds"] - s["first_result_s"])
-            workers[n] = s["docs_per_worker"]
+        res.update(_scaling(base, len(texts), loop_s, work))
+        if args.minilm_scaling:
+            res.update(_scaling(minilm_cfg, args.minilm_speed_docs, minilm_loop_s, work, prefix="minilm_"))
     finally:
         ray.shutdown()
-    n_docs = len(texts)
-    res = {"speed_docs": n_docs, "docs_per_s_loop": n_docs / loop_s,
-           "docs_per_s_1_actor": n_docs / runs[1][0], "docs_per_s_2_actors": n_docs / runs[2][0]}
-    res["speedup_2_actors"] = runs[1][0] / runs[2][0]
-    res["overhead_vs_loop"] = runs[1][0] / loop_s - 1
-    res["speedup_2_actors_steady"] = runs[1][1] / runs[2][1]
-    res["overhead_vs_loop_steady"] = runs[1][1] / loop_s - 1
-    res["first_result_s_1_actor"] = runs[1][0] - runs[1][1]
-    res["docs_per_worker_2_actors"] = workers[2]
-    res["minilm_docs_per_s_loop"] = args.minilm_speed_docs / minilm_loop_s
     log(f"speed: {res}")
     return res
 
@@ -165,9 +174,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     args = ap.parse_args()
     sizes = dict(train_people=24, eval_people=16, epochs=3, squad_epochs=3, minilm_epochs=10, speed_docs=300,
-                 minilm_speed_docs=8, squad=False) if args.quick else \
+                 minilm_speed_docs=8, squad=False, minilm_scaling=False) if args.quick else \
         dict(train_people=300, eval_people=200, epochs=5, squad_epochs=6, minilm_epochs=10, speed_docs=4000,
-             minilm_speed_docs=100, squad=True)
+             minilm_speed_docs=100, squad=True, minilm_scaling=True)
     for k, v in sizes.items():
         setattr(args, k, v)
     t0 = time.time()
