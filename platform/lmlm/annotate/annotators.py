@@ -273,7 +273,10 @@ def load_trained(path: str | Path, num_threads: int | None = None, kind: str | N
     """The annotator `lmlm train-annotator` saved in `path`: the kind its annotator.json names
     ("minilm", else the tagger); `kind` given: refuse any other."""
     meta = Path(path) / "annotator.json"
-    found = json.loads(meta.read_text()).get("kind", "tagger") if meta.is_file() else "tagger"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path} is not a trained annotator directory (no annotator.json; "
+                                "`lmlm train-annotator` writes one)")
+    found = json.loads(meta.read_text()).get("kind", "tagger")
     if kind and found != kind:
         raise ValueError(f"{path} holds a {found!r} annotator, not {kind!r}")
     if found == "minilm":
