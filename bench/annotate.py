@@ -1,19 +1,24 @@
-"""Annotation benchmark: quality of the trained annotator and speed of the Ray Data pipeline.
+"""Annotation benchmark: quality of the trained annotators (tagger vs minilm) and speed of the pipeline.
 
-Quality
-- f1_synthetic: tagger trained on the gold documents of one synthetic world, scored on the documents
-  of another world (other people) against their ground-truth triples (exact normalised triples).
-- SQuAD: tagger trained on squad-train1k (GPT-4o annotations), run on the plain `text` of
-  squad-eval100, compared with GPT-4o's triples of the same paragraphs under two matching rules:
-  `exact` (entity, relation, value all equal after normalize_key) and `entity_value` (relation
-  ignored). The headline precision/recall keys use `exact`; `*_entity_value` keys the other rule.
-  (span_weight=3: value tags weigh 3x "O" in the loss, which roughly doubles recall on these sparse seeds.)
-Speed (same annotator, same documents, torch 1 thread per worker)
-- docs_per_s_loop: a plain single-process loop (annotate + validate), the baseline;
+Quality (both annotators trained on the same seeds; F1 under two matching rules, see metrics.py:
+`exact` = entity, relation and value equal after normalize_key; `entity_value` = relation ignored)
+- in-world: trained on the gold documents of one synthetic world, scored on the documents of another
+  world (other people, the same sentence templates);
+- held-out phrasing: scored on lmlm.annotate.heldout documents (evaluation-only sentences about people
+  named from a name pool the world never uses);
+- SQuAD (full run only): trained on squad-train1k (GPT-4o annotations), run on the plain `text` of
+  squad-eval100, compared with GPT-4o's triples (tagger with span_weight=3, as before).
+Keys `<kind>_f1_<set>[_exact]`; the headline `f1_synthetic` (exact) and `f1_heldout_phrasing`
+(entity+value) are the default annotator's (the tagger: AnnotateConfig/TrainAnnotatorConfig default).
+Speed (same documents, torch 1 thread per worker)
+- docs_per_s_loop: the tagger in a plain single-process loop (annotate + validate), the baseline;
 - docs_per_s_1_actor / _2_actors: run_annotation with a 1- and 2-actor pool (Parquet shards written,
   fact-store loading off), measured from dataset creation to the last shard written;
-- speedup_2_actors = 2 actors / 1 actor; overhead_vs_loop = loop docs/s / 1-actor docs/s - 1.
-  `*_steady` figures leave out the time to the first result (actor start-up: process, imports, model).
+- speedup_2_actors = 2 actors / 1 actor; overhead_vs_loop = 1-actor time / loop time - 1.
+  `*_steady` figures leave out the time to the first result (actor start-up: process, imports, model);
+- minilm_docs_per_s_loop: the minilm annotator in the same loop (and in the full run all the
+  figures above for it, prefixed minilm_, on minilm_speed_docs documents); minilm_train_s / tagger_train_s:
+  training time on the in-world seeds (minilm: encoder states + head).
 
     python bench/annotate.py --quick     # < 60 s; last line: one JSON object
 """
@@ -33,47 +38,113 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
-from lmlm.annotate import AnnotateConfig, evaluate, fit, run_annotation  # noqa: E402
+from lmlm.annotate import AnnotateConfig, EncoderTrainConfig, evaluate, fit, run_annotation  # noqa: E402
+from lmlm.annotate.encoder_train import fit_encoder  # noqa: E402
+from lmlm.annotate.heldout import heldout_documents  # noqa: E402
 from lmlm.annotate.pipeline import annotate_loop  # noqa: E402
 from lmlm.corpus import Record, read_corpus, write_jsonl  # noqa: E402
 from lmlm.world import WorldConfig, generate_world  # noqa: E402
 
-WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lmlm-wiki"
+SQUAD_TRAIN, SQUAD_EVAL = "squad-train1k_chatgpt_gpt4o-v7.1_cleaned.json", "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def quality(args, work: Path) -> tuple[dict, Path]:
+def _scores(res: dict, kind: str, name: str, m: dict) -> None:
+    res[f"{kind}_f1_{name}"] = m["entity_value"]["f1"]
+    res[f"{kind}_f1_{name}_exact"] = m["exact"]["f1"]
+    res[f"{kind}_precision_{name}_exact"] = m["exact"]["precision"]
+    res[f"{kind}_recall_{name}_exact"] = m["exact"]["recall"]
+
+
+def _squad_files() -> tuple[Path, Path] | None:
+    """The two SQuAD files of lmlm-wiki when they are here and verified (nothing is downloaded)."""
+    from lmlm.datasets import dataset_file, status
+
+    try:
+        if any(status("lmlm-wiki").get(f) != "ok" for f in (SQUAD_TRAIN, SQUAD_EVAL)):
+            return None
+        return dataset_file("lmlm-wiki", SQUAD_TRAIN), dataset_file("lmlm-wiki", SQUAD_EVAL)
+    except (KeyError, ValueError, OSError):
+        return None
+
+
+def squad(args, res: dict) -> None:
+    files = _squad_files() if args.squad else None
+    if not files:
+        log("squad: left out (--quick, or lmlm-wiki not fetched: lmlm data fetch lmlm-wiki)")
+        return
+    train = [r.annotated_text for r in read_corpus(files[0])]
+    ev = read_corpus(files[1])
+    gold, texts = [r.annotated_text for r in ev], [r.text for r in ev]
+    trainers = {"tagger": lambda: fit(train, epochs=args.squad_epochs, span_weight=3.0, log=lambda s: None),
+                "minilm": lambda: fit_encoder(train, EncoderTrainConfig(epochs=args.minilm_epochs), log=log)}
+    for kind, train_fn in trainers.items():
+        t = time.time()
+        m = evaluate(train_fn(), gold, texts=texts)
+        ev_m, ex_m = m["entity_value"], m["exact"]
+        res.update({f"{kind}_squad_eval100_entity_value_f1": ev_m["f1"],
+                    f"{kind}_squad_eval100_entity_value_precision": ev_m["precision"],
+                    f"{kind}_squad_eval100_entity_value_recall": ev_m["recall"],
+                    f"{kind}_squad_eval100_exact_triple_f1": ex_m["f1"],
+                    f"{kind}_squad_predicted_triples": ex_m["predicted"], "squad_gold_triples": ex_m["gold"],
+                    f"{kind}_squad_seconds": time.time() - t})
+        log(f"squad {kind}: {m}")
+    res["f1_squad_eval100_entity_value"] = res["tagger_squad_eval100_entity_value_f1"]
+    res["exact_triple_f1"] = res["tagger_squad_eval100_exact_triple_f1"]
+
+
+def quality(args, work: Path) -> tuple[dict, Path, Path]:
     seeds = [d.annotated_text for d in generate_world(WorldConfig(people=args.train_people, seed=0)).documents]
-    held = [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents]
+    in_world = [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents]
+    heldout = [d.annotated_text for d in heldout_documents(args.eval_people, seed=1)]
+    res: dict = {"synthetic_train_docs": len(seeds), "synthetic_eval_docs": len(in_world),
+                 "heldout_eval_docs": len(heldout)}
     t = time.time()
     tagger = fit(seeds, epochs=args.epochs, log=lambda s: None)
-    syn = evaluate(tagger, held)["exact"]
-    res = {"f1_synthetic": syn["f1"], "precision_synthetic": syn["precision"], "recall_synthetic": syn["recall"],
-           "synthetic_train_docs": len(seeds), "synthetic_eval_docs": len(held),
-           "synthetic_seconds": round(time.time() - t, 2)}
-    log(f"synthetic: {res}")
-    model_dir = tagger.save(work / "synthetic-annotator")
-    if WIKI.is_dir():
+    res["tagger_train_s"] = time.time() - t
+    t = time.time()
+    minilm = fit_encoder(seeds, EncoderTrainConfig(epochs=args.minilm_epochs), log=lambda s: None)
+    res["minilm_train_s"] = time.time() - t
+    for kind, ann in (("tagger", tagger), ("minilm", minilm)):
         t = time.time()
-        train = [r.annotated_text for r in read_corpus(WIKI / "squad-train1k_chatgpt_gpt4o-v7.1_cleaned.json")]
-        ev = read_corpus(WIKI / "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json")
-        squad = fit(train, epochs=args.squad_epochs, span_weight=3.0, log=lambda s: None)
-        m = evaluate(squad, [r.annotated_text for r in ev], texts=[r.text for r in ev])
-        res.update({"precision_squad_eval100": m["exact"]["precision"], "recall_squad_eval100": m["exact"]["recall"],
-                    "precision_squad_eval100_entity_value": m["entity_value"]["precision"],
-                    "recall_squad_eval100_entity_value": m["entity_value"]["recall"],
-                    "squad_predicted_triples": m["exact"]["predicted"], "squad_gold_triples": m["exact"]["gold"],
-                    "squad_seconds": round(time.time() - t, 2)})
-        log(f"squad: {m}")
-    else:
-        log(f"squad: {WIKI} not found, SQuAD figures left out")
-    return res, model_dir
+        _scores(res, kind, "synthetic", evaluate(ann, in_world))
+        _scores(res, kind, "heldout_phrasing", evaluate(ann, heldout))
+        res[f"{kind}_eval_s"] = time.time() - t
+    res["f1_synthetic"] = res["tagger_f1_synthetic_exact"]
+    res["f1_heldout_phrasing"] = res["tagger_f1_heldout_phrasing"]
+    log(f"synthetic + held-out: {res}")
+    squad(args, res)
+    return res, tagger.save(work / "tagger"), minilm.save(work / "minilm")
 
 
-def speed(args, work: Path, model_dir: Path) -> dict:
+def _loop_s(cfg: AnnotateConfig, texts: list[str]) -> float:
+    annotate_loop(cfg, texts[:4])  # warm caches once, as the actors' first batch does
+    t = time.time()
+    annotate_loop(cfg, texts)
+    return time.time() - t
+
+
+def _scaling(cfg: AnnotateConfig, n_docs: int, loop_s: float, out: Path, prefix: str = "") -> dict:
+    """1- and 2-actor runs of `cfg` against the loop time of the same documents."""
+    runs, workers = {}, {}
+    for n in (1, 2):
+        s = run_annotation(AnnotateConfig(**{**cfg.__dict__, "num_actors": n, "output_dir": str(out / f"{prefix}out{n}")}),
+                           log=log)
+        runs[n] = (s["annotate_seconds"], s["annotate_seconds"] - s["first_result_s"])
+        workers[n] = s["docs_per_worker"]
+    res = {"docs_per_s_loop": n_docs / loop_s, "docs_per_s_1_actor": n_docs / runs[1][0],
+           "docs_per_s_2_actors": n_docs / runs[2][0], "speedup_2_actors": runs[1][0] / runs[2][0],
+           "overhead_vs_loop": runs[1][0] / loop_s - 1, "speedup_2_actors_steady": runs[1][1] / runs[2][1],
+           "overhead_vs_loop_steady": runs[1][1] / loop_s - 1, "first_result_s_1_actor": runs[1][0] - runs[1][1],
+           "docs_per_worker_2_actors": workers[2]}
+    return {prefix + k: v for k, v in res.items()}
+
+
+def speed(args, work: Path, model_dir: Path, minilm_dir: Path) -> dict:
+    """The tagger's loop and actor scaling; the minilm annotator's loop (and its scaling in the full run)."""
     import ray
 
     world = generate_world(WorldConfig(people=args.speed_docs, seed=2))
@@ -81,29 +152,19 @@ def speed(args, work: Path, model_dir: Path) -> dict:
     src = write_jsonl([Record(d.id, d.text, "", "world", {}) for d in world.documents], work / "speed.jsonl")
     base = AnnotateConfig(input=str(src), trained_path=str(model_dir), batch_size=16, shard_docs=500,
                           load_store=False, progress=False, threads_per_actor=1, num_cpus_per_actor=0.5)
-    annotate_loop(base, texts[:20])  # warm caches once, as the actors' first batch does
-    t = time.time()
-    annotate_loop(base, texts)
-    loop_s = time.time() - t
+    minilm_cfg = AnnotateConfig(**{**base.__dict__, "annotator": "minilm", "trained_path": str(minilm_dir),
+                                   "limit": args.minilm_speed_docs})
+    loop_s = _loop_s(base, texts)
+    minilm_loop_s = _loop_s(minilm_cfg, texts[:args.minilm_speed_docs])
+    res = {"speed_docs": len(texts), "minilm_speed_docs": args.minilm_speed_docs,
+           "minilm_docs_per_s_loop": args.minilm_speed_docs / minilm_loop_s}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        runs, workers = {}, {}
-        for n in (1, 2):
-            cfg = AnnotateConfig(**{**base.__dict__, "num_actors": n, "output_dir": str(work / f"out{n}")})
-            s = run_annotation(cfg, log=log)
-            runs[n] = (s["annotate_seconds"], s["annotate_seconds"] - s["first_result_s"])
-            workers[n] = s["docs_per_worker"]
+        res.update(_scaling(base, len(texts), loop_s, work))
+        if args.minilm_scaling:
+            res.update(_scaling(minilm_cfg, args.minilm_speed_docs, minilm_loop_s, work, prefix="minilm_"))
     finally:
         ray.shutdown()
-    n_docs = len(texts)
-    res = {"speed_docs": n_docs, "docs_per_s_loop": n_docs / loop_s,
-           "docs_per_s_1_actor": n_docs / runs[1][0], "docs_per_s_2_actors": n_docs / runs[2][0]}
-    res["speedup_2_actors"] = runs[1][0] / runs[2][0]
-    res["overhead_vs_loop"] = runs[1][0] / loop_s - 1
-    res["speedup_2_actors_steady"] = runs[1][1] / runs[2][1]
-    res["overhead_vs_loop_steady"] = runs[1][1] / loop_s - 1
-    res["first_result_s_1_actor"] = runs[1][0] - runs[1][1]
-    res["docs_per_worker_2_actors"] = workers[2]
     log(f"speed: {res}")
     return res
 
@@ -112,15 +173,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     args = ap.parse_args()
-    sizes = dict(train_people=120, eval_people=100, epochs=3, squad_epochs=3, speed_docs=800) if args.quick else \
-        dict(train_people=500, eval_people=500, epochs=5, squad_epochs=6, speed_docs=4000)
+    sizes = dict(train_people=24, eval_people=16, epochs=3, squad_epochs=3, minilm_epochs=10, speed_docs=300,
+                 minilm_speed_docs=8, squad=False, minilm_scaling=False) if args.quick else \
+        dict(train_people=300, eval_people=200, epochs=5, squad_epochs=6, minilm_epochs=10, speed_docs=4000,
+             minilm_speed_docs=100, squad=True, minilm_scaling=True)
     for k, v in sizes.items():
         setattr(args, k, v)
     t0 = time.time()
     torch.set_num_threads(1)  # one worker = one thread, for the loop, the actors and training alike
     with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
-        res, model_dir = quality(args, Path(tmp))
-        res.update(speed(args, Path(tmp), model_dir))
+        res, model_dir, minilm_dir = quality(args, Path(tmp))
+        res.update(speed(args, Path(tmp), model_dir, minilm_dir))
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     res.update(quick=args.quick, cpu_count=os.cpu_count(), load_avg_1m=round(os.getloadavg()[0], 2),
                seconds=round(time.time() - t0, 1))

@@ -1,6 +1,8 @@
 """Ray job: the `train_annotator` stage of the pipeline alone (same config file as jobs/pipeline.py).
 
     python jobs/train_annotator.py --config jobs/configs/demo.yaml [--set key.path=value ...]
+    python jobs/train_annotator.py --config jobs/configs/demo.yaml --set train_annotator.kind=minilm \
+        --set train_annotator.ray_train=true      # the minilm annotator, trained as a Ray Train job
     ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- python jobs/train_annotator.py --config FILE
 """
 import sys

@@ -6,15 +6,19 @@ Entry points for jobs (`jobs/annotate.py`, `jobs/train_annotator.py`) and the `l
     train_annotator(cfg: TrainAnnotatorConfig) -> Path                          # saved annotator dir
 
 Annotators share one interface, `Annotator.annotate(texts: list[str]) -> list[str]` (legacy-annotated
-texts); `build_annotator(cfg)` picks "trained", "hf" or "openai".
+texts); `build_annotator(cfg)` picks "trained" (tagger or minilm, as saved), "minilm", "hf" or
+"openai"; `annotate_text_file` is `lmlm annotate-text`.
 """
-from lmlm.annotate.annotators import Annotator, AnnotatorError, HFAnnotator, OpenAIAnnotator, build_annotator
-from lmlm.annotate.config import AnnotateConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig, TrainAnnotatorConfig
+from lmlm.annotate.annotators import (Annotator, AnnotatorError, HFAnnotator, OpenAIAnnotator, build_annotator,
+                                      load_trained)
+from lmlm.annotate.config import (AnnotateConfig, EncoderTrainConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig,
+                                  TrainAnnotatorConfig)
 from lmlm.annotate.metrics import score
 from lmlm.annotate.pipeline import run_annotation
 from lmlm.annotate.seeds import evaluate, fit, train_annotator
 from lmlm.annotate.trained import TrainedAnnotator
 
 __all__ = ["Annotator", "AnnotatorError", "HFAnnotator", "OpenAIAnnotator", "TrainedAnnotator", "build_annotator",
-           "AnnotateConfig", "HFAnnotatorConfig", "OpenAIAnnotatorConfig", "TrainAnnotatorConfig",
+           "load_trained", "AnnotateConfig", "EncoderTrainConfig", "HFAnnotatorConfig", "OpenAIAnnotatorConfig",
+           "TrainAnnotatorConfig",
            "run_annotation", "train_annotator", "fit", "evaluate", "score"]

@@ -2,7 +2,8 @@
 
 - `hf`: a local transformers causal LM with a chat template, batched greedy decoding.
 - `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts).
-- `trained`: the platform's own learned span tagger (trained.py).
+- `trained`: the platform's own learned annotator: the span tagger (trained.py) or the MiniLM
+  encoder annotator (encoder.py), whichever `lmlm train-annotator` saved; `minilm`: the latter only.
 
 `annotate_safe` is what the pipeline calls: per document either the annotated text or a short
 failure reason, so one bad document (or a dead endpoint) never fails or hangs a whole batch.
@@ -268,12 +269,29 @@ class OpenAIAnnotator(Annotator):
         self.client.close()
 
 
+def load_trained(path: str | Path, num_threads: int | None = None, kind: str | None = None) -> Annotator:
+    """The annotator `lmlm train-annotator` saved in `path`: the kind its annotator.json names
+    ("minilm", else the tagger); `kind` given: refuse any other."""
+    meta = Path(path) / "annotator.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path} is not a trained annotator directory (no annotator.json; "
+                                "`lmlm train-annotator` writes one)")
+    found = json.loads(meta.read_text()).get("kind", "tagger")
+    if kind and found != kind:
+        raise ValueError(f"{path} holds a {found!r} annotator, not {kind!r}")
+    if found == "minilm":
+        from lmlm.annotate.encoder import EncoderAnnotator
+
+        return EncoderAnnotator.load(path, num_threads=num_threads)
+    from lmlm.annotate.trained import TrainedAnnotator
+
+    return TrainedAnnotator.load(path, num_threads=num_threads)
+
+
 def build_annotator(cfg: AnnotateConfig, num_threads: int | None = None) -> Annotator:
     """The annotator named by `cfg.annotator`, ready to call."""
-    if cfg.annotator == "trained":
-        from lmlm.annotate.trained import TrainedAnnotator
-
-        return TrainedAnnotator.load(cfg.trained_path, num_threads=num_threads)
+    if cfg.annotator in ("trained", "minilm"):
+        return load_trained(cfg.trained_path, num_threads, None if cfg.annotator == "trained" else "minilm")
     if num_threads:
         import torch
 
@@ -282,4 +300,4 @@ def build_annotator(cfg: AnnotateConfig, num_threads: int | None = None) -> Anno
         return HFAnnotator(cfg.hf)
     if cfg.annotator == "openai":
         return OpenAIAnnotator(cfg.openai)
-    raise ValueError(f"unknown annotator {cfg.annotator!r} (known: trained, hf, openai)")
+    raise ValueError(f"unknown annotator {cfg.annotator!r} (known: trained, minilm, hf, openai)")

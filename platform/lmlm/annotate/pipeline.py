@@ -160,11 +160,13 @@ def annotator_id_for(cfg: AnnotateConfig) -> str:
     """The provenance label, without loading a model."""
     if cfg.annotator_id:
         return cfg.annotator_id
-    if cfg.annotator == "trained":
-        meta = Path(cfg.trained_path) / "annotator.json"
-        if not meta.is_file():
+    if cfg.annotator in ("trained", "minilm"):
+        meta_path = Path(cfg.trained_path) / "annotator.json"
+        if not meta_path.is_file():
             raise FileNotFoundError(f"annotate: {cfg.trained_path} is not a trained annotator (no annotator.json)")
-        return f"trained:{json.loads(meta.read_text()).get('fingerprint', 'unknown')}"
+        meta = json.loads(meta_path.read_text())
+        prefix = "minilm" if meta.get("kind") == "minilm" else "trained"  # as the annotators' annotator_id
+        return f"{prefix}:{meta.get('fingerprint', 'unknown')}"
     if cfg.annotator == "hf":
         return f"hf:{Path(cfg.hf.model_path).name}"
     return f"openai:{cfg.openai.model}"

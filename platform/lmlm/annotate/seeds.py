@@ -12,6 +12,7 @@ import json
 import random
 import zlib
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +105,27 @@ def align(annotated: str, relation_tag: dict[str, str] | None = None) -> Aligned
 # Training
 
 
-def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) -> dict[str, str]:
-    """normalised relation -> tag name, for relations frequent enough to get their own tag."""
+def select_entity_rules(docs: list[Aligned], rel_tag: dict[str, str]) -> dict[str, str]:
+    """Per tag name (and "*" for all), the entity rule that names the seed calls' entities more often:
+    the document's subject (first ENT span) or the nearest ENT span to the left of the value."""
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for d in docs:
+        ents = [(i, j) for i, j, n in spans(d.tags) if n == ENT]
+        keys = [normalize_key(w) for w, _, _ in d.tokens]
+        for i, _, triple in d.calls:
+            name = rel_tag.get(normalize_key(triple.relation), OTHER)
+            for rule in (SUBJECT, NEAREST):
+                e = entity_for(ents, i, rule)
+                if e and " ".join(keys[e[0]:e[1]]) == normalize_key(triple.entity):
+                    votes[name][rule] += 1
+                    votes["*"][rule] += 1
+    rules = {name: (NEAREST if v[NEAREST] > v[SUBJECT] else SUBJECT) for name, v in votes.items()}
+    rules.setdefault("*", SUBJECT)
+    return rules
+
+
+def relation_counts(annotated: list[str]) -> tuple[Counter, dict[str, str]]:
+    """Seed calls per normalised relation, and each relation's most frequent surface form."""
     counts: Counter = Counter()
     surface: dict[str, Counter] = defaultdict(Counter)
     for doc in annotated:
@@ -113,8 +133,25 @@ def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) ->
             k = normalize_key(t.relation)
             counts[k] += 1
             surface[k][t.relation] += 1
-    keep = [k for k, c in counts.most_common(max_relations) if c >= min_count]
-    return {k: surface[k].most_common(1)[0][0] for k in keep}
+    return counts, {k: c.most_common(1)[0][0] for k, c in surface.items()}
+
+
+def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) -> dict[str, str]:
+    """normalised relation -> tag name, for relations frequent enough to get their own tag."""
+    counts, surface = relation_counts(annotated)
+    return {k: surface[k] for k, c in counts.most_common(max_relations) if c >= min_count}
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """torch intra-op threads set to n (None/0: unchanged) inside the block, restored after it."""
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def fit(annotated: list[str], *, threads: int | None = 1, **kw) -> TrainedAnnotator:
@@ -123,13 +160,8 @@ def fit(annotated: list[str], *, threads: int | None = 1, **kw) -> TrainedAnnota
     Keyword arguments: see `_fit`. `threads` torch threads while training (restored afterwards):
     tiny sparse steps gain nothing from more threads and stall badly on a busy machine.
     """
-    prev = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _fit(annotated, **kw)
-    finally:
-        torch.set_num_threads(prev)
 
 
 def _fit(annotated: list[str], *, buckets: int = 1 << 17, dim: int = 32, epochs: int = 6, lr: float = 0.02,
@@ -150,20 +182,7 @@ def _fit(annotated: list[str], *, buckets: int = 1 << 17, dim: int = 32, epochs:
         tags += ["B-" + name, "I-" + name]
     tag_id = {t: i for i, t in enumerate(tags)}
 
-    # entity rule per relation, selected by counting on the seeds
-    votes: dict[str, Counter] = defaultdict(Counter)
-    for d in docs:
-        ents = [(i, j) for i, j, n in spans(d.tags) if n == ENT]
-        keys = [normalize_key(w) for w, _, _ in d.tokens]
-        for i, _, triple in d.calls:
-            name = rel_tag.get(normalize_key(triple.relation), OTHER)
-            for rule in (SUBJECT, NEAREST):
-                e = entity_for(ents, i, rule)
-                if e and " ".join(keys[e[0]:e[1]]) == normalize_key(triple.entity):
-                    votes[name][rule] += 1
-                    votes["*"][rule] += 1
-    rules = {name: (NEAREST if v[NEAREST] > v[SUBJECT] else SUBJECT) for name, v in votes.items()}
-    rules.setdefault("*", SUBJECT)
+    rules = select_entity_rules(docs, rel_tag)
 
     ids_l, y_l, prev_l = [], [], []
     for d in docs:
@@ -250,15 +269,27 @@ def load_seeds(cfg: TrainAnnotatorConfig) -> list[str]:
 
 
 def train_annotator(cfg: TrainAnnotatorConfig, log=print) -> Path:
-    """Train the tagger from seed annotations, score it on a held-out split, save it; returns its dir."""
+    """Train the annotator of `cfg.kind` from seed annotations, score it on a held-out split, save it
+    (in a Ray Train job when cfg.ray_train); returns its dir."""
+    if cfg.ray_train:
+        from lmlm.annotate.train_job import train_with_ray
+
+        return train_with_ray(cfg, log=log)
     docs = load_seeds(cfg)
     order = list(range(len(docs)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = int(len(docs) * cfg.eval_fraction) if len(docs) > 1 else 0
     held, train = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
-    model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs, lr=cfg.lr,
-                batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
-                max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
+    if cfg.kind == "minilm":
+        from lmlm.annotate.encoder_train import fit_encoder
+
+        model = fit_encoder(train, cfg.minilm, threads=cfg.threads or None, log=log)
+    elif cfg.kind == "tagger":
+        model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs,
+                    lr=cfg.lr, batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
+                    max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
+    else:
+        raise ValueError(f"train-annotator: unknown kind {cfg.kind!r} (known: tagger, minilm)")
     model.meta["train_config"] = to_dict(cfg)
     if held:
         model.meta["heldout"] = evaluate(model, held)
@@ -266,6 +297,6 @@ def train_annotator(cfg: TrainAnnotatorConfig, log=print) -> Path:
         log(f"train-annotator: held-out {len(held)} docs: precision {ex['precision']:.3f} "
             f"recall {ex['recall']:.3f} F1 {ex['f1']:.3f} (exact normalised triples)")
     out = model.save(cfg.out_dir)
-    log(f"train-annotator: saved {out} ({len(model.tags)} tags, {model.meta['seed_calls_aligned']} aligned "
-        f"seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
+    log(f"train-annotator: saved {cfg.kind} annotator in {out} ({len(model.tags)} tags, "
+        f"{model.meta['seed_calls_aligned']} aligned seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
     return out

@@ -103,6 +103,68 @@ def entity_for(ent_spans: list[tuple[int, int]], value_start: int, rule: str) ->
     return ent_spans[0]
 
 
+def calls_from_tags(text: str, tokens: list[tuple[str, int, int]], tags: list[str], rules: dict[str, str],
+                    relation_of) -> list[tuple[tuple[int, int], Triple]]:
+    """Calls of a tagged text: each value span with the relation `relation_of(i, j, tag name)` gives
+    (None: skipped) and the ENT span that the entity rule of its tag (else rules["*"]) picks."""
+    found = spans(tags)
+    ents = [(i, j) for i, j, name in found if name == ENT]
+    out = []
+    for i, j, name in found:
+        if name == ENT:
+            continue
+        relation = relation_of(i, j, name)
+        ent = entity_for(ents, i, rules.get(name, rules["*"]))
+        if relation is None or ent is None:
+            continue
+        start, end = tokens[i][1], tokens[j - 1][2]
+        entity, value = text[tokens[ent[0]][1]:tokens[ent[1] - 1][2]], text[start:end]
+        if "]" in value or "\n" in value or "\n" in entity:
+            continue  # not expressible as a legacy call
+        out.append(((start, end), Triple(entity, relation, value)))
+    return out
+
+
+def insert_calls(text: str, calls: list[tuple[tuple[int, int], Triple]]) -> str:
+    """The text with a legacy call right before each value span (calls in text order)."""
+    parts, pos = [], 0
+    for (start, _), triple in calls:
+        parts += [text[pos:start], render_legacy(triple), " "]
+        pos = start
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def bio_mask(tags: list[str]) -> np.ndarray:
+    """(tags + 1, tags) additive transition mask: -1e9 where I-x follows anything but B-x / I-x
+    (the last row is the start of the text)."""
+    n = len(tags)
+    mask = np.zeros((n + 1, n), dtype=np.float32)
+    for t, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            ok = {"B-" + tag[2:], tag}
+            mask[[p for p in range(n) if tags[p] not in ok] + [n], t] = -1e9
+    return mask
+
+
+def viterbi(em: np.ndarray, trans: np.ndarray) -> list[int]:
+    """Best tag path of emission scores em (n, tags) under transition scores trans (tags + 1, tags),
+    each row of em + trans normalised to log-probabilities (a Markov tagger's local model)."""
+    s = em[:, None, :] + trans[None]  # (n, prev, tag)
+    s = (s - torch.from_numpy(s).logsumexp(2, keepdim=True).numpy())
+    n_tags = em.shape[1]
+    delta = s[0, n_tags]
+    back = np.zeros((len(em), n_tags), dtype=np.int64)
+    for i in range(1, len(em)):
+        cand = delta[:, None] + s[i, :n_tags]
+        back[i] = cand.argmax(0)
+        delta = cand.max(0)
+    path = [int(delta.argmax())]
+    for i in range(len(em) - 1, 0, -1):
+        path.append(int(back[i][path[-1]]))
+    return path[::-1]
+
+
 # --------------------------------------------------------------------------------------------
 # The model
 
@@ -131,36 +193,14 @@ class TrainedAnnotator(Annotator):
         self.relations: dict[str, str] = meta["relation_names"]  # tag name -> surface label
         self.rules: dict[str, str] = meta["entity_rules"]
         self.knn = knn
-        n = len(self.tags)
-        mask = np.zeros((n + 1, n), dtype=np.float32)
-        for t, tag in enumerate(self.tags):
-            if tag.startswith("I-"):
-                ok = {"B-" + tag[2:], tag}
-                mask[[p for p in range(n) if self.tags[p] not in ok] + [n], t] = -1e9
         with torch.no_grad():
-            trans = self.net.trans.numpy() + mask
-        self.trans = trans
+            self.trans = self.net.trans.numpy() + bio_mask(self.tags)
 
     @property
     def annotator_id(self) -> str:
         return f"trained:{self.meta.get('fingerprint', 'unsaved')}"
 
     # ---- inference
-    def _decode(self, em: np.ndarray) -> list[int]:
-        s = em[:, None, :] + self.trans[None]  # (n, prev, tag)
-        s = (s - torch.from_numpy(s).logsumexp(2, keepdim=True).numpy())
-        n_tags = len(self.tags)
-        delta = s[0, n_tags]
-        back = np.zeros((len(em), n_tags), dtype=np.int64)
-        for i in range(1, len(em)):
-            cand = delta[:, None] + s[i, :n_tags]
-            back[i] = cand.argmax(0)
-            delta = cand.max(0)
-        path = [int(delta.argmax())]
-        for i in range(len(em) - 1, 0, -1):
-            path.append(int(back[i][path[-1]]))
-        return path[::-1]
-
     def predict(self, text: str) -> list[tuple[tuple[int, int], Triple]]:
         """Predicted calls: (character span of the stated value, triple)."""
         tokens = tokenize(text)
@@ -170,25 +210,12 @@ class TrainedAnnotator(Annotator):
         with torch.no_grad():
             h = self.net.hidden(ids)
             em = self.net.out(h).numpy()
-        tags = [self.tags[t] for t in self._decode(em)]
-        found = spans(tags)
-        ents = [(i, j) for i, j, name in found if name == ENT]
-        out = []
-        for i, j, name in found:
-            if name == ENT:
-                continue
-            relation = self.relations.get(name)
-            if name == OTHER:
-                relation = self._nearest_relation(h[i].numpy())
-            ent = entity_for(ents, i, self.rules.get(name, self.rules["*"]))
-            if relation is None or ent is None:
-                continue
-            start, end = tokens[i][1], tokens[j - 1][2]
-            entity, value = text[tokens[ent[0]][1]:tokens[ent[1] - 1][2]], text[start:end]
-            if "]" in value or "\n" in value or "\n" in entity:
-                continue  # not expressible as a legacy call
-            out.append(((start, end), Triple(entity, relation, value)))
-        return out
+        tags = [self.tags[t] for t in viterbi(em, self.trans)]
+
+        def relation_of(i: int, j: int, name: str) -> str | None:
+            return self._nearest_relation(h[i].numpy()) if name == OTHER else self.relations.get(name)
+
+        return calls_from_tags(text, tokens, tags, self.rules, relation_of)
 
     def _nearest_relation(self, vec: np.ndarray) -> str | None:
         if self.knn is None or not len(self.knn[1]):
@@ -197,12 +224,7 @@ class TrainedAnnotator(Annotator):
         return labels[int(np.argmax(mat @ (vec / (np.linalg.norm(vec) + 1e-8))))]
 
     def annotate_one(self, text: str) -> str:
-        parts, pos = [], 0
-        for (start, _), triple in self.predict(text):
-            parts += [text[pos:start], render_legacy(triple), " "]
-            pos = start
-        parts.append(text[pos:])
-        return "".join(parts)
+        return insert_calls(text, self.predict(text))
 
     def annotate(self, texts: list[str]) -> list[str]:
         return [self.annotate_one(t) for t in texts]
