@@ -24,6 +24,7 @@ from torch import nn
 from lmlm.annotate.annotators import Annotator
 from lmlm.annotate.trained import bio_mask, calls_from_tags, insert_calls, tokenize, viterbi
 from lmlm.format import Triple
+from lmlm.train.data import pad_rows
 
 KIND = "minilm"
 MAX_PIECES_PER_WORD = 16  # a longer "word" keeps its first pieces (its tag is read at the first)
@@ -58,16 +59,6 @@ def windows(tokenizer, words: list[str], max_tokens: int) -> list[tuple[int, int
     return out
 
 
-def padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(x) for x in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for r, x in enumerate(batch):
-        ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = 1
-    return ids, mask
-
-
 class Head(nn.Module):
     """Tag scores of each word from its state and its neighbours' (zeros beyond the document)."""
 
@@ -97,7 +88,7 @@ def word_states(encoder, tokenizer, docs: list[list[str]], max_tokens: int, batc
     order = sorted(range(len(wins)), key=lambda k: len(wins[k][1][2]))
     for b in range(0, len(order), batch_windows):
         chunk = [wins[k] for k in order[b:b + batch_windows]]
-        ids, mask = padded([w[2] for _, w in chunk], tokenizer.pad_token_id)
+        ids, mask = pad_rows([w[2] for _, w in chunk], tokenizer.pad_token_id)
         with torch.no_grad():
             h = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         for r, (d, (a, e, _, first)) in enumerate(chunk):

@@ -19,6 +19,7 @@ from lmlm.eval.completion import completion_prompt, display_continuation, lookup
 from lmlm.eval.factcheck import KnowledgeBase
 from lmlm.eval.unlearning import perturbations, truth_ratios
 from lmlm.format import Triple, render_block
+from lmlm.train.data import pad_rows
 
 
 @dataclass
@@ -91,12 +92,7 @@ def answer_nll(em: EvalModel, contexts: Sequence[str], answers: Sequence[str], b
             ids = (c + a)[-max_len:]
             rows.append(ids)
             spans.append(len(a))
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            input_ids[j, :len(r)] = torch.tensor(r)
-            mask[j, :len(r)] = 1
+        input_ids, mask = pad_rows(rows, pad)
         logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = input_ids[:, 1:]

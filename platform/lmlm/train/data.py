@@ -101,6 +101,18 @@ def encode_and_pack(texts: Sequence[str], tokenizer, variant: str, seq_len: int,
     return pack(docs, seq_len, token_ids.eos, token_ids.pad, drop_last)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int):
+    """Right-padded `input_ids` and `attention_mask` tensors ([len(rows), longest row]) of token rows."""
+    import torch
+
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, :len(r)] = 1
+    return ids, mask
+
+
 @lru_cache(maxsize=4)
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer

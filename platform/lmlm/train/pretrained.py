@@ -55,6 +55,7 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmlm.tokenizer import add_lookup_tokens
+    from lmlm.train.models import set_special_ids
 
     if name not in PRETRAINED:
         raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
@@ -73,10 +74,7 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     old_rows = model.get_input_embeddings().weight.shape[0]
     tokenizer = add_lookup_tokens(tokenizer)
     add_rows(model, len(tokenizer), seed=0)
-    # The tokenizer's own ids, so that standard tools stop at the real EOS.
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.config, key, getattr(tokenizer, key))
-        setattr(model.generation_config, key, getattr(tokenizer, key))
+    set_special_ids(model, tokenizer)  # standard tools stop at the real EOS
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
