@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 TOKEN = "s3cret-test-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SLOW_TIMEOUT_S = 8
+LONG_TOKENS = 30_000  # about 10x what the slow app decodes in SLOW_TIMEOUT_S on a quiet 2-core machine
 NO_EOS = {"0": -100}  # the tiny tokenizer's EOS: long requests run until cancelled
 
 
@@ -34,13 +35,15 @@ def served(ray_cluster, tmp_path_factory):
     dead = FactStore.open(FactStoreConfig())  # closed after the second app starts: unreachable store
     long_ctx = tmp_path_factory.mktemp("long-model")
     tok.save_pretrained(long_ctx)
-    tiny_model(len(tok), max_len=8192).save_pretrained(long_ctx)
+    # Wider and longer than the fast app's model, so a long request cannot finish inside SLOW_TIMEOUT_S
+    # even on a quiet machine (6,000 tokens of the 64-wide model took under 8 s on CI).
+    tiny_model(len(tok), hidden=128, max_len=LONG_TOKENS + 64).save_pretrained(long_ctx)
     cfg = ServeConfig(model_path=str(d), admin_token=TOKEN, max_tokens_limit=64, default_max_tokens=8,
                       max_batch_size=8, request_timeout_s=60, torch_threads=1, defaults={"max_lookups": 2},
                       limits=RequestLimits(max_body_bytes=20_000, max_prompts=4, max_stop_strings=3, max_stop_chars=20,
                                            max_lookups=8, max_query_tokens=32, max_entity_chars=40))
     # A long context, one row and one queue slot: for joining, queue-full, timeout and cancellation.
-    slow = ServeConfig(model_path=str(long_ctx), admin_token=TOKEN, max_tokens_limit=6000, max_batch_size=2,
+    slow = ServeConfig(model_path=str(long_ctx), admin_token=TOKEN, max_tokens_limit=LONG_TOKENS, max_batch_size=2,
                        max_queue=1, request_timeout_s=SLOW_TIMEOUT_S, torch_threads=1, exposure="none")
     loaders = dict(model_loader=partial(model_from_dir, str(d)), tokenizer_loader=partial(tokenizer_from_dir, str(d)))
     port = free_port()
@@ -242,7 +245,7 @@ def _wait_for(client, path: str, pred, timeout_s: float = 30.0) -> dict:
 class _Stream:
     """A long streaming completion on the slow app, held open until closed."""
 
-    def __init__(self, client, max_tokens: int = 5000):
+    def __init__(self, client, max_tokens: int = LONG_TOKENS):
         self.cm = client.stream("POST", "/slow/v1/completions",
                                 json={"prompt": "Tell me a bio of Kira Dunn.", "max_tokens": max_tokens, "stream": True,
                                       "logit_bias": NO_EOS})
@@ -295,7 +298,7 @@ def test_timeout_and_client_timeout_end_the_row(served):
     import httpx
 
     client, _ = served
-    long = {"prompt": "Kira", "max_tokens": 6000, "logit_bias": NO_EOS}
+    long = {"prompt": "Kira", "max_tokens": LONG_TOKENS, "logit_bias": NO_EOS}
     before = client.get("/slow/healthz").json()["cancelled"]
     r = client.post("/slow/v1/generate", json=long)
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
