@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
-
-from .kvcache import add_rows, drop_columns, keep_rows
+from .kvcache import add_rows, drop_columns, keep_rows, new_cache
 from .sampling import choose_tokens
 from .state import SequenceState
 
@@ -50,7 +48,7 @@ class DecodeBatch:
 
     def _reset(self) -> None:
         self.rows = []
-        self.cache = DynamicCache(config=self.engine.model.config)
+        self.cache = new_cache(self.engine.model.config)
         self.mask = torch.zeros((0, 0), dtype=torch.long)     # [rows, cache columns]: 1 = a real id of the row
         self.seen = torch.zeros((0, self.vocab), dtype=torch.bool)
 
