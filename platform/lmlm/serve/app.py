@@ -306,8 +306,11 @@ class LMLMServer:
                 get = asyncio.ensure_future(deltas.get())
                 done, _ = await asyncio.wait({get, job.future}, timeout=max(0.0, deadline - time.monotonic()),
                                              return_when=asyncio.FIRST_COMPLETED)
-                if get in done:
-                    yield chunk(get.result())
+                if get in done:  # with every delta that queued meanwhile: one event, not one per token
+                    text = get.result()
+                    while not deltas.empty():
+                        text += deltas.get_nowait()
+                    yield chunk(text)
                     continue
                 get.cancel()
                 if not done:
@@ -316,8 +319,11 @@ class LMLMServer:
                                             "type": "timeout", "param": None}})
                     yield "data: [DONE]\n\n"
                     return
+            rest = ""
             while not deltas.empty():
-                yield chunk(deltas.get_nowait())
+                rest += deltas.get_nowait()
+            if rest:
+                yield chunk(rest)
             try:
                 res = job.future.result()
                 _check_result(res)
