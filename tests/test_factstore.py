@@ -278,3 +278,15 @@ def test_a_store_of_format_1_gets_its_lexical_blocks_on_open(fact_store, store_u
         assert again.r.hget(again.layout.meta, "format") == b"2"
         calls = again.embedder.calls
         assert again.lookup("Ivo Jorgrvoe", "Birth City").value == "Baku" and again.embedder.calls == calls
+
+
+def test_a_name_followed_by_more_words_is_found_unless_ambiguous(loaded):
+    timings: dict = {}
+    a = loaded.lookup_batch([("Leona Northorne (born 3 May 1971)", "Employer")], timings=timings)[0]
+    assert a.value == "Halden Labs" and a.stage == "entity" and "vector_search" not in timings
+    assert a.provenance["entity_score"] < 1
+    assert loaded.lookup("the chemist Magnus Pelquist, an", "Birth City").value == "Oslo"
+    # two different names, or a long run of text: not a name with words after it
+    assert loaded.lookup("Leona Northorne and Magnus Pelquist", "Employer", fallback="abstain") is None
+    long = "Ivo Jorgrove " + " ".join(["word"] * 12)
+    assert loaded.lookup(long, "Birth City", fallback="abstain") is None

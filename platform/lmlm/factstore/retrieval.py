@@ -133,7 +133,7 @@ def lookup_batch(store: "FactStore", queries, *, mode, top_k, fallback, timings:
                  **thresholds) -> list[Answer | None]:
     """`thresholds`: entity_threshold / relation_threshold (two_stage) or cosine_threshold (reference);
     None: the config's; a threshold the mode does not compare against is refused. `timings`: a dict
-    that gets the seconds spent per stage added (exact, entity_exact, lexical, embed, vector_search,
+    that gets the seconds spent per stage added (exact, entity_exact, lexical, contained, embed, vector_search,
     relation)."""
     check_thresholds(mode, thresholds)
     clock = StageTimer(timings)
@@ -199,10 +199,49 @@ def lexical_match(query: str, names: list[str], threshold: float) -> tuple[str, 
     return (name, sim) if sim >= threshold else None
 
 
+CONTAINED_MAX_WORDS = 12  # a longer query is a run of text, not a name with a few words after it
+_EDGE_PUNCT = " ,.;:!?()[]\"'"
+
+
+def name_spans(query: str) -> list[str]:
+    """The runs of whole words of `query` that could be a stored name written inside it, longest
+    first, then leftmost; edge punctuation stripped. At least two words, or one word of five
+    characters or more; never the whole query; none for a query of over CONTAINED_MAX_WORDS words."""
+    words = query.split()
+    if len(words) > CONTAINED_MAX_WORDS:
+        return []
+    out = []
+    for n in range(len(words) - 1, 0, -1):
+        for a in range(len(words) - n + 1):
+            span = " ".join(words[a:a + n]).strip(_EDGE_PUNCT)
+            if span and span != query and (n >= 2 or len(span) >= 5) and span not in out:
+                out.append(span)
+    return out
+
+
+def contained_names(store, queries: list[str]) -> list[tuple[str, dict]]:
+    """Per normalised query name, the longest stored name it contains as a run of whole words and that
+    name's records: a generated query often copies the name and the words after it ("beyoncé giselle
+    knowles-carter (born september 4, 1981)"). ("", {}) when there is none, or when the query holds
+    two names neither of which is inside the other (ambiguous). One pipelined round for all."""
+    spans = [name_spans(q) for q in queries]
+    flat = list(dict.fromkeys(x for ss in spans for x in ss))
+    found = dict(zip(flat, store.entity_records(flat))) if flat else {}
+    out = []
+    for ss in spans:
+        hits = [x for x in ss if found[x]]
+        if hits and all(f" {h} " in f" {hits[0]} " for h in hits):
+            out.append((hits[0], found[hits[0]]))
+        else:
+            out.append(("", {}))
+    return out
+
+
 def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None,
                relation_threshold=None) -> list[Answer | None]:
     """Entity: the stored name if it exists as typed; else the one name within one edit found
-    through the lexical blocks (no model); else the entity vector set's candidates rescored by
+    through the lexical blocks (no model); else the longest stored name the query contains as whole
+    words (contained_names); else the entity vector set's candidates rescored by
     `entity_similarity`. Relation: among that entity's labels, by cosine of cached label
     embeddings; a query label stored as is needs no embedding at all."""
     cfg = store.cfg
@@ -220,6 +259,12 @@ def _two_stage(store, qs, *, top_k, fallback, clock, entity_threshold=None,
                 entity[i] = m
         need = [i for i in need if i not in entity]
         clock.lap("lexical")
+    if need:
+        for i, (name, h) in zip(need, contained_names(store, [qs[i][0] for i in need])):
+            if h:
+                entity[i], recs[i] = (name, round(len(name) / len(qs[i][0]), 4)), h
+        need = [i for i in need if i not in entity]
+        clock.lap("contained")
     if need:
         evecs = store.embedder.encode([qs[i][0] for i in need])
         clock.lap("embed")
