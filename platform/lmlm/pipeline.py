@@ -195,7 +195,7 @@ def stage_world(cfg: PipelineConfig):
 
 
 def stage_train_annotator(cfg: PipelineConfig) -> Path:
-    from lmlm.annotate.seeds import train_annotator
+    from lmlm.annotate.train_job import train_annotator
 
     acfg = annotator_config(cfg)
     if (Path(acfg.out_dir) / "annotator.json").is_file():

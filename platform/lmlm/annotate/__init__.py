@@ -15,7 +15,8 @@ from lmlm.annotate.config import (AnnotateConfig, EncoderTrainConfig, HFAnnotato
                                   TrainAnnotatorConfig)
 from lmlm.annotate.metrics import score
 from lmlm.annotate.pipeline import run_annotation
-from lmlm.annotate.seeds import evaluate, fit, train_annotator
+from lmlm.annotate.seeds import evaluate, fit
+from lmlm.annotate.train_job import train_annotator
 from lmlm.annotate.trained import TrainedAnnotator
 
 __all__ = ["Annotator", "AnnotatorError", "HFAnnotator", "OpenAIAnnotator", "TrainedAnnotator", "build_annotator",

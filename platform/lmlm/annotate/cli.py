@@ -19,7 +19,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from lmlm.annotate.config import TrainAnnotatorConfig
-    from lmlm.annotate.seeds import train_annotator
+    from lmlm.annotate.train_job import train_annotator
 
     print(train_annotator(load_config(TrainAnnotatorConfig, args.config, args.overrides)))
     return 0

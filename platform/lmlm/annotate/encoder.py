@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmlm.annotate.annotators import Annotator
+from lmlm.annotate.base import Annotator
 from lmlm.annotate.trained import bio_mask, calls_from_tags, insert_calls, tokenize, viterbi
 from lmlm.format import Triple
 from lmlm.train.data import pad_rows

@@ -3,28 +3,24 @@
 Each seed call is aligned to the words right after it that state its value (exact match of the
 normalised words, else the first..last value word within a short window; calls whose value is not
 stated nearby are counted as unaligned and skipped). Mentions of a call's entity in the document
-become ENT spans. `train_annotator(cfg)` is the job entrypoint: seeds from a corpus file or from a
-synthetic world's gold documents, a held-out split scored with triple P/R/F1, the model saved.
+become ENT spans. `evaluate` scores any annotator against gold annotations (triple P/R/F1). The
+job entrypoint, `train_annotator(cfg)`, is in train_job.py.
 """
 from __future__ import annotations
 
 import json
-import random
 import zlib
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmlm.annotate.config import TrainAnnotatorConfig
 from lmlm.annotate.metrics import score
 from lmlm.annotate.trained import (ENT, NEAREST, OTHER, SUBJECT, TaggerNet, TrainedAnnotator, entity_for,
                                    hash_features, spans, token_features, tokenize)
-from lmlm.config import to_dict
 from lmlm.format import Triple, normalize_key, strip_with_spans, to_special
 
 
@@ -250,53 +246,3 @@ def evaluate(annotator, annotated: list[str], texts: list[str] | None = None) ->
     pred = [to_special(o).triples for o in annotator.annotate(plain)]
     gold = [to_special(a).triples for a in annotated]
     return {rule: score(pred, gold, rule) for rule in ("exact", "entity_value")}
-
-
-def load_seeds(cfg: TrainAnnotatorConfig) -> list[str]:
-    """Annotated seed documents: from cfg.seeds, else the gold documents of a synthetic world."""
-    if cfg.seeds:
-        from lmlm.corpus import read_corpus
-
-        docs = [r.annotated_text for r in read_corpus(cfg.seeds) if r.annotated_text.strip()]
-        if not docs:
-            raise ValueError(f"train-annotator: {cfg.seeds} holds no annotated documents")
-    else:
-        from lmlm.world import WorldConfig, generate_world
-
-        world = generate_world(WorldConfig(people=cfg.world_people, seed=cfg.world_seed))
-        docs = [d.annotated_text for d in world.documents]
-    return docs[:cfg.seed_docs] if cfg.seed_docs else docs
-
-
-def train_annotator(cfg: TrainAnnotatorConfig, log=print) -> Path:
-    """Train the annotator of `cfg.kind` from seed annotations, score it on a held-out split, save it
-    (in a Ray Train job when cfg.ray_train); returns its dir."""
-    if cfg.ray_train:
-        from lmlm.annotate.train_job import train_with_ray
-
-        return train_with_ray(cfg, log=log)
-    docs = load_seeds(cfg)
-    order = list(range(len(docs)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = int(len(docs) * cfg.eval_fraction) if len(docs) > 1 else 0
-    held, train = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
-    if cfg.kind == "minilm":
-        from lmlm.annotate.encoder_train import fit_encoder
-
-        model = fit_encoder(train, cfg.minilm, threads=cfg.threads or None, log=log)
-    elif cfg.kind == "tagger":
-        model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs,
-                    lr=cfg.lr, batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
-                    max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
-    else:
-        raise ValueError(f"train-annotator: unknown kind {cfg.kind!r} (known: tagger, minilm)")
-    model.meta["train_config"] = to_dict(cfg)
-    if held:
-        model.meta["heldout"] = evaluate(model, held)
-        ex = model.meta["heldout"]["exact"]
-        log(f"train-annotator: held-out {len(held)} docs: precision {ex['precision']:.3f} "
-            f"recall {ex['recall']:.3f} F1 {ex['f1']:.3f} (exact normalised triples)")
-    out = model.save(cfg.out_dir)
-    log(f"train-annotator: saved {cfg.kind} annotator in {out} ({len(model.tags)} tags, "
-        f"{model.meta['seed_calls_aligned']} aligned seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
-    return out

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlm.annotate.annotators import Annotator
+from lmlm.annotate.base import Annotator
 from lmlm.format import Triple, render_legacy
 
 TOKEN_RE = re.compile(r"\w+(?:[.\-]\w+)*|[^\w\s]")

@@ -128,10 +128,10 @@ def evaluate_corpus(lmlm, standard, documents: Sequence[str], store: Any, cfg: R
 
 def summary_line(result: dict) -> str:
     """The result without the full reports, as one JSON line (the command's last line)."""
-    from lmlm.eval.results import _json_safe
+    from lmlm.eval.results import json_safe
 
     flat = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items() if k != "reports"}
-    return json.dumps(_json_safe(flat))
+    return json.dumps(json_safe(flat))
 
 
 

@@ -133,15 +133,16 @@ def table_rows(r: EvalResults) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """`obj` with numpy scalars, tuples, paths and non-finite floats made JSON-writable."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -152,7 +153,7 @@ def write_json(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2))
+    tmp.write_text(json.dumps(json_safe(obj), indent=2))
     os.replace(tmp, path)
     return path
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Optional
 
 from lmlm.config import to_dict
 from lmlm.eval import completion as comp
-from lmlm.eval import unlearning as unl
 from lmlm.eval.factcheck import KnowledgeBase, score_answers
 from lmlm.eval.results import EvalResults
 from lmlm.eval.scoring import EvalModel, bio_answers, cloze_em, load_model
+from lmlm.eval.unlearning_run import run_unlearning
 
 # The fields a finished evaluation always sets (the rest depend on the inputs given).
 REQUIRED_KEYS = (
@@ -240,7 +240,7 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
 
     # --- unlearning: delete the forget split from the store, measure again
     t = time.perf_counter()
-    res.update(unl.run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
+    res.update(run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
                                   outcomes_of["lmlm"], cfg.retain_model_dir))
     timings["unlearning"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from rapidfuzz import process
@@ -26,8 +26,23 @@ from .config import FALLBACKS, check_thresholds
 from .layout import InvalidFact, clean_name, norm_name
 from .records import KeyRecord
 
-if TYPE_CHECKING:
-    from .store import FactStore
+
+
+class StoreReader(Protocol):
+    """The reads retrieval makes of a store (`lmlm.factstore.store.FactStore`)."""
+
+    cfg: Any      # FactStoreConfig
+    embedder: Any  # embed.Embedder
+
+    def records(self, keys: list[tuple[str, str]]) -> list[KeyRecord | None]: ...
+
+    def entity_records(self, entities: list[str]) -> list[dict[str, KeyRecord]]: ...
+
+    def lexical_candidates(self, names: list[str]) -> list[list[str]]: ...
+
+    def nearest_entities(self, vectors, k: int) -> list[list[tuple[str, float]]]: ...
+
+    def nearest_keys(self, vectors, k: int, entity: str | None = None) -> list[list[tuple[str, str, float]]]: ...
 
 
 @dataclass
@@ -129,7 +144,7 @@ class StageTimer:
             self.t = now
 
 
-def lookup_batch(store: "FactStore", queries, *, mode, top_k, fallback, timings: dict | None = None,
+def lookup_batch(store: StoreReader, queries, *, mode, top_k, fallback, timings: dict | None = None,
                  **thresholds) -> list[Answer | None]:
     """`thresholds`: entity_threshold / relation_threshold (two_stage) or cosine_threshold (reference);
     None: the config's; a threshold the mode does not compare against is refused. `timings`: a dict
@@ -326,7 +341,7 @@ def relation_vectors(store, rels: list[str]) -> dict[str, np.ndarray]:
     return dict(zip(rels, vecs))
 
 
-def search(store: "FactStore", text: str, k: int, entity: str | None) -> list[Answer]:
+def search(store: StoreReader, text: str, k: int, entity: str | None) -> list[Answer]:
     """Top-k keys by cosine to free text; with `entity`, only that entity's keys."""
     if not store.cfg.key_index:
         raise ValueError("search needs the key vector set: create the store with FactStoreConfig(key_index=True)")

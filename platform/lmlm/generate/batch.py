@@ -10,15 +10,26 @@ recording or looking up a row's token ends that row only (`SequenceState.fail`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 import torch
 from .kvcache import add_rows, drop_columns, keep_rows, new_cache
 from .sampling import choose_tokens
 from .state import SequenceState
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+
+class Decoder(Protocol):
+    """What a batch needs of its engine (`lmlm.generate.engine.Engine`)."""
+
+    model: Any               # a transformers causal LM (its config sizes the cache)
+    pad_id: int
+    eos_id: int
+    lookup_ids: torch.Tensor  # the four lookup tokens
+
+    def forward(self, input_ids, mask, positions, cache, keep: int = 1) -> torch.Tensor: ...
+
+    def answer_pending(self, states: Sequence[SequenceState]) -> None: ...
 
 
 @dataclass
@@ -38,7 +49,7 @@ class StepResult:
 
 
 class DecodeBatch:
-    def __init__(self, engine: "Engine", prefill_chunk: int = 256):
+    def __init__(self, engine: Decoder, prefill_chunk: int = 256):
         if prefill_chunk <= 0:
             raise ValueError(f"prefill_chunk: must be > 0 (got {prefill_chunk})")
         self.engine, self.prefill_chunk = engine, prefill_chunk

@@ -16,6 +16,7 @@ import torch
 from lmlm.factstore import StoreUnavailable
 from lmlm.tokenizer import lookup_token_ids
 
+from .batch import DecodeBatch
 from .params import GenerationParams
 from .state import GenerationResult, SequenceState
 
@@ -114,8 +115,6 @@ class Engine:
     def generate(self, prompts: Sequence[Prompt], params: Union[GenerationParams, Sequence[GenerationParams], None] = None,
                  on_token: Optional[OnToken] = None) -> list[GenerationResult]:
         """Generate for every prompt; `params` is one for all or one per prompt."""
-        from .batch import DecodeBatch
-
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of prompts, got one string")
         plist = list(params) if isinstance(params, (list, tuple)) else [params or GenerationParams()] * len(prompts)
