@@ -12,7 +12,7 @@ from lmlm.annotate.encoder import EncoderAnnotator
 from lmlm.annotate.encoder_train import fit_encoder, relation_tags
 from lmlm.annotate.heldout import HELDOUT_FIRST, heldout_documents
 from lmlm.annotate.pipeline import run_annotation
-from lmlm.annotate.seeds import train_annotator
+from lmlm.annotate.train_job import train_annotator
 from lmlm.cli import main as lmlm_main
 from lmlm.corpus import Record, write_jsonl
 from lmlm.format import strip_lookups
