@@ -12,26 +12,13 @@ measured on the held-out split with lmlm.eval.realtext. Results go to `run_dir/r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
+from lmlm.config import save_config
 from lmlm.corpus import Record
-
-
-@dataclass
-class CorpusSplits:
-    dataset: str = ""  # data set of the registry holding the files (lmlm data list); "": files are paths
-    train: list[str] = field(default_factory=list)  # annotated files the models train on
-    eval: list[str] = field(default_factory=list)  # annotated files held out for evaluation
-    train_max_docs: int = 0  # use the first N training documents (0: all)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.train)
-
-    def __post_init__(self) -> None:
-        if self.train and not self.eval:
-            raise ValueError("corpus.eval: a corpus run needs at least one evaluation file")
+from lmlm.pipeline_config import (CorpusSplits, PipelineConfig, StageTimer, ensure_ray, finished_models, open_store,
+                                  pretrain_config)
 
 
 def split_files(splits: CorpusSplits, which: str) -> list[Path]:
@@ -125,3 +112,34 @@ def print_summary(results: dict) -> None:
               f"{f(results.get('completion_em_lmlm')):>10s} {f(results.get('completion_em_standard')):>10s} "
               f"{f(results.get('completion_em_lmlm_db_off')):>11s}")
     print(f"\nwall time {results.get('wall_s')} s; stages {json.dumps(results.get('stage_wall_s'))}")
+
+
+def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
+    """The pipeline on an annotated corpus (lmlm.corpus_pipeline): corpus -> build_factstore ->
+    pretrain -> evaluate; results in run_dir/results.json."""
+    from lmlm.eval.results import write_json
+
+    t0 = time.perf_counter()
+    cfg.path().mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.path("pipeline_config.yaml"))
+    timed = StageTimer(print)
+
+    selected = set(cfg.stages)
+    results_file = cfg.path("results.json")
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    train, held_out = timed("corpus", stage_corpus, cfg.corpus, cfg.path("corpus"))
+    with open_store(cfg) as store:
+        if "build_factstore" in selected:
+            timed("build_factstore", stage_build_factstore, store, train + held_out, "corpus")
+        models = finished_models(cfg)
+        if "pretrain" in selected:
+            ensure_ray(cfg)
+            models = timed("pretrain", stage_pretrain, pretrain_config(cfg), train, cfg.path("pretrain"))
+        if "evaluate" in selected and models and "ppl_normalized_lmlm" not in results:
+            results = timed("evaluate", stage_evaluate, models, store, held_out, cfg.realtext)
+    results.update(wall_s=round(time.perf_counter() - t0, 1), stage_wall_s=timed.timings, start=cfg.pretrain.model,
+                   train_documents=len(train))
+    write_json(results, results_file)
+    print_summary(results)
+    print(f"all numbers: {results_file}")
+    return results

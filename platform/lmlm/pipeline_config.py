@@ -1,0 +1,178 @@
+"""The pipeline's config, and what every pipeline run shares: the stage configs resolved into the
+run directory, the fact store, Ray, and the stage timer (pipeline.py: the world's stages;
+corpus_pipeline.py: an annotated corpus's).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from lmlm.annotate.config import AnnotateConfig, TrainAnnotatorConfig
+from lmlm.config import load_config
+from lmlm.eval.realtext import RealTextEvalConfig
+from lmlm.eval.suite import EvalConfig
+from lmlm.factstore.config import FactStoreConfig
+from lmlm.train.config import PretrainConfig
+from lmlm.world import WorldConfig
+
+
+@dataclass
+class CorpusSplits:
+    """The annotated files of a corpus run (corpus_pipeline.py)."""
+
+    dataset: str = ""  # data set of the registry holding the files (lmlm data list); "": files are paths
+    train: list[str] = field(default_factory=list)  # annotated files the models train on
+    eval: list[str] = field(default_factory=list)  # annotated files held out for evaluation
+    train_max_docs: int = 0  # use the first N training documents (0: all)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.train)
+
+    def __post_init__(self) -> None:
+        if self.train and not self.eval:
+            raise ValueError("corpus.eval: a corpus run needs at least one evaluation file")
+
+
+STAGES = ("world", "train_annotator", "annotate", "build_factstore", "pretrain", "evaluate", "serve_demo")
+
+
+@dataclass
+class ServeDemoConfig:
+    port: int = 0  # HTTP port of the Serve proxy on 127.0.0.1 (0: a free one)
+    max_tokens: int = 64  # text tokens of the sample answer
+    admin_token: str = "demo-admin-token"  # bearer token of /v1/facts in the demo app
+    repetition_penalty: float = 1.0  # the reference's 1.2 also penalises copying the name into a query
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/demo"  # everything the run writes; rerunning the same dir resumes
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # stages to run, in pipeline order
+    ray_address: Optional[str] = None  # None: env RAY_ADDRESS, else a local cluster
+    ray_num_cpus: int = 8  # logical CPUs of a local cluster (more than cores: no actor-pool deadlock)
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(people=400, seed=0))
+    seed_docs: int = 100  # world documents whose gold annotations train the annotator
+    heldout_people: int = 100  # held-out biographies of trained people (held-out phrasings) for perplexity
+    inserted_people: int = 100  # people in no training document: their facts go into the store after training
+    vocab_size: int = 1024  # BPE vocabulary shared by both models (small: names split into common pieces)
+    retain_model: bool = False  # also train an LMLM without the forget split (forget-quality reference)
+    train_annotator: TrainAnnotatorConfig = field(default_factory=TrainAnnotatorConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    factstore: FactStoreConfig = field(default_factory=FactStoreConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeDemoConfig = field(default_factory=ServeDemoConfig)
+    # an annotated corpus instead of the world: then world, train_annotator, annotate and serve_demo
+    # do not run (lmlm.corpus_pipeline), and `realtext` configures the evaluation
+    corpus: CorpusSplits = field(default_factory=CorpusSplits)
+    realtext: RealTextEvalConfig = field(default_factory=RealTextEvalConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+
+    # Paths of the run directory, in one place.
+    def path(self, *parts: str) -> Path:
+        return Path(self.run_dir).resolve().joinpath(*parts)
+
+
+def banner(name: str) -> None:
+    print(f"\n=== [{time.strftime('%H:%M:%S')}] {name} ===", flush=True)
+
+
+class StageTimer:
+    """Runs a stage under a banner and records its wall time in `timings`."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.timings = log, {}
+
+    def __call__(self, name: str, fn: Callable, *args):
+        banner(name)
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t, 1)
+        self.log(f"{name}: {self.timings[name]} s")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolved stage configs: the section of the file, with paths placed inside run_dir.
+
+
+def store_config(cfg: PipelineConfig) -> FactStoreConfig:
+    if cfg.factstore.resolved_url() or cfg.factstore.data_dir:
+        return cfg.factstore
+    return dataclasses.replace(cfg.factstore, data_dir=str(cfg.path("redis")))
+
+
+def annotator_config(cfg: PipelineConfig) -> TrainAnnotatorConfig:
+    return dataclasses.replace(cfg.train_annotator, seeds=cfg.train_annotator.seeds or str(cfg.path("seeds.jsonl")),
+                               out_dir=str(cfg.path("annotator")))
+
+
+def annotate_config(cfg: PipelineConfig) -> AnnotateConfig:
+    return dataclasses.replace(cfg.annotate, input=cfg.annotate.input or str(cfg.path("world", "documents.parquet")),
+                               output_dir=str(cfg.path("annotated")), trained_path=str(cfg.path("annotator")),
+                               store=store_config(cfg), ray_address=cfg.ray_address)
+
+
+def pretrain_config(cfg: PipelineConfig) -> PretrainConfig:
+    return dataclasses.replace(cfg.pretrain, vocab_size=cfg.vocab_size, ray_address=cfg.ray_address or "")
+
+
+def eval_config(cfg: PipelineConfig) -> EvalConfig:
+    from lmlm.train.compare import RETAIN
+
+    retain = cfg.path("pretrain", RETAIN)
+    return dataclasses.replace(cfg.eval, lmlm_run_dir=str(cfg.path("pretrain", "lmlm")),
+                               standard_run_dir=str(cfg.path("pretrain", "standard")),
+                               ppl_docs=cfg.eval.ppl_docs or str(cfg.path("heldout.jsonl")),
+                               unseen_ppl_docs=cfg.eval.unseen_ppl_docs or str(cfg.path("unseen.jsonl")),
+                               train_phrasing_ppl_docs=cfg.eval.train_phrasing_ppl_docs
+                               or str(cfg.path("train_phrasing.jsonl")),
+                               novel_ppl_docs=cfg.eval.novel_ppl_docs or str(cfg.path("novel.jsonl")),
+                               retain_model_dir=cfg.eval.retain_model_dir or (
+                                   str(retain / "final") if cfg.retain_model else None))
+
+
+def ensure_ray(cfg: PipelineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray_num_cpus, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+
+
+def finished_models(cfg: PipelineConfig) -> dict[str, str]:
+    """HF dirs of the finished pretraining runs (LMLM and standard), or {} when either is missing."""
+    from lmlm.train.compare import finished_run
+
+    dirs = {}
+    for variant in ("lmlm", "standard"):
+        done = finished_run(dataclasses.replace(cfg.pretrain, variant=variant,
+                                                run_dir=str(cfg.path("pretrain", variant))))
+        if done is None:
+            return {}
+        dirs[variant] = done.hf_dir
+    return dirs
+
+
+def open_store(cfg: PipelineConfig):
+    from lmlm.factstore import FactStore
+
+    return FactStore.open(store_config(cfg))
+
+
+def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:
+    return load_config(PipelineConfig, path, overrides or [])
