@@ -27,7 +27,6 @@ from .layout import InvalidFact, clean_name, norm_name
 from .records import KeyRecord
 
 
-
 class StoreReader(Protocol):
     """The reads retrieval makes of a store (`lmlm.factstore.store.FactStore`)."""
 
@@ -229,7 +228,7 @@ def name_spans(query: str) -> list[str]:
     for n in range(len(words) - 1, 0, -1):
         for a in range(len(words) - n + 1):
             span = " ".join(words[a:a + n]).strip(_EDGE_PUNCT)
-            if span and span != query and (n >= 2 or len(span) >= 5) and span not in out:
+            if span and (n >= 2 or len(span) >= 5) and span not in out:
                 out.append(span)
     return out
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import torch
+
 from .kvcache import add_rows, drop_columns, keep_rows, new_cache
 from .sampling import choose_tokens
 from .state import SequenceState
-
 
 
 class Decoder(Protocol):

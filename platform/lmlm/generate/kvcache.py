@@ -28,9 +28,12 @@ class GrowingLayer(DynamicLayer):
     _v: torch.Tensor | None = None
     _n: int = 0
 
+    def _filled(self, buf):
+        return buf if buf is None or buf.dim() < 4 else buf[:, :, : self._n]
+
     @property
     def keys(self):
-        return self._k if self._k is None or self._k.dim() < 4 else self._k[:, :, : self._n]
+        return self._filled(self._k)
 
     @keys.setter
     def keys(self, t):
@@ -39,7 +42,7 @@ class GrowingLayer(DynamicLayer):
 
     @property
     def values(self):
-        return self._v if self._v is None or self._v.dim() < 4 else self._v[:, :, : self._n]
+        return self._filled(self._v)
 
     @values.setter
     def values(self, t):
@@ -67,20 +70,23 @@ class GrowingLayer(DynamicLayer):
         return buf
 
 
+def _full_attention(layer) -> None:
+    if not isinstance(layer, DynamicLayer) or layer.is_sliding:
+        raise TypeError(f"cache: {type(layer).__name__} layers are not supported (full attention only)")
+
+
 def new_cache(config) -> DynamicCache:
     """An empty cache for `config`'s model whose layers grow in place (full attention only)."""
     cache = DynamicCache(config=config)
     for layer in cache.layers:
-        if type(layer) is not DynamicLayer:
-            raise TypeError(f"cache: {type(layer).__name__} layers are not supported (full attention only)")
+        _full_attention(layer)
     cache.layers = [GrowingLayer() for _ in cache.layers]
     return cache
 
 
 def _layers(cache: DynamicCache):
     for layer in cache.layers:
-        if not isinstance(layer, DynamicLayer) or layer.is_sliding:
-            raise TypeError(f"cache: {type(layer).__name__} layers are not supported (full attention only)")
+        _full_attention(layer)
         if layer.is_initialized and layer.keys is not None and layer.keys.numel():
             yield layer
 

@@ -97,6 +97,14 @@ def _usage(res) -> dict:
             "total_tokens": res.n_prompt_tokens + res.n_generated_tokens}
 
 
+def _drain(deltas: "asyncio.Queue[str]") -> str:
+    """Every display delta queued so far, joined."""
+    text = ""
+    while not deltas.empty():
+        text += deltas.get_nowait()
+    return text
+
+
 def _event(obj: dict) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
@@ -307,10 +315,7 @@ class LMLMServer:
                 done, _ = await asyncio.wait({get, job.future}, timeout=max(0.0, deadline - time.monotonic()),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if get in done:  # with every delta that queued meanwhile: one event, not one per token
-                    text = get.result()
-                    while not deltas.empty():
-                        text += deltas.get_nowait()
-                    yield chunk(text)
+                    yield chunk(get.result() + _drain(deltas))
                     continue
                 get.cancel()
                 if not done:
@@ -319,9 +324,7 @@ class LMLMServer:
                                             "type": "timeout", "param": None}})
                     yield "data: [DONE]\n\n"
                     return
-            rest = ""
-            while not deltas.empty():
-                rest += deltas.get_nowait()
+            rest = _drain(deltas)
             if rest:
                 yield chunk(rest)
             try:
