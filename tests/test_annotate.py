@@ -1,4 +1,4 @@
-"""The trained annotator, the matching rules, chunking, output validation and the configs."""
+"""The trained annotator, the matching rules, chunking, anchoring generated calls, output validation and the configs."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lmlm.annotate import AnnotateConfig, Annotator, TrainedAnnotator, evaluate, fit, score
-from lmlm.annotate.annotators import chunk_words, word_cut
+from lmlm.annotate.anchor import anchor_calls
+from lmlm.annotate.chunks import chunk_words, word_cut
 from lmlm.annotate.pipeline import annotate_rows
 from lmlm.annotate.seeds import align
 from lmlm.config import load_config
@@ -148,3 +149,26 @@ def test_read_inputs_reference_json_limit_and_chunks(lmlm_wiki, tmp_path):
         run_annotation(AnnotateConfig(input=cfg.input, output_dir=str(tmp_path / "o"), load_store=True))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_inputs(AnnotateConfig(input=str(tmp_path / "missing.jsonl")))
+
+
+TEXT = "Mara Quell was born in Lisbon. She works at Kesterly Mills as a weaver."
+BORN = "[dblookup('Mara Quell', 'Birth City') -> Lisbon]"
+WORKS = "[dblookup('Mara Quell', 'Employer') -> Kesterly Mills]"
+
+
+def test_anchoring_keeps_the_document_word_for_word():
+    faithful = f"Mara Quell was born in {BORN} Lisbon. She works at {WORKS} Kesterly Mills as a weaver."
+    assert anchor_calls(TEXT, faithful) == faithful
+    # reworded, stopped early: the input text, with both calls before their values
+    reworded = f"Mara Quell was born in {BORN} Lisbon. She worked at {WORKS} Kesterly"
+    assert anchor_calls(TEXT, reworded) == faithful
+    # a call put before the entity instead of the value moves to the value a few words on
+    early = f"{BORN} Mara Quell was born in Lisbon. She works at Kesterly Mills as a weaver."
+    assert anchor_calls(TEXT, early) == f"Mara Quell was born in {BORN} Lisbon. She works at Kesterly Mills as a weaver."
+    # a value that is not in the text: the call stays where the output had it, at a word start
+    odd = "Mara Quell was born in [dblookup('Mara Quell', 'Country') -> Portugal] Lisbon. She works."
+    out = anchor_calls(TEXT, odd)
+    assert strip_lookups(out) == TEXT and out.startswith("Mara Quell was born in [dblookup(")
+    # chatter without a valid call: the document as it was
+    assert anchor_calls(TEXT, "Sure! Here it is: [dblookup('Mara Quell', 'Birth") == TEXT
+    assert anchor_calls(" " + TEXT, faithful).startswith(" Mara")  # a piece's leading separator is kept

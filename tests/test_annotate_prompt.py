@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lmlm.annotate.annotators import build_messages, load_prompt
+from lmlm.annotate.prompt import build_messages, load_prompt
 from lmlm.annotate.prompt import PLACEHOLDER, SYSTEM, default_prompt, examples
 from lmlm.format import strip_lookups, to_special
 

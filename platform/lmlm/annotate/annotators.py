@@ -1,150 +1,29 @@
 """The annotators behind one interface (base.py: `Annotator.annotate(texts) -> legacy-annotated texts`).
 
-- `hf`: a local transformers causal LM with a chat template, batched greedy decoding.
-- `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts).
-- `trained`: the platform's own learned annotator: the span tagger (trained.py) or the MiniLM
-  encoder annotator (encoder.py), whichever `lmlm train-annotator` saved; `minilm`: the latter only.
-
+- `hf` (hf.py): a local transformers causal LM with a chat template, batched greedy decoding; its
+  calls are put back into the input document word for word (anchor.py).
+- `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts); its
+  calls are anchored in the input document the same way.
+- `trained`: the platform's own learned annotator: the span tagger (trained.py), the MiniLM
+  encoder annotator (encoder.py) or the LoRA-fine-tuned SmolLM2 (generative.py), whichever
+  `lmlm train-annotator` saved; `minilm`: the encoder annotator only.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.base import Annotator, AnnotatorError
-from lmlm.annotate.config import AnnotateConfig, HFAnnotatorConfig, OpenAIAnnotatorConfig
-from lmlm.annotate.prompt import PLACEHOLDER, default_prompt
+from lmlm.annotate.config import AnnotateConfig, OpenAIAnnotatorConfig
+from lmlm.annotate.hf import HFAnnotator
+from lmlm.annotate.prompt import build_messages, load_prompt
 
 
 class _Retryable(AnnotatorError):
     """A failure worth another try: a timeout, a connection error, 408/409/429/5xx."""
-
-
-def load_prompt(path: str | Path) -> list[dict]:
-    """Chat messages of a prompt file (`[{"role", "content"}, ...]`), validated. "" is the platform's
-    own prompt (lmlm.annotate.prompt)."""
-    if not path:
-        return default_prompt()
-    p = Path(path)
-    try:
-        messages = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"prompt file {p}: cannot read a JSON list of messages ({e})") from e
-    if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise ValueError(f"prompt file {p}: expected a list of {{'role': str, 'content': str}} messages")
-    return messages
-
-
-def build_messages(template: list[dict], text: str) -> list[dict]:
-    """The template with the document in place of [INSERT_TEXT] (or appended as a user message)."""
-    if any(PLACEHOLDER in m["content"] for m in template):
-        return [{**m, "content": m["content"].replace(PLACEHOLDER, text)} for m in template]
-    return [*template, {"role": "user", "content": text}]
-
-
-_WORD = re.compile(r"\S+")
-
-
-def word_cut(text: str, n_words: int) -> int:
-    """Character offset just after the n-th word (0 -> 0)."""
-    if n_words <= 0:
-        return 0
-    for k, m in enumerate(_WORD.finditer(text), 1):
-        if k == n_words:
-            return m.end()
-    return len(text)
-
-
-def chunk_words(text: str, max_words: int) -> list[str]:
-    """Split at word boundaries into pieces of at most max_words words; pieces keep their separators."""
-    bounds = [m.start() for m in _WORD.finditer(text)][::max_words][1:]
-    cuts = [0, *bounds, len(text)]
-    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
-
-
-# --------------------------------------------------------------------------------------------
-
-
-class HFAnnotator(Annotator):
-    name = "hf"
-
-    def __init__(self, cfg: HFAnnotatorConfig):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if not cfg.model_path or not Path(cfg.model_path).is_dir():
-            raise ValueError(f"hf annotator: model_path {cfg.model_path!r} is not a local model directory")
-        self.cfg = cfg
-        self.tok = AutoTokenizer.from_pretrained(cfg.model_path)
-        if not self.tok.chat_template:
-            raise ValueError(f"hf annotator: the tokenizer in {cfg.model_path} has no chat template")
-        self.tok.padding_side = "left"
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, cfg.dtype))
-        self.model.to(device).eval()
-        self.device = device
-        self.template = load_prompt(cfg.prompt_path)
-        self.annotator_id = f"hf:{Path(cfg.model_path).name}"
-
-    def render(self, text: str) -> str:
-        """The full prompt string: chat template applied around the document, generation prompt on."""
-        return self.tok.apply_chat_template(build_messages(self.template, text), tokenize=False,
-                                            add_generation_prompt=True)
-
-    def n_tokens(self, text: str) -> int:
-        return len(self.tok(self.render(text), add_special_tokens=False)["input_ids"])
-
-    def pieces(self, text: str) -> list[str]:
-        """The document cut at word boundaries so that each piece's whole prompt fits the budget.
-
-        The cut is made in the document, never in the token sequence, so the chat template's
-        opening and closing tokens always survive (the reference truncates tokens and loses them).
-        """
-        out, rest = [], text
-        while rest.strip():
-            n = len(_WORD.findall(rest))
-            if self.n_tokens(rest) <= self.cfg.max_prompt_tokens:
-                out.append(rest)
-                break
-            lo, hi = 1, n  # largest word count that fits, by bisection (at least one word)
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if self.n_tokens(rest[:word_cut(rest, mid)]) <= self.cfg.max_prompt_tokens:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            cut = word_cut(rest, lo)
-            out.append(rest[:cut])
-            rest = rest[cut:]
-        return out or [text]
-
-    def _generate(self, prompts: list[str]) -> list[str]:
-        import torch
-
-        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id)
-        return self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    def annotate(self, texts: list[str]) -> list[str]:
-        pieces = [(i, p) for i, t in enumerate(texts) for p in self.pieces(t)]
-        outs: list[str] = []
-        bs = max(1, self.cfg.batch_size)
-        for b in range(0, len(pieces), bs):
-            outs += self._generate([self.render(p) for _, p in pieces[b:b + bs]])
-        joined = [[] for _ in texts]
-        for (i, piece), out in zip(pieces, outs):
-            lead = piece[:len(piece) - len(piece.lstrip())]  # keep the separator before each piece
-            joined[i].append(lead + out.strip())
-        return ["".join(parts) for parts in joined]
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +88,7 @@ class OpenAIAnnotator(Annotator):
 
     def _safe(self, text: str) -> tuple[str | None, str | None]:
         try:
-            return self._call(text), None
+            return anchor_calls(text, self._call(text)), None
         except AnnotatorError as e:
             return None, e.reason
 
@@ -232,7 +111,7 @@ class OpenAIAnnotator(Annotator):
 
 def load_trained(path: str | Path, num_threads: int | None = None, kind: str | None = None) -> Annotator:
     """The annotator `lmlm train-annotator` saved in `path`: the kind its annotator.json names
-    ("minilm", else the tagger); `kind` given: refuse any other."""
+    ("minilm", "generative", else the tagger); `kind` given: refuse any other."""
     meta = Path(path) / "annotator.json"
     if not meta.is_file():
         raise FileNotFoundError(f"{path} is not a trained annotator directory (no annotator.json; "
@@ -244,6 +123,10 @@ def load_trained(path: str | Path, num_threads: int | None = None, kind: str | N
         from lmlm.annotate.encoder import EncoderAnnotator
 
         return EncoderAnnotator.load(path, num_threads=num_threads)
+    if found == "generative":
+        from lmlm.annotate.generative import GenerativeAnnotator
+
+        return GenerativeAnnotator.load(path, num_threads=num_threads)
     from lmlm.annotate.trained import TrainedAnnotator
 
     return TrainedAnnotator.load(path, num_threads=num_threads)

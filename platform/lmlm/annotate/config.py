@@ -51,7 +51,7 @@ class AnnotateConfig:
     # where annotated/, rejected/, stats/ Parquet shards and loaded/ markers go (reused to resume)
     output_dir: str = "runs/annotate"
     # which annotator: "trained" (whichever kind `lmlm train-annotator` saved in trained_path: the
-    # tagger or minilm), "minilm" (trained_path must hold a minilm annotator), "hf" (hf.model_path)
+    # tagger, minilm or generative), "minilm" (trained_path must hold a minilm annotator), "hf" (hf.model_path)
     # or "openai" (openai.*)
     annotator: Literal["trained", "minilm", "hf", "openai"] = "trained"
     # directory written by `lmlm train-annotator`
@@ -111,11 +111,39 @@ class EncoderTrainConfig:
 
 
 @dataclass
+class GenerativeTrainConfig:
+    """Training of the generative annotator (annotate/generative.py): a pretrained causal LM fine-tuned
+    with LoRA to rewrite a plain document as its annotated version (the LoRA weights are merged and the
+    whole model saved in Hugging Face format)."""
+
+    base_model: str = "smollm2-135m"  # a pretrained name (lmlm.train.pretrained) or a local HF causal-LM dir
+    lora_rank: int = 16  # rank of the LoRA matrices on every linear layer of the blocks
+    lora_alpha: float = 32.0  # LoRA scale numerator (the update is scaled by alpha / rank)
+    lora_dropout: float = 0.05
+    epochs: float = 2.0  # passes over the seed documents (fractions allowed)
+    lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay to a tenth)
+    warmup_steps: int = 10  # at most a tenth of the steps
+    batch_docs: int = 4  # seed documents per optimisation step (grouped by length)
+    # bfloat16 autocast while training (1.5x faster on CPUs with AVX512-BF16 or AMX; off elsewhere)
+    bf16: bool = True
+    max_tokens: int = 1024  # prompt + annotated document tokens per example; longer seeds are left out
+    # inference: document pieces of at most max_prompt_tokens prompt tokens, each rewritten in at most
+    # max_new_tokens tokens (an annotated document is about twice its plain length), batch_size at once
+    max_prompt_tokens: int = 384
+    max_new_tokens: int = 768
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
 class TrainAnnotatorConfig:
     # "tagger": the hashed-feature tagger (fast, reads its own world); "minilm": a frozen pretrained
-    # encoder and a trained tagging head (minilm.*; reads phrasings and names the seeds never use)
-    kind: Literal["tagger", "minilm"] = "tagger"
+    # encoder and a trained tagging head (minilm.*; reads phrasings and names the seeds never use);
+    # "generative": SmolLM2 fine-tuned with LoRA to rewrite documents with calls (generative.*; the
+    # paper's annotator; slow on CPU)
+    kind: Literal["tagger", "minilm", "generative"] = "tagger"
     minilm: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+    generative: GenerativeTrainConfig = field(default_factory=GenerativeTrainConfig)
     # seed corpus with annotations (reference JSON, .jsonl, .parquet); "" -> a synthetic world's gold
     seeds: str = ""
     world_people: int = 300  # people of the synthetic world used when seeds is ""

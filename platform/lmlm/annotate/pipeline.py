@@ -30,7 +30,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from lmlm.annotate.annotators import build_annotator, chunk_words
+from lmlm.annotate.annotators import build_annotator
+from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.config import AnnotateConfig
 from lmlm.config import from_dict, to_dict
 from lmlm.format import Triple, strip_lookups, to_special
@@ -165,7 +166,8 @@ def annotator_id_for(cfg: AnnotateConfig) -> str:
         if not meta_path.is_file():
             raise FileNotFoundError(f"annotate: {cfg.trained_path} is not a trained annotator (no annotator.json)")
         meta = json.loads(meta_path.read_text())
-        prefix = "minilm" if meta.get("kind") == "minilm" else "trained"  # as the annotators' annotator_id
+        kind = meta.get("kind", "tagger")
+        prefix = kind if kind in ("minilm", "generative") else "trained"  # as the annotators' annotator_id
         return f"{prefix}:{meta.get('fingerprint', 'unknown')}"
     if cfg.annotator == "hf":
         return f"hf:{Path(cfg.hf.model_path).name}"

@@ -2,11 +2,14 @@
 
 A system message that states the lookup-call format and its rules, then few-shot pairs (plain
 document -> the same document with calls) cut from biographies of the synthetic world
-(lmlm.world, a fixed seed), then the document to annotate in place of [INSERT_TEXT].
+(lmlm.world, a fixed seed), then the document to annotate in place of [INSERT_TEXT]; and the
+reading of prompt files (`load_prompt`) and their filling (`build_messages`) for every chat annotator.
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 PLACEHOLDER = "[INSERT_TEXT]"
 
@@ -58,3 +61,27 @@ def default_prompt() -> list[dict]:
     for plain, annotated in examples():
         messages += [{"role": "user", "content": plain}, {"role": "assistant", "content": annotated}]
     return [*messages, {"role": "user", "content": PLACEHOLDER}]
+
+
+def load_prompt(path: str | Path) -> list[dict]:
+    """Chat messages of a prompt file (`[{"role", "content"}, ...]`), validated. "" is the platform's
+    own prompt (lmlm.annotate.prompt)."""
+    if not path:
+        return default_prompt()
+    p = Path(path)
+    try:
+        messages = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"prompt file {p}: cannot read a JSON list of messages ({e})") from e
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError(f"prompt file {p}: expected a list of {{'role': str, 'content': str}} messages")
+    return messages
+
+
+def build_messages(template: list[dict], text: str) -> list[dict]:
+    """The template with the document in place of [INSERT_TEXT] (or appended as a user message)."""
+    if any(PLACEHOLDER in m["content"] for m in template):
+        return [{**m, "content": m["content"].replace(PLACEHOLDER, text)} for m in template]
+    return [*template, {"role": "user", "content": text}]

@@ -14,7 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlm.annotate.annotators import chunk_words, load_trained
+from lmlm.annotate.annotators import load_trained
+from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.pipeline import annotate_rows
 from lmlm.format import Parsed, render_legacy, to_special
 
