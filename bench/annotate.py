@@ -1,4 +1,4 @@
-"""Annotation benchmark: quality of the trained annotators (tagger vs minilm) and speed of the pipeline.
+"""Annotation benchmark: quality of the trained annotators (tagger, minilm, generative) and speed of the pipeline.
 
 Quality (both annotators trained on the same seeds; F1 under two matching rules, see metrics.py:
 `exact` = entity, relation and value equal after normalize_key; `entity_value` = relation ignored)
@@ -6,6 +6,11 @@ Quality (both annotators trained on the same seeds; F1 under two matching rules,
   world (other people, the same sentence templates);
 - held-out phrasing: scored on lmlm.annotate.heldout documents (evaluation-only sentences about people
   named from a name pool the world never uses);
+- generative (`--generative` only, about an hour on 2 cores): SmolLM2-135M fine-tuned with LoRA on the
+  first 100 gold documents of the same world (2 passes), scored on 40 documents of each synthetic set;
+  its loop and 1- and 2-actor runs on 16 documents, 1 thread per worker (`generative_` + the speed keys
+  below: the annotator whose cost per document dominates Ray's overheads); then trained on 300
+  squad-train1k paragraphs (1 pass) and scored on squad-eval100 as below;
 - SQuAD (full run only): trained on squad-train1k (GPT-4o annotations), run on the plain `text` of
   squad-eval100, compared with GPT-4o's triples (tagger with span_weight=3, as before; minilm with a
   frozen encoder; minilm_ft with the encoder fine-tuned and one value tag). `--squad-only`: just these.
@@ -22,6 +27,7 @@ Speed (same documents, torch 1 thread per worker)
   training time on the in-world seeds (minilm: encoder states + head).
 
     python bench/annotate.py --quick     # < 60 s; last line: one JSON object
+    python bench/annotate.py --generative   # the generative rows (about an hour)
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +49,7 @@ import torch  # noqa: E402
 from lmlm.annotate import AnnotateConfig, EncoderTrainConfig, evaluate, fit, run_annotation  # noqa: E402
 from lmlm.annotate.encoder_train import fit_encoder  # noqa: E402
 from lmlm.annotate.heldout import heldout_documents  # noqa: E402
+from lmlm.annotate.seeds import torch_threads  # noqa: E402
 from lmlm.annotate.pipeline import annotate_loop  # noqa: E402
 from lmlm.corpus import Record, read_corpus, write_jsonl  # noqa: E402
 from lmlm.world import WorldConfig, generate_world  # noqa: E402
@@ -99,6 +107,66 @@ def squad(args, res: dict) -> None:
         log(f"squad {kind}: {m}")
     res["f1_squad_eval100_entity_value"] = res["tagger_squad_eval100_entity_value_f1"]
     res["exact_triple_f1"] = res["tagger_squad_eval100_exact_triple_f1"]
+
+
+def generative_scaling(model_dir: Path, work: Path, n_docs: int) -> dict:
+    """Actor scaling where a document's cost dominates: the generative annotator, 1 thread per worker."""
+    import ray
+
+    world = generate_world(WorldConfig(people=n_docs, seed=2))
+    src = write_jsonl([Record(d.id, d.text, "", "world", {}) for d in world.documents], work / "gen-speed.jsonl")
+    cfg = AnnotateConfig(input=str(src), trained_path=str(model_dir), batch_size=4, load_store=False, progress=False,
+                         threads_per_actor=1, num_cpus_per_actor=0.5)
+    with torch_threads(1):
+        loop_s = _loop_s(cfg, [d.text for d in world.documents])
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        res = _scaling(cfg, n_docs, loop_s, work, prefix="generative_")
+    finally:
+        ray.shutdown()
+    log(f"generative scaling: {res}")
+    return res
+
+
+def generative(args, res: dict, work: Path) -> None:
+    """The generative annotator (SmolLM2 + LoRA, 2 threads throughout): trained on the first `gen_seeds` gold documents
+    of the same world as the others, scored on `gen_eval` documents of each synthetic set, and on
+    squad-eval100 after training on `gen_squad_seeds` squad-train1k paragraphs."""
+    from lmlm.annotate.config import GenerativeTrainConfig
+    from lmlm.annotate.generative import fit_generative
+
+    seeds = [d.annotated_text for d in generate_world(WorldConfig(people=args.train_people, seed=0)).documents]
+    sets = {"synthetic": [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents],
+            "heldout_phrasing": [d.annotated_text for d in heldout_documents(args.eval_people, seed=1)]}
+    cfg = GenerativeTrainConfig(epochs=args.gen_epochs)
+    torch.set_num_threads(2)  # training and decoding both use the 2 cores
+    t = time.time()
+    ann = fit_generative(seeds[:args.gen_seeds], cfg, threads=2, log=log)
+    res.update(generative_seed_docs=args.gen_seeds, generative_train_s=time.time() - t,
+               generative_final_loss=ann.meta["final_loss"])
+    for name, docs in sets.items():
+        t = time.time()
+        _scores(res, "generative", name, evaluate(ann, docs[:args.gen_eval]))
+        res[f"generative_{name}_docs_per_s"] = args.gen_eval / (time.time() - t)
+    log(f"generative synthetic: {res}")
+    res.update(generative_scaling(ann.save(work / "generative"), work, args.gen_speed_docs))
+    files = _squad_files() if args.squad else None
+    if files:
+        train = [r.annotated_text for r in read_corpus(files[0])][:args.gen_squad_seeds]
+        ev = read_corpus(files[1])
+        t = time.time()
+        ann = fit_generative(train, replace(cfg, epochs=args.gen_squad_epochs), threads=2, log=log)
+        res["generative_squad_train_s"] = time.time() - t
+        t = time.time()
+        m = evaluate(ann, [r.annotated_text for r in ev], texts=[r.text for r in ev])
+        res.update({"generative_squad_seed_docs": len(train),
+                    "generative_squad_eval100_entity_value_f1": m["entity_value"]["f1"],
+                    "generative_squad_eval100_entity_value_precision": m["entity_value"]["precision"],
+                    "generative_squad_eval100_entity_value_recall": m["entity_value"]["recall"],
+                    "generative_squad_eval100_exact_triple_f1": m["exact"]["f1"],
+                    "generative_squad_predicted_triples": m["exact"]["predicted"],
+                    "generative_squad_eval_s": time.time() - t})
+        log(f"squad generative: {m}")
 
 
 def quality(args, work: Path) -> tuple[dict, Path, Path]:
@@ -178,18 +246,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     ap.add_argument("--squad-only", action="store_true", help="the SQuAD quality rows only (full sizes)")
+    ap.add_argument("--generative", action="store_true",
+                    help="the generative annotator's quality rows only (SmolLM2 + LoRA; about an hour on 2 cores)")
     args = ap.parse_args()
     sizes = dict(train_people=24, eval_people=16, epochs=3, squad_epochs=3, minilm_epochs=10, speed_docs=300,
                  minilm_speed_docs=8, squad=False, minilm_scaling=False) if args.quick else \
         dict(train_people=300, eval_people=200, epochs=5, squad_epochs=6, minilm_epochs=10, speed_docs=4000,
              minilm_speed_docs=100, squad=True, minilm_scaling=True)
+    sizes.update(gen_seeds=100, gen_epochs=2.0, gen_eval=40, gen_speed_docs=16, gen_squad_seeds=300,
+                 gen_squad_epochs=1.0)
     for k, v in sizes.items():
         setattr(args, k, v)
     t0 = time.time()
     torch.set_num_threads(1)  # one worker = one thread, for the loop, the actors and training alike
-    if args.squad_only:
+    if args.squad_only or args.generative:
         res: dict = {}
-        squad(args, res)
+        if args.generative:
+            with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
+                generative(args, res, Path(tmp))
+        else:
+            squad(args, res)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-annotate-") as tmp:
             res, model_dir, minilm_dir = quality(args, Path(tmp))

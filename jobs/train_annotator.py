@@ -3,6 +3,8 @@
     python jobs/train_annotator.py --config jobs/configs/demo.yaml [--set key.path=value ...]
     python jobs/train_annotator.py --config jobs/configs/demo.yaml --set train_annotator.kind=minilm \
         --set train_annotator.ray_train=true      # the minilm annotator, trained as a Ray Train job
+    python jobs/train_annotator.py --config jobs/configs/demo.yaml --set train_annotator.kind=generative \
+        --set train_annotator.seed_docs=100 --set train_annotator.threads=2   # SmolLM2 + LoRA (~15 min)
     ray job submit --working-dir . --runtime-env infra/runtime_env.yaml -- python jobs/train_annotator.py --config FILE
 """
 import sys

