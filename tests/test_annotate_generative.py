@@ -10,7 +10,7 @@ import pytest
 
 from lmlm.annotate import AnnotateConfig, TrainAnnotatorConfig, load_trained
 from lmlm.annotate.config import GenerativeTrainConfig
-from lmlm.annotate.generative import GenerativeAnnotator
+from lmlm.annotate.generative import GenerativeAnnotator, fit_generative
 from lmlm.annotate.pipeline import run_annotation
 from lmlm.annotate.train_job import train_annotator
 from lmlm.cli import main as lmlm_main
@@ -61,11 +61,13 @@ def test_trained_on_four_seeds_it_annotates_an_unseen_person(generative_dir):
         load_trained(generative_dir, kind="minilm")
 
 
-def test_bad_base_model_and_seeds_are_named():
+def test_bad_base_model_settings_and_seeds_are_named():
     with pytest.raises(ValueError, match="base_model: '/no/such/model'"):
-        from lmlm.annotate.generative import fit_generative
-
         fit_generative(SEEDS, GenerativeTrainConfig(base_model="/no/such/model"))
+    with pytest.raises(ValueError, match="generative.batch_docs: must be >= 1, got 0"):
+        fit_generative(SEEDS, GenerativeTrainConfig(batch_docs=0))
+    with pytest.raises(ValueError, match="generative.epochs and generative.lr: must be > 0"):
+        fit_generative(SEEDS, GenerativeTrainConfig(epochs=0))
     with pytest.raises(ValueError, match="longer than generative.max_tokens=8"):
         fit_generative(SEEDS, GenerativeTrainConfig(max_tokens=8), log=lambda s: None)
 

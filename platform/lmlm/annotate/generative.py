@@ -106,6 +106,11 @@ def fit_generative(annotated: list[str], cfg: GenerativeTrainConfig | None = Non
 def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAnnotator":
     from peft import LoraConfig, get_peft_model
 
+    for name in ("lora_rank", "batch_docs", "max_tokens", "max_new_tokens", "max_prompt_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"generative.{name}: must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.epochs > 0 or not cfg.lr > 0:
+        raise ValueError(f"generative.epochs and generative.lr: must be > 0, got {cfg.epochs} and {cfg.lr}")
     annotated = [a for a in annotated if a.strip()]
     if not annotated:
         raise ValueError("train-annotator: no seed documents with annotations")
