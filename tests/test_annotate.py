@@ -171,4 +171,8 @@ def test_anchoring_keeps_the_document_word_for_word():
     assert strip_lookups(out) == TEXT and out.startswith("Mara Quell was born in [dblookup(")
     # chatter without a valid call: the document as it was
     assert anchor_calls(TEXT, "Sure! Here it is: [dblookup('Mara Quell', 'Birth") == TEXT
-    assert anchor_calls(" " + TEXT, faithful).startswith(" Mara")  # a piece's leading separator is kept
+    assert anchor_calls(" " + TEXT, faithful).startswith(" Mara")  # a leading separator is kept
+    # in the pipeline's validation: anchored, and the output's own invalid calls still counted
+    row = annotate_rows(FixedOutput({TEXT: reworded + " [dblookup('Mara Quell', 'Trade') -> "}), ["m"], [TEXT])[0]
+    assert row["annotated_text"] == faithful and json.loads(row["dropped"]) == {"truncated": 1}
+    assert row["lookups"] == 2 and strip_lookups(row["special_text"]) == TEXT

@@ -1,9 +1,8 @@
 """The annotators behind one interface (base.py: `Annotator.annotate(texts) -> legacy-annotated texts`).
 
-- `hf` (hf.py): a local transformers causal LM with a chat template, batched greedy decoding; its
-  calls are put back into the input document word for word (anchor.py).
-- `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts); its
-  calls are anchored in the input document the same way.
+- `hf` (hf.py): a local transformers causal LM with a chat template, batched greedy decoding.
+- `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts).
+The pipeline's validation (pipeline.annotate_rows) anchors every output's calls in its input (anchor.py).
 - `trained`: the platform's own learned annotator: the span tagger (trained.py), the MiniLM
   encoder annotator (encoder.py) or the LoRA-fine-tuned SmolLM2 (generative.py), whichever
   `lmlm train-annotator` saved; `minilm`: the encoder annotator only.
@@ -15,7 +14,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.base import Annotator, AnnotatorError
 from lmlm.annotate.config import AnnotateConfig, OpenAIAnnotatorConfig
 from lmlm.annotate.hf import HFAnnotator
@@ -88,7 +86,7 @@ class OpenAIAnnotator(Annotator):
 
     def _safe(self, text: str) -> tuple[str | None, str | None]:
         try:
-            return anchor_calls(text, self._call(text)), None
+            return self._call(text), None
         except AnnotatorError as e:
             return None, e.reason
 

@@ -9,8 +9,8 @@ directory is a plain Hugging Face causal LM (loadable by transformers, or served
 `openai` annotator) with `prompt.json` (the system message) and `annotator.json`.
 
 Inference is the `hf` annotator's (batched greedy decoding, documents cut at word boundaries to fit
-`max_prompt_tokens`), and every call is anchored in the input text (anchor.py), so a rewording or an
-early stop never changes the document.
+`max_prompt_tokens`); the pipeline anchors every call in the input text (anchor.py), so a rewording
+or an early stop never changes the document.
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
 
 
 class GenerativeAnnotator(HFAnnotator):
-    """A LoRA-fine-tuned (merged) causal LM behind the `hf` annotator's decoding and anchoring."""
+    """A LoRA-fine-tuned (merged) causal LM behind the `hf` annotator's decoding."""
 
     name = KIND
 

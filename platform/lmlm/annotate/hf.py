@@ -1,14 +1,13 @@
 """The `hf` annotator: a local transformers causal LM with a chat template, batched greedy decoding.
 
-Documents are cut at word boundaries so that each piece's whole prompt fits `max_prompt_tokens`;
-each piece's output is anchored back into the piece (anchor.py), so the annotated document is the
-input word for word plus the calls, whatever else the model rewrote.
+Documents are cut at word boundaries so that each piece's whole prompt fits `max_prompt_tokens`, and
+the pieces' outputs are joined; the pipeline's validation then anchors the calls in the input
+(anchor.py), so the annotated document is the input word for word whatever else the model rewrote.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.base import Annotator
 from lmlm.annotate.chunks import WORD, word_cut
 from lmlm.annotate.config import HFAnnotatorConfig
@@ -91,5 +90,6 @@ class HFAnnotator(Annotator):
             outs += self._generate([self.render(p) for _, p in pieces[b:b + bs]])
         joined = [[] for _ in texts]
         for (i, piece), out in zip(pieces, outs):
-            joined[i].append(anchor_calls(piece, out))  # the piece word for word, plus the output's calls
+            lead = piece[:len(piece) - len(piece.lstrip())]  # keep the separator before each piece
+            joined[i].append(lead + out.strip())
         return ["".join(parts) for parts in joined]

@@ -30,6 +30,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.annotators import build_annotator
 from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.config import AnnotateConfig
@@ -115,7 +116,8 @@ def read_inputs(cfg: AnnotateConfig) -> tuple[list[dict], list[dict]]:
 
 
 def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
-    """Annotate, validate and convert; one result dict per input (status ok or rejected)."""
+    """Annotate, validate and convert; one result dict per input (status ok or rejected). A model that
+    changed the text around its calls gets its calls anchored in the input (anchor.py)."""
     out = []
     for rid, text, (ann, err) in zip(ids, texts, annotator.annotate_safe(texts)):
         res = {"id": rid, "status": "ok", "reason": "", "annotated_text": "", "special_text": "",
@@ -125,9 +127,11 @@ def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
         elif not ann.strip():
             res.update(status="rejected", reason="empty_output", detail="the annotator returned no text")
         else:
+            dropped = to_special(ann).drop_counts()  # the output's own invalid calls, before anchoring
+            ann = anchor_calls(text, ann)  # the input word for word, plus the output's valid calls
             parsed = to_special(ann)
             res.update(annotated_text=ann, special_text=parsed.text, lookups=len(parsed.lookups),
-                       dropped=json.dumps(parsed.drop_counts()),
+                       dropped=json.dumps(dropped),
                        triples=json.dumps([[t.entity, t.relation, t.value] for t in parsed.triples]))
         res.setdefault("detail", "")
         out.append(res)
