@@ -80,6 +80,23 @@ def _squad_files() -> tuple[Path, Path] | None:
         return None
 
 
+def _squad_scores(res: dict, kind: str, m: dict) -> None:
+    ev_m, ex_m = m["entity_value"], m["exact"]
+    res.update({f"{kind}_squad_eval100_entity_value_f1": ev_m["f1"],
+                f"{kind}_squad_eval100_entity_value_precision": ev_m["precision"],
+                f"{kind}_squad_eval100_entity_value_recall": ev_m["recall"],
+                f"{kind}_squad_eval100_exact_triple_f1": ex_m["f1"],
+                f"{kind}_squad_predicted_triples": ex_m["predicted"], "squad_gold_triples": ex_m["gold"]})
+    log(f"squad {kind}: {m}")
+
+
+def _synthetic_sets(args) -> tuple[list[str], list[str], list[str]]:
+    """Seeds (gold documents of one world), and the in-world and held-out-phrasing evaluation documents."""
+    return ([d.annotated_text for d in generate_world(WorldConfig(people=args.train_people, seed=0)).documents],
+            [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents],
+            [d.annotated_text for d in heldout_documents(args.eval_people, seed=1)])
+
+
 def squad(args, res: dict) -> None:
     files = _squad_files() if args.squad else None
     if not files:
@@ -96,15 +113,8 @@ def squad(args, res: dict) -> None:
                 "minilm_ft": lambda: fit_encoder(train, ft, threads=2, log=log)}
     for kind, train_fn in trainers.items():
         t = time.time()
-        m = evaluate(train_fn(), gold, texts=texts)
-        ev_m, ex_m = m["entity_value"], m["exact"]
-        res.update({f"{kind}_squad_eval100_entity_value_f1": ev_m["f1"],
-                    f"{kind}_squad_eval100_entity_value_precision": ev_m["precision"],
-                    f"{kind}_squad_eval100_entity_value_recall": ev_m["recall"],
-                    f"{kind}_squad_eval100_exact_triple_f1": ex_m["f1"],
-                    f"{kind}_squad_predicted_triples": ex_m["predicted"], "squad_gold_triples": ex_m["gold"],
-                    f"{kind}_squad_seconds": time.time() - t})
-        log(f"squad {kind}: {m}")
+        _squad_scores(res, kind, evaluate(train_fn(), gold, texts=texts))
+        res[f"{kind}_squad_seconds"] = time.time() - t
     res["f1_squad_eval100_entity_value"] = res["tagger_squad_eval100_entity_value_f1"]
     res["exact_triple_f1"] = res["tagger_squad_eval100_exact_triple_f1"]
 
@@ -135,9 +145,8 @@ def generative(args, res: dict, work: Path) -> None:
     from lmlm.annotate.config import GenerativeTrainConfig
     from lmlm.annotate.generative import fit_generative
 
-    seeds = [d.annotated_text for d in generate_world(WorldConfig(people=args.train_people, seed=0)).documents]
-    sets = {"synthetic": [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents],
-            "heldout_phrasing": [d.annotated_text for d in heldout_documents(args.eval_people, seed=1)]}
+    seeds, in_world, heldout = _synthetic_sets(args)
+    sets = {"synthetic": in_world, "heldout_phrasing": heldout}
     cfg = GenerativeTrainConfig(epochs=args.gen_epochs)
     torch.set_num_threads(2)  # training and decoding both use the 2 cores
     t = time.time()
@@ -158,21 +167,12 @@ def generative(args, res: dict, work: Path) -> None:
         ann = fit_generative(train, replace(cfg, epochs=args.gen_squad_epochs), threads=2, log=log)
         res["generative_squad_train_s"] = time.time() - t
         t = time.time()
-        m = evaluate(ann, [r.annotated_text for r in ev], texts=[r.text for r in ev])
-        res.update({"generative_squad_seed_docs": len(train),
-                    "generative_squad_eval100_entity_value_f1": m["entity_value"]["f1"],
-                    "generative_squad_eval100_entity_value_precision": m["entity_value"]["precision"],
-                    "generative_squad_eval100_entity_value_recall": m["entity_value"]["recall"],
-                    "generative_squad_eval100_exact_triple_f1": m["exact"]["f1"],
-                    "generative_squad_predicted_triples": m["exact"]["predicted"],
-                    "generative_squad_eval_s": time.time() - t})
-        log(f"squad generative: {m}")
+        _squad_scores(res, "generative", evaluate(ann, [r.annotated_text for r in ev], texts=[r.text for r in ev]))
+        res.update(generative_squad_seed_docs=len(train), generative_squad_eval_s=time.time() - t)
 
 
 def quality(args, work: Path) -> tuple[dict, Path, Path]:
-    seeds = [d.annotated_text for d in generate_world(WorldConfig(people=args.train_people, seed=0)).documents]
-    in_world = [d.annotated_text for d in generate_world(WorldConfig(people=args.eval_people, seed=1)).documents]
-    heldout = [d.annotated_text for d in heldout_documents(args.eval_people, seed=1)]
+    seeds, in_world, heldout = _synthetic_sets(args)
     res: dict = {"synthetic_train_docs": len(seeds), "synthetic_eval_docs": len(in_world),
                  "heldout_eval_docs": len(heldout)}
     t = time.time()

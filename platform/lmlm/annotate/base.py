@@ -6,6 +6,8 @@ failure reason, so one bad document (or a dead endpoint) never fails or hangs a 
 from __future__ import annotations
 
 import abc
+import json
+from pathlib import Path
 
 
 class AnnotatorError(RuntimeError):
@@ -42,3 +44,15 @@ class Annotator(abc.ABC):
             except Exception as e:  # noqa: BLE001
                 results.append((None, f"annotator_exception:{type(e).__name__}"))
         return results
+
+
+def read_meta(path: str | Path, kind: str, files: tuple[str, ...]) -> dict:
+    """annotator.json of a saved annotator of `kind`, after checking that `files` are all there."""
+    p = Path(path)
+    if not all((p / f).is_file() for f in files):
+        raise FileNotFoundError(f"{p} is not a {kind} annotator directory "
+                                f"(needs {', '.join(files[:-1])} and {files[-1]})")
+    meta = json.loads((p / "annotator.json").read_text())
+    if meta.get("kind") != kind:
+        raise ValueError(f"{p}: annotator.json says kind {meta.get('kind', 'tagger')!r}, not {kind!r}")
+    return meta

@@ -124,7 +124,8 @@ class GenerativeTrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay to a tenth)
     warmup_steps: int = 10  # at most a tenth of the steps
     batch_docs: int = 4  # seed documents per optimisation step (grouped by length)
-    # bfloat16 autocast while training (1.5x faster on CPUs with AVX512-BF16 or AMX; off elsewhere)
+    # bfloat16 autocast while training (1.5x faster on CPUs with AVX512-BF16 or AMX; set false on CPUs
+    # without them, where bfloat16 is emulated)
     bf16: bool = True
     max_tokens: int = 1024  # prompt + annotated document tokens per example; longer seeds are left out
     # inference: document pieces of at most max_prompt_tokens prompt tokens, each rewritten in at most

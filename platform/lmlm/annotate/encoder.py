@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmlm.annotate.base import Annotator
+from lmlm.annotate.base import Annotator, read_meta
 from lmlm.annotate.trained import bio_mask, calls_from_tags, insert_calls, tokenize, viterbi
 from lmlm.format import Triple
 from lmlm.train.data import pad_rows
@@ -153,13 +153,7 @@ class EncoderAnnotator(Annotator):
         from transformers import AutoModel, AutoTokenizer
 
         p = Path(path)
-        meta_path = p / "annotator.json"
-        if not all((p / f).is_file() for f in ("annotator.json", "config.json", "head.pt")):
-            raise FileNotFoundError(f"{p} is not a {KIND} annotator directory "
-                                    "(needs annotator.json, config.json and head.pt)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{p}: annotator.json says kind {meta.get('kind', 'tagger')!r}, not {KIND!r}")
+        meta = read_meta(p, KIND, ("annotator.json", "config.json", "head.pt"))
         if num_threads:
             torch.set_num_threads(num_threads)
         encoder = AutoModel.from_pretrained(p)

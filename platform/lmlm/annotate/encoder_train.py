@@ -11,10 +11,8 @@ window's words only, where inference reads the whole document's.
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-import zlib
 from dataclasses import asdict
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 
 from lmlm.annotate.config import EncoderTrainConfig
 from lmlm.annotate.encoder import KIND, EncoderAnnotator, Head, base_model_path, windows, word_states
-from lmlm.annotate.seeds import align, relation_counts, select_entity_rules, torch_threads
+from lmlm.annotate.seeds import align, relation_counts, seed_fingerprint, select_entity_rules, torch_threads
 from lmlm.annotate.trained import ENT
 from lmlm.train.data import pad_rows
 
@@ -154,7 +152,7 @@ def _fit(annotated: list[str], cfg: EncoderTrainConfig, log) -> EncoderAnnotator
         y = torch.tensor([tag_id[t] for d in docs for t in d.tags])
         steps = train_head(head, states, y, cfg, log)
 
-    fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], asdict(cfg)]).encode()):08x}"
+    fingerprint = seed_fingerprint(annotated, asdict(cfg))
     meta = {"kind": KIND, "tags": tags, "relation_names": names, "relation_map": rel_tag,
             "entity_rules": select_entity_rules(docs, rel_tag), "max_tokens": cfg.max_tokens,
             "head_hidden": cfg.hidden, "head_context": cfg.context,

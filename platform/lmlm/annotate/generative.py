@@ -18,17 +18,18 @@ import json
 import math
 import random
 import time
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from lmlm.annotate.base import read_meta
 from lmlm.annotate.config import GenerativeTrainConfig, HFAnnotatorConfig
 from lmlm.annotate.hf import HFAnnotator
 from lmlm.annotate.prompt import build_messages
-from lmlm.annotate.seeds import torch_threads
+from lmlm.annotate.seeds import seed_fingerprint, torch_threads
 from lmlm.format import strip_lookups
+from lmlm.train.data import pad_rows
 
 KIND = "generative"
 SYSTEM = ("Copy the user's text exactly, inserting a lookup call [dblookup('Entity', 'Relation') -> Value] "
@@ -75,15 +76,11 @@ def _batches(exs: list[tuple[list[int], int]], size: int, pad_id: int, rng: rand
     rng.shuffle(groups)
     batches = []
     for g in groups:
-        width = max(len(exs[i][0]) for i in g)
-        ids = torch.full((len(g), width), pad_id)
-        labels = torch.full((len(g), width), -100)
-        mask = torch.zeros((len(g), width), dtype=torch.long)
+        ids, mask = pad_rows([exs[i][0] for i in g], pad_id)
+        labels = torch.full_like(ids, -100)
         for r, i in enumerate(g):
             seq, n_prompt = exs[i]
-            ids[r, :len(seq)] = torch.tensor(seq)
             labels[r, n_prompt:len(seq)] = torch.tensor(seq[n_prompt:])
-            mask[r, :len(seq)] = 1
         batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return batches
 
@@ -147,14 +144,13 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
         opt.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + int(batch["attention_mask"].sum())
         losses.append(loss.item())
+        recent = sum(losses[-10:]) / len(losses[-10:])
         if step % 10 == 0 or step == total:
-            log(f"train-annotator: step {step}/{total} loss {sum(losses[-10:]) / len(losses[-10:]):.3f} "
-                f"({tokens / (time.time() - t0):.0f} tokens/s)")
+            log(f"train-annotator: step {step}/{total} loss {recent:.3f} ({tokens / (time.time() - t0):.0f} tokens/s)")
     model = model.merge_and_unload().eval()
-    fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], asdict(cfg)]).encode()):08x}"
-    meta = {"kind": KIND, "base_model": cfg.base_model, "fingerprint": fingerprint, "seed_docs": len(exs),
+    meta = {"kind": KIND, "base_model": cfg.base_model, "fingerprint": seed_fingerprint(annotated, asdict(cfg)), "seed_docs": len(exs),
             "seed_docs_too_long": too_long, "train": asdict(cfg), "train_steps": step, "train_tokens": tokens,
-            "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "final_loss": round(recent, 4),
             "train_seconds": round(time.time() - t0, 1)}
     return GenerativeAnnotator(model, tok, meta)
 
@@ -189,11 +185,7 @@ class GenerativeAnnotator(HFAnnotator):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         p = Path(path)
-        if not all((p / f).is_file() for f in ("annotator.json", "config.json")):
-            raise FileNotFoundError(f"{p} is not a {KIND} annotator directory (needs annotator.json and config.json)")
-        meta = json.loads((p / "annotator.json").read_text())
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{p}: annotator.json says kind {meta.get('kind', 'tagger')!r}, not {KIND!r}")
+        meta = read_meta(p, KIND, ("annotator.json", "config.json"))
         if num_threads:
             torch.set_num_threads(num_threads)
         model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)

@@ -127,9 +127,11 @@ def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
         elif not ann.strip():
             res.update(status="rejected", reason="empty_output", detail="the annotator returned no text")
         else:
-            dropped = to_special(ann).drop_counts()  # the output's own invalid calls, before anchoring
-            ann = anchor_calls(text, ann)  # the input word for word, plus the output's valid calls
             parsed = to_special(ann)
+            dropped = parsed.drop_counts()  # the output's own invalid calls, before anchoring
+            anchored = anchor_calls(text, ann)  # the input word for word, plus the output's valid calls
+            if anchored is not ann:
+                ann, parsed = anchored, to_special(anchored)
             res.update(annotated_text=ann, special_text=parsed.text, lookups=len(parsed.lookups),
                        dropped=json.dumps(dropped),
                        triples=json.dumps([[t.entity, t.relation, t.value] for t in parsed.triples]))

@@ -138,6 +138,11 @@ def _relation_vocab(annotated: list[str], min_count: int, max_relations: int) ->
     return {k: surface[k] for k, c in counts.most_common(max_relations) if c >= min_count}
 
 
+def seed_fingerprint(annotated: list[str], *settings) -> str:
+    """The provenance fingerprint of an annotator trained on these seeds with these settings."""
+    return f"{zlib.crc32(json.dumps([annotated[:50], *settings]).encode()):08x}"
+
+
 @contextmanager
 def torch_threads(n: int | None):
     """torch intra-op threads set to n (None/0: unchanged) inside the block, restored after it."""
@@ -223,7 +228,7 @@ def _fit(annotated: list[str], *, buckets: int = 1 << 17, dim: int = 32, epochs:
                         labels.append(t.relation)
         knn = (np.stack(vecs).astype(np.float32), labels) if vecs else None
 
-    fingerprint = f"{zlib.crc32(json.dumps([annotated[:50], buckets, dim, epochs, seed]).encode()):08x}"
+    fingerprint = seed_fingerprint(annotated, buckets, dim, epochs, seed)
     meta = {"tags": tags, "relation_names": {**rel_surface}, "entity_rules": rules, "buckets": buckets,
             "dim": dim, "fingerprint": fingerprint, "seed_docs": len(annotated), "seed_calls_aligned": n_calls,
             "seed_calls_unaligned": sum(d.unaligned for d in docs)}

@@ -35,6 +35,12 @@ def is_pretrained_name(model: str) -> bool:
     return model in PRETRAINED
 
 
+def _source(name: str) -> PretrainedSource:
+    if name not in PRETRAINED:
+        raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
+    return PRETRAINED[name]
+
+
 def _gguf_path(source: PretrainedSource) -> Path:
     import importlib.util
 
@@ -54,13 +60,11 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     from lmlm.tokenizer import add_lookup_tokens
     from lmlm.train.models import set_special_ids
 
-    if name not in PRETRAINED:
-        raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
+    source = _source(name)
     out = Path(out_dir)
     if (out / READY).is_file():
         return out
     model, tokenizer = load_pretrained(name)
-    source = PRETRAINED[name]
     print(f"pretrained: saving {source.filename} as an HF directory with the lookup tokens -> {out}", flush=True)
     old_rows = model.get_input_embeddings().weight.shape[0]
     tokenizer = add_lookup_tokens(tokenizer)
@@ -79,9 +83,7 @@ def load_pretrained(name: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name not in PRETRAINED:
-        raise ValueError(f"model: {name!r} is not a known pretrained model ({', '.join(PRETRAINED)})")
-    gguf = _gguf_path(PRETRAINED[name])
+    gguf = _gguf_path(_source(name))
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are de-quantized fp32 now; drop the GGUF marker that forbids saving them.
