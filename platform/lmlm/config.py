@@ -24,6 +24,8 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from lmlm import atomicfile
+
 T = TypeVar("T")
 
 
@@ -157,8 +159,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 
 def save_config(obj: Any, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    atomicfile.write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config: type | str | None = None) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from lmlm.atomicfile import replacing
 from lmlm.format import Triple, to_special
 
 RECORD_FIELDS = ("id", "text", "annotated_text", "source", "meta")
@@ -174,19 +175,16 @@ def records_to_table(records: Iterable[Record]):
 def write_parquet(records: Iterable[Record], path: str | Path) -> Path:
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(records_to_table(records), path)
-    return path
+    with replacing(path) as tmp:
+        pq.write_table(records_to_table(records), tmp)
+    return Path(path)
 
 
 def write_jsonl(records: Iterable[Record], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps({k: getattr(r, k) for k in RECORD_FIELDS}, ensure_ascii=False) + "\n")
-    return path
+    return Path(path)
 
 
 def write_corpus(records: Iterable[Record], path: str | Path) -> Path:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmlm.atomicfile import replacing
 
 DATA_DIR_ENV = "LMLM_DATA_DIR"  # folder holding data sets by name (<dir>/<name>/...)
 DATA_URL_ENV = "LMLM_DATA_URL"  # replaces every data set's base URL (files at <url>/<source path>)
@@ -156,39 +157,33 @@ def _download(url: str, dest: Path, f: DataFile, dataset: str, progress: bool) -
     where = f"{dataset}/{f.name}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        with replacing(dest) as tmp:
+            h, n = hashlib.sha256(), 0
+            with open(tmp, "wb") as out, \
+                    tqdm(total=f.size, unit="B", unit_scale=True, desc=f.name, disable=not progress) as bar:
+                try:
+                    with requests.get(url, stream=True, timeout=(10, 60)) as r:
+                        if r.status_code != 200:
+                            raise DatasetError(f"{where}: HTTP {r.status_code} from {url}")
+                        for block in r.iter_content(CHUNK):
+                            out.write(block)
+                            h.update(block)
+                            n += len(block)
+                            bar.update(len(block))
+                            if n > f.size:
+                                raise DatasetError(f"{where}: {url} sends more than the expected {f.size} bytes")
+                except requests.RequestException as e:
+                    raise DatasetError(f"{where}: download from {url} failed after {n} of {f.size} bytes "
+                                       f"({type(e).__name__}: {e})") from e
+            if n != f.size:
+                raise DatasetError(f"{where}: downloaded {n} bytes from {url}, expected {f.size}")
+            if h.hexdigest() != f.sha256:
+                raise DatasetError(f"{where}: SHA-256 {h.hexdigest()} of the download from {url}, "
+                                   f"expected {f.sha256}")
     except OSError as e:
         raise DatasetError(f"{where}: cannot write into {dest.parent} ({e})") from e
-    tmp = Path(tmp_name)
-    try:
-        h, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, \
-                tqdm(total=f.size, unit="B", unit_scale=True, desc=f.name, disable=not progress) as bar:
-            try:
-                with requests.get(url, stream=True, timeout=(10, 60)) as r:
-                    if r.status_code != 200:
-                        raise DatasetError(f"{where}: HTTP {r.status_code} from {url}")
-                    for block in r.iter_content(CHUNK):
-                        out.write(block)
-                        h.update(block)
-                        n += len(block)
-                        bar.update(len(block))
-                        if n > f.size:
-                            raise DatasetError(f"{where}: {url} sends more than the expected {f.size} bytes")
-            except requests.RequestException as e:
-                raise DatasetError(f"{where}: download from {url} failed after {n} of {f.size} bytes "
-                                   f"({type(e).__name__}: {e})") from e
-        if n != f.size:
-            raise DatasetError(f"{where}: downloaded {n} bytes from {url}, expected {f.size}")
-        if h.hexdigest() != f.sha256:
-            raise DatasetError(f"{where}: SHA-256 {h.hexdigest()} of the download from {url}, "
-                               f"expected {f.sha256}")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared data dir's files from other users
-        os.replace(tmp, dest)
-        st = dest.stat()
-        _verified.add((str(dest), st.st_size, st.st_mtime_ns))
-    finally:
-        tmp.unlink(missing_ok=True)
+    st = dest.stat()
+    _verified.add((str(dest), st.st_size, st.st_mtime_ns))
 
 
 def _ensure(ds: Dataset, f: DataFile, force: bool, progress: bool, base_url: str | None) -> Path:

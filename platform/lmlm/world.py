@@ -18,6 +18,7 @@ from typing import Literal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lmlm import atomicfile
 from lmlm.corpus import Record, extract_database, read_corpus, read_database, write_parquet
 from lmlm.format import UNKNOWN, Triple, render_legacy
 from lmlm.world_text import (  # noqa: F401  (the pools are part of this module's interface)
@@ -91,17 +92,18 @@ class World:
         return list(self.cloze_items)
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write the world; `documents.parquet`, the file that marks a saved world, goes last."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_parquet(self.documents, out / "documents.parquet")
-        (out / "triples.json").write_text(json.dumps(extract_database(self.triples()), ensure_ascii=False, indent=1))
+        atomicfile.write_json(out / "triples.json", extract_database(self.triples()))
         split = {"config": asdict(self.config), "forget": self.forget_names, "retain": self.retain_names,
                  "pronouns": {p.name: p.pronoun for p in self.people},
                  "unknown": {p.name: p.unknown for p in self.people if p.unknown}}
-        (out / "split.json").write_text(json.dumps(split, ensure_ascii=False, indent=1))
+        atomicfile.write_json(out / "split.json", split)
         prompts = {"bio": [{"name": n, "prompt": q} for n, q in self.bio_prompts()],
                    "cloze": [asdict(c) for c in self.cloze_items]}
-        (out / "prompts.json").write_text(json.dumps(prompts, ensure_ascii=False, indent=1))
+        atomicfile.write_json(out / "prompts.json", prompts)
+        write_parquet(self.documents, out / "documents.parquet")
         return out
 
     @classmethod

@@ -9,6 +9,8 @@ import abc
 import json
 from pathlib import Path
 
+from lmlm.atomicfile import fsync_tree, write_json
+
 
 class AnnotatorError(RuntimeError):
     """An annotator call that failed for good; `reason` is a short label for the reject report."""
@@ -44,6 +46,22 @@ class Annotator(abc.ABC):
             except Exception as e:  # noqa: BLE001
                 results.append((None, f"annotator_exception:{type(e).__name__}"))
         return results
+
+
+def begin_save(out_dir: str | Path) -> Path:
+    """The directory to save an annotator into, without a marker until `write_meta` writes it (an
+    older annotator saved there no longer counts once its files start being replaced)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "annotator.json").unlink(missing_ok=True)
+    return out
+
+
+def write_meta(out_dir: str | Path, meta: dict) -> Path:
+    """Write annotator.json, the marker of a saved annotator, after every other file in `out_dir`
+    is on disk: a directory with annotator.json holds a whole annotator."""
+    fsync_tree(out_dir)
+    return write_json(Path(out_dir) / "annotator.json", meta)
 
 
 def read_meta(path: str | Path, kind: str, files: tuple[str, ...]) -> dict:

@@ -15,13 +15,12 @@ are decoded over the whole document, so the subject rule sees the first window's
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lmlm.annotate.base import Annotator, read_meta
+from lmlm.annotate.base import Annotator, begin_save, read_meta, write_meta
 from lmlm.annotate.trained import bio_mask, calls_from_tags, insert_calls, tokenize, viterbi
 from lmlm.format import Triple
 from lmlm.train.data import pad_rows
@@ -140,13 +139,11 @@ class EncoderAnnotator(Annotator):
     # ---- persistence: the encoder in Hugging Face format (config.json, model.safetensors, tokenizer
     # files), head.pt (the head's state dict) and annotator.json (tags, labels, rules, head sizes)
     def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = begin_save(out_dir)
         self.encoder.save_pretrained(out)
         self.tok.save_pretrained(out)
         torch.save(self.head.state_dict(), out / "head.pt")
-        (out / "annotator.json").write_text(json.dumps({**self.meta, "kind": KIND}, indent=1))
-        return out
+        return write_meta(out, {**self.meta, "kind": KIND}).parent
 
     @classmethod
     def load(cls, path: str | Path, num_threads: int | None = None) -> "EncoderAnnotator":

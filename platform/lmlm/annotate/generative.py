@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lmlm.annotate.base import read_meta
+from lmlm.annotate.base import begin_save, read_meta, write_meta
 from lmlm.annotate.config import GenerativeTrainConfig, HFAnnotatorConfig
 from lmlm.annotate.hf import HFAnnotator
 from lmlm.annotate.prompt import build_messages
@@ -172,13 +172,11 @@ class GenerativeAnnotator(HFAnnotator):
         return f"{KIND}:{self.meta.get('fingerprint', 'unsaved')}"
 
     def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = begin_save(out_dir)
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
         (out / "prompt.json").write_text(json.dumps(self.template, indent=1))
-        (out / "annotator.json").write_text(json.dumps({**self.meta, "kind": KIND}, indent=1))
-        return out
+        return write_meta(out, {**self.meta, "kind": KIND}).parent
 
     @classmethod
     def load(cls, path: str | Path, num_threads: int | None = None, device: str = "auto") -> "GenerativeAnnotator":

@@ -34,6 +34,7 @@ from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.annotators import build_annotator
 from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.config import AnnotateConfig
+from lmlm.atomicfile import replacing, write_json
 from lmlm.config import from_dict, to_dict
 from lmlm.format import Triple, strip_lookups, to_special
 
@@ -184,9 +185,8 @@ def _write_table(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)  # a shard appears whole or not at all
+    with replacing(path) as tmp:  # a shard appears whole or not at all
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
 def finished_ids(out: Path) -> set[str]:
@@ -238,10 +238,10 @@ def shard_triples(shard: Path) -> tuple[list[tuple[Triple, str, str]], int]:
 def load_pending(out: Path, store, annotator_id: str, log=print, force: bool = False) -> tuple[int, int]:
     """Load the triples of every annotated shard exactly once; returns (triples loaded now, invalid).
 
-    Each shard is written with its name as the batch id: the marker that says a chunk of it is in
-    the store lives in Redis, written by the same script as the chunk's triples, so a load killed at
-    any point and run again counts each triple once, and a shard loaded before writes nothing (a new,
-    empty store gets every shard). Facts deleted from the store (tombstones) are skipped unless
+    Exactly once by content (FactStore.write_triples): each document's triples are a unit whose
+    marker lives in Redis, written by the same script as the triples, so a load killed at any point
+    and run again counts each triple once, a document loaded before (from this shard or any other)
+    writes nothing, and a new, empty store gets every shard. Facts deleted from the store (tombstones) are skipped unless
     `force`. loaded/<shard>.json only records what a run wrote.
     """
     loaded = invalid = 0
@@ -254,11 +254,11 @@ def load_pending(out: Path, store, annotator_id: str, log=print, force: bool = F
         if not rows:
             continue
         res = store.write_triples([t for t, _, _ in rows], doc_ids=[d for _, d, _ in rows], annotator=rows[0][2],
-                                  batch_id=f"shard:{stats.stem}", force=force)
+                                  batch_id="annotated", force=force)
         loaded += res.written
         if res.written or res.skipped:
-            (out / LOADED / f"{stats.stem}.json").write_text(json.dumps(
-                {"triples": res.written, "skipped_deleted": res.skipped, "forced": res.forced, "at": time.time()}))
+            write_json(out / LOADED / f"{stats.stem}.json",
+                       {"triples": res.written, "skipped_deleted": res.skipped, "forced": res.forced, "at": time.time()})
     if loaded:
         log(f"annotate: loaded {loaded} triples into the fact store")
     return loaded, invalid
@@ -380,7 +380,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         "docs_per_s": round(len(todo) / t_annot, 2) if todo and t_annot > 0 else 0.0,
         "output_dir": str(out), "shards_written": shard_no,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     log("annotate: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("output_dir",)))
     return summary
 

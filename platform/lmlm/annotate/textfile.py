@@ -17,6 +17,7 @@ from pathlib import Path
 from lmlm.annotate.annotators import load_trained
 from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.pipeline import annotate_rows
+from lmlm.atomicfile import replacing
 from lmlm.format import Parsed, render_legacy, to_special
 
 
@@ -88,9 +89,7 @@ def annotate_text_file(annotator_dir: str | Path, src: str | Path, dst: str | Pa
             results.setdefault(r, []).append(res)
     reasons: Counter = Counter()
     dropped_total: Counter = Counter()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
+    with replacing(dst) as tmp, tmp.open("w", encoding="utf-8") as out:
         for r, (rid, text, error) in enumerate(rows):
             line = {"id": rid, "annotated_text": None, "dropped": {}}
             parts = results.get(r, [])
@@ -108,7 +107,6 @@ def annotate_text_file(annotator_dir: str | Path, src: str | Path, dst: str | Pa
                 line["error"] = error
                 reasons[error.split(":", 1)[0]] += 1
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-    tmp.replace(dst)
     return {"input": str(src), "output": str(dst), "annotator": annotator.annotator_id, "lines": len(rows),
             "annotated": len(rows) - sum(reasons.values()), "errors_by_reason": dict(sorted(reasons.items())),
             "dropped_calls_by_reason": dict(sorted(dropped_total.items()))}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlm.annotate.base import Annotator
+from lmlm.annotate.base import Annotator, begin_save, write_meta
 from lmlm.format import Triple, render_legacy
 
 TOKEN_RE = re.compile(r"\w+(?:[.\-]\w+)*|[^\w\s]")
@@ -231,13 +231,13 @@ class TrainedAnnotator(Annotator):
 
     # ---- persistence
     def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = begin_save(out_dir)
         torch.save(self.net.state_dict(), out / "model.pt")
-        (out / "annotator.json").write_text(json.dumps(self.meta, indent=1))
         if self.knn is not None:
             np.savez(out / "knn.npz", vectors=self.knn[0], labels=np.array(self.knn[1], dtype=object))
-        return out
+        else:
+            (out / "knn.npz").unlink(missing_ok=True)  # an older save's neighbours are not this model's
+        return write_meta(out, self.meta).parent
 
     @classmethod
     def load(cls, path: str | Path, num_threads: int | None = None) -> "TrainedAnnotator":

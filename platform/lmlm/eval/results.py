@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lmlm import atomicfile
+
 RESULTS_FILE = "results.json"
 
 
@@ -150,12 +152,7 @@ def json_safe(obj: Any) -> Any:
 
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write `obj` as JSON atomically (a temporary file renamed into place); NaN becomes null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomicfile.write_json(path, json_safe(obj), indent=2, ensure_ascii=True)
 
 
 def write_results(results: EvalResults, out_dir: str | Path) -> Path:

@@ -10,6 +10,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from lmlm.atomicfile import write_json
+
 from .config import FALLBACKS, FUZZY_MODES
 
 
@@ -158,6 +160,5 @@ def _extract(args: argparse.Namespace) -> int:
     from lmlm.corpus import extract_database, read_corpus, records_triples
 
     db = extract_database(records_triples(read_corpus(args.input)))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(args.out, db)
     return _print({"triplets": len(db["triplets"]), "entities": len(db["entities"]), "output": args.out})

@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from lmlm.atomicfile import write_json
+
 from lmlm.format import Triple
 
 from .layout import InvalidFact
@@ -24,8 +26,7 @@ def export_json(rows: Iterable[tuple[KeyRecord, ValueRecord]], path: str | os.Pa
     }
     if provenance_too:
         db["provenance"] = [rec.provenance(v) for rec, v in rows]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(db, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_json(path, db)
     return len(rows)
 
 

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlm.atomicfile import fsync_tree, write_json
+
 
 @dataclass(frozen=True)
 class PretrainedSource:
@@ -73,8 +75,9 @@ def prepare_pretrained(name: str, out_dir) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    (out / READY).write_text(json.dumps({"name": name, "source": source.description, "gguf": source.filename,
-                                         "added_rows": len(tokenizer) - old_rows}))
+    fsync_tree(out)  # READY, last, vouches for the files above
+    write_json(out / READY, {"name": name, "source": source.description, "gguf": source.filename,
+                             "added_rows": len(tokenizer) - old_rows})
     return out
 
 
