@@ -71,7 +71,7 @@ def setup(tmp_path_factory):
 
 def test_run_evaluation_end_to_end(setup):
     from lmlm.eval.results import read_results
-    from lmlm.eval.suite import REQUIRED_KEYS, EvalConfig, run_evaluation
+    from lmlm.eval.suite import REQUIRED_KEYS, EvalConfig, _sample_people, run_evaluation
     from lmlm.factstore import FactStore, FactStoreConfig
     from lmlm.world import unseen_world
 
@@ -83,16 +83,22 @@ def test_run_evaluation_end_to_end(setup):
     out = root / "run"
     with FactStore.open(FactStoreConfig()) as store:
         n_triples = store.add_triples(world.triples(), annotator="world-gold")
+        # an operator deletes a person (one the evaluation does not ask about) before it runs
+        evaluated = set().union(*_sample_people(world, cfg))
+        operator_deleted = next(p.name for p in world.people if p.name not in evaluated)
+        assert store.delete_entity(operator_deleted) == 8
+        counts = lambda: {k: v for k, v in store.stats().items() if "memory" not in k}  # noqa: E731
+        stats, records = counts(), sorted((k.entity, k.relation, v.value) for k, v in store.iter_records())
         assert store.get(inserted.people[0].name, "Birth City") is None
         res = run_evaluation(cfg, str(dirs["lmlm"]), str(dirs["standard"]), store, world, out, inserted)
         forget = res.details["details_after"]["people"]["forget"]
-        # the forget split is gone from the store; the retain split is untouched
-        assert all(store.get(n, "Birth City") is None for n in forget)
-        assert store.get(res.details["details_after"]["people"]["retain"][0], "Birth City") is not None
-        # knowledge insertion: the evaluated inserted people's facts are in the store now, the others' not
-        first, last = inserted.people[0], inserted.people[-1]
-        assert [v["value"] for v in store.get(first.name, "Birth City")["values"]] == [first.attributes["Birth City"]]
-        assert store.get(last.name, "Birth City") is None
+        # the evaluation deleted and inserted in its own copy: the store it was given is as it was
+        # (the operator's deletion too), and the copy is gone
+        assert counts() == stats and not store.get(operator_deleted, "Birth City")
+        assert sorted((k.entity, k.relation, v.value) for k, v in store.iter_records()) == records
+        assert all(store.get(n, "Birth City") is not None for n in forget)
+        assert store.get(inserted.people[0].name, "Birth City") is None
+        assert not list(store.r.scan_iter(match="{lmlm.eval*"))
     assert res.complete
     saved = read_results(out)
     for k in REQUIRED_KEYS:

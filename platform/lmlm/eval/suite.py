@@ -3,7 +3,8 @@ perplexity and value-token loss, factual precision, knowledge completion, the da
 and unlearning, written to one run directory (results.json, report.md, PNG plots).
 
 Order matters: everything "before" runs on the intact store; then the world's forget split is
-deleted from the store through its API (`store.delete_entity`), which the caller's store keeps.
+deleted through the store's API (`store.delete_entity`). All of it runs on a private copy of the
+caller's store, dropped at the end: the caller's store is only read.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from lmlm.eval.factcheck import KnowledgeBase, score_answers
 from lmlm.eval.results import EvalResults
 from lmlm.eval.scoring import EvalModel, bio_answers, cloze_em, load_model
 from lmlm.eval.unlearning_run import run_unlearning
+from lmlm.factstore.namespace_copy import scratch_copy
 
 # The fields a finished evaluation always sets (the rest depend on the inputs given).
 REQUIRED_KEYS = (
@@ -142,10 +144,19 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
     """Evaluate, write results.json / report.md / plots into `out_dir`, return the results.
 
     `lmlm_model_dir` / `standard_model_dir`: saved model directories (or `EvalModel`s). `store`: an
-    open FactStore holding the LMLM's database; the forget split is deleted from it (kept deleted).
-    `inserted`: a World of people no model was trained on; their triples are added to the store here
+    open FactStore holding the LMLM's database, only read: the evaluation runs on a private copy of
+    its namespace ("<namespace>.eval", factstore.namespace_copy), dropped at the end, so neither the
+    forget split's deletion nor the inserted facts reach a store that serves, and a rerun measures
+    the store as it is (an operator's deletions included).
+    `inserted`: a World of people no model was trained on; their triples are added to the copy here
     (knowledge insertion) and they are evaluated like the trained people.
     """
+    with scratch_copy(store, "eval") as scratch:
+        return _evaluate(cfg, lmlm_model_dir, standard_model_dir, scratch, world, out_dir, inserted)
+
+
+def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,
+              out_dir: str | Path, inserted: Any) -> EvalResults:
     from lmlm.eval.report import write_report
 
     t0 = time.perf_counter()
