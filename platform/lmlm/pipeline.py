@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -133,35 +132,11 @@ def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
 
 
 def _publish(hf_dir: Path, link: Path) -> None:
-    """Point run_dir/model (what `serve` loads by default) at the latest HF export."""
-    if link.is_symlink() or link.exists():
-        if link.resolve() == hf_dir.resolve():
-            return
-        link.unlink()
-    link.symlink_to(os.path.relpath(hf_dir, link.parent))
+    """Point run_dir/model (what `serve` loads by default) at a published copy of the latest HF
+    export, which outlives the pruning of its checkpoint (lmlm.train.rundir.publish_model)."""
+    from lmlm.train.rundir import publish_model
 
-
-def restore_deleted_entities(cfg: PipelineConfig, store, force: bool = False) -> int:
-    """Re-add the annotated facts of entities that have none left in the store.
-
-    Evaluation deletes the forget split and the serve demo one person; a rerun must measure
-    "before deletion" on the database the annotation built, not on what the last run left. Those
-    deletions left tombstones: only `force` writes past them (the store's audit stream records it).
-    """
-    from lmlm.annotate.pipeline import shard_triples
-
-    by_entity: dict[str, list] = {}
-    for shard in sorted(cfg.path("annotated", "annotated").glob("*.parquet")):
-        for fact in shard_triples(shard)[0]:
-            by_entity.setdefault(fact[0].entity, []).append(fact)
-    restored = 0
-    for entity, facts in by_entity.items():
-        if all(store.get(t.entity, t.relation) is None for t, _, _ in facts):
-            restored += store.add_triples([t for t, _, _ in facts], doc_ids=[d for _, d, _ in facts],
-                                          annotator=facts[0][2], force=force, op="restore")
-    if restored:
-        print(f"evaluate: restored {restored} deleted triples from the annotated corpus")
-    return restored
+    publish_model(hf_dir, link)
 
 
 def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world, inserted) -> EvalResults:
@@ -173,7 +148,6 @@ def stage_evaluate(cfg: PipelineConfig, models: dict[str, str], store, world, in
     if results.is_file() and (done := read_results(results)).complete and done.forget_quality_reference == reference:
         print(f"evaluate: results exist in {results}")
         return done
-    restore_deleted_entities(cfg, store, force=True)  # a rerun measures "before deletion" again: on purpose
     return run_evaluation(eval_config(cfg), models["lmlm"], models["standard"], store, world, cfg.run_dir, inserted)
 
 

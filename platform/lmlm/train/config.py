@@ -42,7 +42,7 @@ class PretrainConfig:
     # --- logging, checkpoints, faults
     log_every: int = 10  # steps between metrics lines, progress lines, TensorBoard points
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2  # complete checkpoints kept on disk
+    keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 or 1: the newest only (no fallback if it is corrupt)
     max_failures: int = 2  # worker failures Ray Train recovers from (restart from last checkpoint)
     fail_at_step: int = 0  # test hook: rank 1 (else 0) exits at this step, first attempt only
 
@@ -58,3 +58,12 @@ class PretrainConfig:
             raise ValueError("max_steps must be >= 0 and epochs >= 1")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker: {self.cpus_per_worker} must be positive")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints: {self.keep_checkpoints} must be >= 0 (0 keeps only the newest)")
+
+
+# Fields a resumed run may change: they do not change the trained model or the data order.
+# Every other field must equal the one saved with the checkpoint (lmlm.train.loop.check_resume_config).
+# max_steps/epochs continue a run further; the cosine schedule then stretches to the new last step.
+RESUMABLE = frozenset({"run_dir", "max_steps", "epochs", "gradient_checkpointing", "cpus_per_worker", "ray_address",
+                       "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "fail_at_step"})

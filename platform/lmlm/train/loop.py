@@ -20,18 +20,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lmlm.atomicfile import fsync_dir, write_json
 from lmlm.config import from_dict, save_config, to_dict
-from lmlm.train.config import PretrainConfig
+from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
-                               append_line, atomic_write, checkpoint_name, complete_checkpoints, latest_checkpoint,
-                               prune_checkpoints, read_jsonl, read_metrics)
+                               append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
+                               latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
+                               read_metrics, sync_tree)
 
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
 
@@ -146,14 +149,13 @@ def _train_func(config: dict) -> None:
 
     # Checkpoints live in run_dir (not in Ray's checkpoint store): after a worker failure Ray Train
     # restarts this function and it resumes from the newest complete one, as a rerun does.
-    step = start_step = 0
-    if (found := latest_checkpoint(run_dir)) is not None:
-        step = start_step = _load_checkpoint(engine, found)
+    step, corrupt = resume(engine, cfg, run_dir, rank)
+    start_step = step
     log = None
     if rank == 0:
         log = MetricsLog(run_dir, step)  # drops rows a crashed attempt logged past this step
         append_line(run_dir / ATTEMPTS_JSONL, {"start_step": step, "steps": steps, "world_size": world,
-                                                 "time": time.time()})
+                                                 "time": time.time(), "corrupt": corrupt})
     t_start = time.perf_counter()
 
     not_trained = torch.tensor(NOT_TRAINED[cfg.variant], dtype=torch.int8)
@@ -222,20 +224,66 @@ def _train_func(config: dict) -> None:
         log.close()
 
 
-def _load_checkpoint(engine, d: Path) -> int:
-    path, _ = engine.load_checkpoint(str(d), tag="ds")
-    if path is None:
-        raise RuntimeError(f"checkpoint {d}: DeepSpeed could not load its state")
-    return json.loads((d / STATE_FILE).read_text())["step"]
+def resume(engine, cfg: PretrainConfig, run_dir: Path, rank: int) -> tuple[int, list[dict]]:
+    """Load the newest complete checkpoint that loads on every rank (every rank calls this); return
+    its step (0: none) and, on rank 0, the ones that failed (`checkpoint_problem` or a DeepSpeed
+    error), which rank 0 moved aside. A config that differs from the saved one raises."""
+    import torch.distributed as dist
+
+    corrupt = []
+    while found := marked_checkpoints(run_dir):
+        step, d = found[-1]
+        problem = checkpoint_problem(d)
+        if problem is None:
+            check_resume_config(d, cfg)  # the same verdict on every rank: all of them raise
+            problem = _load_checkpoint(engine, d)
+        problems = [None] * dist.get_world_size()
+        dist.all_gather_object(problems, problem)
+        if not any(problems):
+            return step, corrupt
+        error = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
+        if rank == 0:
+            moved = move_aside(d)
+            print(f"checkpoint {d} could not be loaded ({error}): moved to {moved.name}; trying the previous one",
+                  file=sys.stderr, flush=True)
+            corrupt.append({"checkpoint": d.name, "error": error, "moved_to": moved.name})
+        dist.barrier()  # every rank lists the checkpoints again after the rename
+    return 0, corrupt
+
+
+def _load_checkpoint(engine, d: Path) -> str | None:
+    """Load `d` into the engine: None, or why it could not (the engine is then reloaded from another)."""
+    import torch
+
+    try:
+        path, _ = engine.load_checkpoint(str(d), tag="ds")
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # not the checkpoint's fault
+    except Exception as e:
+        return f"DeepSpeed could not load it: {type(e).__name__}: {e}"
+    return None if path is not None else "DeepSpeed found no state in it"
+
+
+def check_resume_config(ckpt: Path, cfg: PretrainConfig) -> None:
+    """Raise when `cfg` differs from the config saved with checkpoint `ckpt` in a field that changes
+    the trained model or the data order (any field outside `RESUMABLE`), naming old and new values."""
+    saved = json.loads((ckpt / STATE_FILE).read_text()).get("config") or {}
+    now = to_dict(cfg)
+    diff = {k: (saved[k], now[k]) for k in now if k in saved and k not in RESUMABLE and saved[k] != now[k]}
+    if diff:
+        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
+        raise ValueError(f"run_dir {ckpt.parent}: cannot resume {ckpt.name} with a different training setup "
+                         f"({changes}); set these back as saved, or use a new run_dir")
 
 
 def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step: int, rank: int, world: int,
                      probe_ids, wait_s: float = 120.0) -> None:
     """Write checkpoint_NNNNNNN atomically (every rank calls this).
 
-    Each rank writes its DeepSpeed state into `.tmp-checkpoint_NNNNNNN/` and then a `rank_R.done`
-    marker; rank 0 adds the HF export, the step and an export probe, waits until every rank's
-    marker is there, writes `complete.json`, renames the directory into place and prunes old ones.
+    Each rank writes its DeepSpeed state into `.tmp-checkpoint_NNNNNNN/`, fsyncs it and then writes
+    a `rank_R.done` marker; rank 0 adds the HF export, the step and an export probe, waits until
+    every rank's marker is there, writes `complete.json` (listing every file's size), renames the
+    directory into place, fsyncs the run directory and prunes old checkpoints.
     """
     import torch.distributed as dist
 
@@ -246,7 +294,9 @@ def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step
         out.mkdir(parents=True)
     dist.barrier()
     _write_rank_files(engine, tokenizer, cfg, out, step, rank, probe_ids)
-    (out / f"rank_{rank}.done").write_text(json.dumps({"rank": rank, "step": step}))
+    # DeepSpeed's save ends with a barrier: ds/ holds every rank's state, and syncing it covers this rank's
+    sync_tree(out if rank == 0 else out / "ds")
+    write_json(out / f"rank_{rank}.done", {"rank": rank, "step": step})
     dist.barrier()
     if rank == 0:
         deadline = time.monotonic() + wait_s  # a shared file system may show other ranks' files late
@@ -254,10 +304,11 @@ def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step
             if time.monotonic() > deadline:
                 raise RuntimeError(f"checkpoint {out}: ranks {missing} wrote no files within {wait_s:.0f} s")
             time.sleep(0.5)
-        atomic_write(out / COMPLETE_FILE, json.dumps({"step": step, "world_size": world}))
+        write_json(out / COMPLETE_FILE, {"step": step, "world_size": world, "files": file_sizes(out)})
         if final.exists():  # an incomplete directory of an older layout: never resumed from
             shutil.rmtree(final)
         os.replace(out, final)
+        fsync_dir(run_dir)
         prune_checkpoints(run_dir, cfg.keep_checkpoints)
     dist.barrier()
 
@@ -306,6 +357,8 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_start(cfg, run_dir / "init")
+    if (ckpt := latest_checkpoint(run_dir)) is not None:
+        check_resume_config(ckpt, cfg)  # before Ray starts: a clear error, not a failed trainer
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address or None, log_to_driver=False)
     if documents is None:

@@ -2,13 +2,24 @@
 
 What a run directory holds, and how it survives crashes:
 
-- `checkpoint_NNNNNNN/`: every rank writes into `.tmp-checkpoint_NNNNNNN/`; when every rank's
-  files are there, rank 0 writes `complete.json` and renames the directory into place. Resume and
-  `latest_checkpoint` only see complete checkpoints; a leftover temporary one is deleted.
+- `checkpoint_NNNNNNN/`: every rank writes into `.tmp-checkpoint_NNNNNNN/`, fsyncs its files and
+  then writes its `rank_R.done` marker; when every rank's marker is there, rank 0 writes
+  `complete.json` (step, world size, and the size of every file) last and atomically, renames the
+  directory into place and fsyncs the run directory. Resume and `latest_checkpoint` only see
+  complete checkpoints. `prune_checkpoints` keeps the newest `keep_checkpoints` complete ones (the
+  newest always) and deletes leftover temporary ones.
+- A resume takes the newest complete checkpoint. One that fails to load (a file missing or of
+  another size than `complete.json` lists, an unreadable `train_state.json`, a DeepSpeed load error)
+  is renamed to `corrupt-checkpoint_NNNNNNN/` (kept for inspection: rename it back to retry) and the
+  previous one is tried; with none left the run starts at step 0, as with no checkpoint. Its
+  `train_state.json` config must match the current one outside `lmlm.train.config.RESUMABLE`.
 - `metrics.jsonl` (+ `metrics.csv`): rank 0 appends one flushed line per `log_every` steps; a
   torn last line (a crash mid-write) is ignored when read, and resume drops rows past its step.
 - `tensorboard/`: the same scalars as TensorBoard events (`tensorboard --logdir <parent dir>`).
-- `attempts.jsonl`: one line per (re)start of the train function with its start step.
+- `attempts.jsonl`: one line per (re)start of the train function with its start step (and the
+  checkpoints it moved aside).
+- `published/<link>/<version>/`: a copy of an HF export that the symlink `<link>` beside
+  `published/` points at (`publish_model`): it outlives the checkpoint it was copied from.
 
 Workers' stdout does not reach the driver (the platform starts Ray with log_to_driver=False), so
 the driver prints the progress: it follows metrics.jsonl while the trainer runs (`ProgressPrinter`).
@@ -21,12 +32,17 @@ import os
 import shutil
 import sys
 import threading
+import uuid
 from pathlib import Path
+
+from lmlm.atomicfile import fsync_dir, fsync_file, write_text
 
 STATE_FILE = "train_state.json"
 COMPLETE_FILE = "complete.json"  # written last into a checkpoint: every rank's files are there
 CHECKPOINT_PREFIX = "checkpoint_"
 TMP_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-checkpoint_NNNNNNN
+CORRUPT_PREFIX = "corrupt-"  # a checkpoint that failed to load: corrupt-checkpoint_NNNNNNN
+PUBLISHED_DIR = "published"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -37,21 +53,34 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:07d}"
 
 
+def marked_checkpoints(run_dir) -> list[tuple[int, Path]]:
+    """(step, directory) of every checkpoint renamed into place with a readable `complete.json`,
+    oldest first: complete when saved, though a file may have been damaged since (`checkpoint_problem`)."""
+    out = []
+    for d in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        try:
+            out.append((int(json.loads((d / COMPLETE_FILE).read_text())["step"]), d))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out)
+
+
 def complete_checkpoints(run_dir) -> list[tuple[int, Path]]:
     """(step, directory) of every complete checkpoint under `run_dir`, oldest first.
 
     Complete: renamed into place with its `complete.json` and `train_state.json`; temporary
     (`.tmp-...`) and incomplete directories are ignored.
     """
-    out = []
-    for d in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        try:
-            json.loads((d / COMPLETE_FILE).read_text())
-            step = int(json.loads((d / STATE_FILE).read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        out.append((step, d))
-    return sorted(out)
+    return [(step, d) for step, d in marked_checkpoints(run_dir) if _state(d) is not None]
+
+
+def _state(d: Path) -> dict | None:
+    try:
+        state = json.loads((d / STATE_FILE).read_text())
+        int(state["step"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -61,12 +90,99 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; delete older ones and stale temporary ones."""
+    """Keep the newest `keep` complete checkpoints (the newest one whatever `keep` is); delete older
+    ones and stale temporary ones."""
     found = complete_checkpoints(run_dir)
-    for _, d in found[:max(0, len(found) - keep)]:
+    for _, d in found[:max(0, len(found) - max(keep, 1))]:
         shutil.rmtree(d, ignore_errors=True)
-    for d in run_dir.glob(f"{TMP_PREFIX}{CHECKPOINT_PREFIX}*"):
+    for d in Path(run_dir).glob(f"{TMP_PREFIX}{CHECKPOINT_PREFIX}*"):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def file_sizes(d: Path) -> dict[str, int]:
+    """{path relative to `d`: size} of every file under `d` (what `complete.json` lists)."""
+    return {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def checkpoint_problem(d: Path) -> str | None:
+    """Why checkpoint `d` cannot be resumed from, judged from its files (None: they look whole):
+    an unreadable `complete.json` or `train_state.json`, or a file missing or of another size than
+    `complete.json` lists."""
+    try:
+        files = json.loads((d / COMPLETE_FILE).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{COMPLETE_FILE} is unreadable ({e})"
+    if _state(d) is None:
+        return f"{STATE_FILE} is missing or unreadable"
+    for rel, size in files.items():
+        p = d / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size:
+            return f"{rel} has {p.stat().st_size} bytes, {size} when saved"
+    return None
+
+
+def move_aside(d: Path) -> Path:
+    """Rename a checkpoint that failed to load to `corrupt-<name>` (`.1`, `.2`, ... if taken)."""
+    dest, n = d.with_name(CORRUPT_PREFIX + d.name), 0
+    while dest.exists():
+        n += 1
+        dest = d.with_name(f"{CORRUPT_PREFIX}{d.name}.{n}")
+    os.rename(d, dest)
+    fsync_dir(d.parent)
+    return dest
+
+
+def sync_tree(d: Path) -> None:
+    """fsync every file and directory under `d` (files another library wrote: DeepSpeed, HF)."""
+    for p in sorted(d.rglob("*"), key=lambda p: -len(p.parts)):  # deepest first, directories last
+        try:
+            if p.is_dir():
+                fsync_dir(p)
+            else:
+                fsync_file(p)
+        except FileNotFoundError:
+            pass  # another rank's marker, renamed into place meanwhile: that rank syncs it
+    fsync_dir(d)
+
+
+def publish_model(hf_dir, link) -> Path:
+    """Point the symlink `link` at a copy of the HF export `hf_dir` in
+    `<link's dir>/published/<link name>/<checkpoint step>-<id>/` and return that copy.
+
+    The copy (hard links where the file system allows, else copies) is made under a temporary name
+    and renamed into place, so the link never points at a partial model, and outlives the pruning
+    of the checkpoint it came from. The link is swapped with os.replace (a reader sees the old
+    model or the new one, never no `link`); then the copies it no longer points at are removed.
+    """
+    hf_dir, link = Path(hf_dir).resolve(), Path(link)
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link}: not a link to a published model; move it away to publish {hf_dir}")
+    versions = link.parent / PUBLISHED_DIR / link.name
+    versions.mkdir(parents=True, exist_ok=True)
+    name = f"{hf_dir.parent.name.removeprefix(CHECKPOINT_PREFIX)}-{uuid.uuid4().hex[:8]}"
+    tmp, dest = versions / f"{TMP_PREFIX}{name}", versions / name
+    shutil.copytree(hf_dir, tmp, copy_function=_link_or_copy)
+    sync_tree(tmp)
+    os.rename(tmp, dest)
+    fsync_dir(versions)
+    tmp_link = link.with_name(f"{TMP_PREFIX}{link.name}")
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(os.path.relpath(dest, link.parent))
+    os.replace(tmp_link, link)
+    fsync_dir(link.parent)
+    for old in versions.iterdir():
+        if old != dest:
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # checkpoint files are never rewritten in place: sharing them is safe
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,15 +210,6 @@ def read_metrics(run_dir) -> list[dict]:
     return read_jsonl(Path(run_dir) / METRICS_JSONL)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def append_line(path: Path, row: dict) -> None:
     """Append one JSON line, flushed to disk, so a crash leaves at most a torn last line."""
     with open(path, "a") as f:
@@ -119,7 +226,7 @@ def write_csv(run_dir: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-    atomic_write(run_dir / METRICS_CSV, buf.getvalue())
+    write_text(run_dir / METRICS_CSV, buf.getvalue())
 
 
 class MetricsLog:
@@ -134,7 +241,7 @@ class MetricsLog:
 
         self.run_dir = run_dir
         self.rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
-        atomic_write(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
+        write_text(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
 
     def log(self, row: dict) -> None:
@@ -192,6 +299,9 @@ class ProgressPrinter:
             return  # being rewritten: try again at the next poll
         for a in attempts[self.n_attempts:]:
             self.last_step = a["start_step"]
+            for c in a.get("corrupt", []):
+                self._print(f"pretrain[{self.name}] {c['checkpoint']} could not be loaded ({c['error']}): "
+                            f"moved to {c['moved_to']}")
             what = "starts" if a["start_step"] == 0 else "resumes at"
             self._print(f"pretrain[{self.name}] attempt {len(attempts)} {what} step {a['start_step']}/{a['steps']} "
                         f"on {a['world_size']} worker(s)")
