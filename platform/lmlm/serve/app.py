@@ -9,7 +9,9 @@ tiny saved model and a FactStore at a known Redis URL; the defaults are in `lmlm
 The ingress validates each request against `cfg.limits` and hands its prompts to the replica's
 `Scheduler` (continuous batching, scheduler.py), which streams display-text deltas to `stream: true`
 clients as server-sent events. A request that times out or whose client goes away leaves the batch
-before the next step. What a lookup trace shows is `cfg.exposure` (exposure.py).
+before the next step. What a lookup trace shows is `cfg.exposure` (exposure.py). A body over
+`cfg.limits.max_body_bytes` is a 413, chunked or not (limits.py). If the scheduler thread has ended,
+`check_health` raises (Serve replaces the replica) and `/healthz` answers 503.
 """
 
 import asyncio
@@ -32,6 +34,8 @@ from lmlm.generate.params import GenerationParams, ParamsError
 
 from .config import ServeConfig
 from .exposure import expose
+from .limits import BodyLimit
+from .limits import error_response as _error
 from .loaders import (default_model_loader, default_store_loader, default_tokenizer_loader, model_from_dir,
                       store_at, tokenizer_from_dir)
 from .schemas import CompletionRequest, FactsDelete, FactsPut, GenerateRequest, GenerationFields
@@ -47,25 +51,9 @@ class HTTPError(Exception):
         self.status, self.message, self.field, self.kind, self.headers = status, message, field_name, kind, headers
 
 
-def _error(status: int, message: str, field_name: Optional[str] = None, kind: str = "invalid_request_error",
-           headers: Optional[dict] = None):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": field_name}}, status_code=status,
-                        headers=headers)
-
-
 app = FastAPI(title="LMLM")
+app.add_middleware(BodyLimit)  # reads app.state.max_body_bytes, set by each replica
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*)$")
-
-
-@app.middleware("http")
-async def _limit_body(request: Request, call_next):
-    limit = getattr(request.app.state, "max_body_bytes", None)
-    if limit is not None and request.method in ("POST", "PUT", "DELETE"):
-        size = request.headers.get("content-length")
-        n = int(size) if size is not None and size.isdigit() else len(await request.body())
-        if n > limit:
-            return _error(413, f"body: {n} bytes, more than the limit of {limit}", "body")
-    return await call_next(request)
 
 
 @app.exception_handler(RequestValidationError)
@@ -208,7 +196,7 @@ class LMLMServer:
 
     # ------------------------------------------------------------------ scheduling
     def _submit(self, prompts: list[str], params: GenerationParams, on_progress=None) -> list:
-        from .scheduler import Job, QueueFull
+        from .scheduler import Job, QueueFull, SchedulerError
 
         loop = asyncio.get_running_loop()
         jobs = [Job(p, params, loop, loop.create_future(), on_progress) for p in prompts]
@@ -216,6 +204,8 @@ class LMLMServer:
             self.scheduler.submit(jobs)
         except QueueFull as e:
             raise HTTPError(503, f"server busy: {e}; retry later", None, "overloaded", {"Retry-After": "1"}) from None
+        except SchedulerError as e:
+            raise HTTPError(503, f"replica unavailable: {e}; retry later", None, "unavailable") from None
         return jobs
 
     async def _results(self, jobs: list) -> list:
@@ -241,11 +231,19 @@ class LMLMServer:
         return results
 
     # ------------------------------------------------------------------ endpoints
+    def check_health(self) -> None:
+        """Ray Serve's periodic probe: raising marks the replica unhealthy, and Serve replaces it."""
+        if not self.scheduler.alive:
+            raise RuntimeError(f"scheduler: {self.scheduler.error or 'not running'}")
+
     @app.get("/healthz")
     async def healthz(self):
         st = self.scheduler.stats()
-        return {"status": "ok", "model": self.cfg.model_name, "waiting": st.waiting, "running": st.running,
+        body = {"status": "ok", "model": self.cfg.model_name, "waiting": st.waiting, "running": st.running,
                 "cancelled": st.cancelled}
+        if not self.scheduler.alive:
+            return JSONResponse({**body, "status": "error", "error": self.scheduler.error or "scheduler not running"}, 503)
+        return body
 
     @app.get("/v1/models")
     async def models(self):
