@@ -270,3 +270,43 @@ def test_parity_when_rows_join_a_running_batch_in_chunks(engine64, tok, store):
     ref = reference_generate(eng, prompts, params)
     assert [g.token_ids for g in got] == [r.token_ids for r in ref]
     assert sum(len(g.lookups) for g in got) >= 5 and got[-1].lookups[0].stage == "exact"
+
+
+def test_a_decode_step_copies_only_the_chosen_ids_to_the_host(engine64):
+    """Logits, penalties, biases and sampling stay on the model's device: per step the host gets one
+    tensor of `rows` ids (bookkeeping scalars aside), never a logits row. On CPU the copies are
+    counted as the calls that would move data off a GPU."""
+    from torch.overrides import TorchFunctionMode
+
+    from lmlm.generate.batch import DecodeBatch
+
+    class HostCopies(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__") and args:
+                self.calls.append((name, args[0].dtype, args[0].numel(), tuple(args[0].shape)))
+            return func(*args, **(kwargs or {}))
+
+    params = [GenerationParams(max_new_tokens=12, max_lookups=3, fallback="top1_anyway"),
+              GenerationParams(max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=3,
+                               logit_bias={5: 2.0}, repetition_penalty=1.3),
+              GenerationParams(max_new_tokens=12, temperature=1.1, seed=4, use_lookups=False)]
+    batch = DecodeBatch(engine64, prefill_chunk=256)
+    vocab = batch.vocab
+    for i, (p, pp) in enumerate(zip(PROMPTS, params)):
+        batch.add(engine64.new_state(p, pp), i)
+    steps = 0
+    while len(batch):
+        with HostCopies() as h:
+            rows = len(batch)
+            batch.step()
+        steps += 1
+        # no logits or probabilities (the store's embeddings of fuzzy queries are its own business)
+        assert not [c for c in h.calls if c[1].is_floating_point and c[3][-1:] == (vocab,)], h.calls
+        ids = [c for c in h.calls if not c[1].is_floating_point and c[2] > 1]
+        assert ids in ([], [("tolist", torch.int64, rows, (rows,))]), h.calls
+    assert steps >= 12

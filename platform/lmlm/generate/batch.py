@@ -27,7 +27,9 @@ class Decoder(Protocol):
     eos_id: int
     lookup_ids: torch.Tensor  # the four lookup tokens
 
-    def forward(self, input_ids, mask, positions, cache, keep: int = 1) -> torch.Tensor: ...
+    device: torch.device     # where the logits stay (the batch's `seen` lives there too)
+
+    def forward(self, input_ids, mask, positions, cache, last: torch.Tensor) -> torch.Tensor: ...
 
     def answer_pending(self, states: Sequence[SequenceState]) -> None: ...
 
@@ -61,7 +63,7 @@ class DecodeBatch:
         self.rows = []
         self.cache = new_cache(self.engine.model.config)
         self.mask = torch.zeros((0, 0), dtype=torch.long)     # [rows, cache columns]: 1 = a real id of the row
-        self.seen = torch.zeros((0, self.vocab), dtype=torch.bool)
+        self.seen = torch.zeros((0, self.vocab), dtype=torch.bool, device=self.engine.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -117,7 +119,7 @@ class DecodeBatch:
             return out
         ready = [i for i, r in enumerate(self.rows) if r.fed == len(r.state.ids)]
         if ready:
-            self._choose(ready, logits[torch.tensor(ready)])
+            self._choose(ready, logits[torch.tensor(ready, device=logits.device)])
             self._settle([self.rows[i] for i in ready])
         out.progressed = [r for r in self.rows if r.new_tokens]
         self._retire(out)
@@ -139,25 +141,25 @@ class DecodeBatch:
             last[i] = max(n, 1) - 1
             r.fed += n
         mask = torch.cat([self.mask, new_mask], dim=1)
-        logits = self.engine.forward(ids, mask, pos, self.cache, keep=width)
+        logits = self.engine.forward(ids, mask, pos, self.cache, last)
         self.mask = mask
-        return logits[torch.arange(len(feeds)), last], int(new_mask.sum())
+        return logits, int(new_mask.sum())
 
     def _choose(self, idx: list[int], logits: torch.Tensor) -> None:
         rows = [self.rows[i] for i in idx]
         for i, r in zip(idx, rows):
             self.seen[i, r.state.ids[r.marked :]] = True
             r.marked = len(r.state.ids)
-        seen = self.seen[torch.tensor(idx)]
+        seen = self.seen[torch.tensor(idx, device=self.seen.device)]
         eng = self.engine
         states = [r.state for r in rows]
         try:
-            toks = choose_tokens(logits, seen, states, eng.lookup_ids, eng.eos_id)
+            toks = choose_tokens(logits, seen, states, eng.lookup_ids, eng.eos_id).tolist()  # the step's one host copy
         except Exception:  # noqa: BLE001 — find the row(s) at fault, one at a time
             toks = []
             for i, s in enumerate(states):
                 try:
-                    toks.append(choose_tokens(logits[i : i + 1], seen[i : i + 1], [s], eng.lookup_ids, eng.eos_id)[0])
+                    toks.append(int(choose_tokens(logits[i : i + 1], seen[i : i + 1], [s], eng.lookup_ids, eng.eos_id)[0]))
                 except Exception as e:  # noqa: BLE001
                     s.fail(f"sampling failed: {type(e).__name__}: {e}")
                     toks.append(None)

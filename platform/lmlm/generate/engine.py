@@ -40,7 +40,7 @@ class Engine:
         self.pad_id = self.token_ids.pad
         self.max_len = int(getattr(model.config, "max_position_embeddings", 1 << 30))
         self.device = next(model.parameters()).device
-        self.lookup_ids = torch.tensor(self.token_ids.markers)
+        self.lookup_ids = torch.tensor(self.token_ids.markers, device=self.device)
         self.lookup_listener: Optional[Callable[[int, float], None]] = None  # (queries, seconds) per store call
 
     # ---------------------------------------------------------------- helpers shared with the reference
@@ -60,7 +60,7 @@ class Engine:
             raise ValueError("prompt: must not be empty")
         if params.use_lookups and self.store is None:
             raise ValueError("use_lookups: this engine has no fact store; pass use_lookups=False")
-        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode, self.encode)
+        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode, self.encode, self.device)
 
     def answer_pending(self, states: Sequence[SequenceState]) -> None:
         """Answer every pending query: one `lookup_batch` call per distinct store policy (usually one).
@@ -101,15 +101,18 @@ class Engine:
             self.lookup_listener(len(queries), time.perf_counter() - t)
         return answers
 
-    def forward(self, input_ids, mask, positions, cache, keep: int = 1) -> torch.Tensor:
-        """Logits [rows, keep, vocab] (float32 or wider, on the CPU) of the last `keep` positions."""
+    def forward(self, input_ids, mask, positions, cache, last: torch.Tensor) -> torch.Tensor:
+        """Logits [rows, vocab] (float32 or wider) at each row's position `last[row]`, left on the
+        model's device: sampling runs there too, and only the chosen ids come back to the host."""
         # Without padding the mask says nothing: skip building the 4D mask.
         mask = None if bool(mask.all()) else mask.to(self.device)
+        keep = input_ids.shape[1] - int(last.min())  # the kept positions must reach back to the earliest `last`
         out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask,
                          position_ids=positions.to(self.device), cache=cache, use_cache=True,
                          logits_to_keep=keep)
         logits = out.logits[:, -keep:]
-        return (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).cpu()
+        logits = logits[torch.arange(len(last), device=self.device), last.to(self.device) - input_ids.shape[1] + keep]
+        return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[Prompt], params: Union[GenerationParams, Sequence[GenerationParams], None] = None,

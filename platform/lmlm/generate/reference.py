@@ -38,9 +38,9 @@ def _one(engine: Engine, state: SequenceState) -> GenerationResult:
         cache = DynamicCache(config=engine.model.config)
         logits = _forward(engine, ids, cache)
         while True:
-            seen = torch.zeros((1, vocab), dtype=torch.bool)
+            seen = torch.zeros((1, vocab), dtype=torch.bool, device=logits.device)
             seen[0, state.ids] = True
-            tok = choose_tokens(logits, seen, [state], engine.lookup_ids, engine.eos_id)[0]
+            tok = int(choose_tokens(logits, seen, [state], engine.lookup_ids, engine.eos_id)[0])
             opened = state.push(tok)
             if opened:
                 engine.answer_pending([state])
@@ -54,4 +54,4 @@ def _one(engine: Engine, state: SequenceState) -> GenerationResult:
 def _forward(engine: Engine, ids: torch.Tensor, cache) -> torch.Tensor:
     out = engine.model(input_ids=ids.to(engine.device), cache=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1]
-    return (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).cpu()
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits

@@ -78,7 +78,8 @@ def sanitize_value(value: str) -> str:
 
 class SequenceState:
     def __init__(self, prompt: str, prompt_ids: list[int], params: GenerationParams, token_ids: LookupTokenIds,
-                 max_len: int, decode: Callable[[list[int]], str], encode: Callable[[str], list[int]]):
+                 max_len: int, decode: Callable[[list[int]], str], encode: Callable[[str], list[int]],
+                 device: str | torch.device = "cpu"):
         self.prompt, self.params, self.max_len = prompt, params, max_len
         self.decode, self.encode = decode, encode
         self.ent, self.rel, self.ret, self.end = token_ids.markers
@@ -98,7 +99,7 @@ class SequenceState:
         self.pending: Optional[tuple[str, str]] = None
         self.generator: Optional[torch.Generator] = None
         if not params.greedy:
-            self.generator = torch.Generator()
+            self.generator = torch.Generator(device=device)  # on the logits' device: draws stay there
             self.generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(2**62, ()).item()))
         self._init_mode_from_prompt()
         self.prompt_block_start = self.query_start  # the prompt's own open block, if it ends in one
