@@ -124,9 +124,9 @@ class GenerativeTrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate (linear warm-up, cosine decay to a tenth)
     warmup_steps: int = 10  # at most a tenth of the steps
     batch_docs: int = 4  # seed documents per optimisation step (grouped by length)
-    # bfloat16 autocast while training (1.5x faster on CPUs with AVX512-BF16 or AMX; set false on CPUs
-    # without them, where bfloat16 is emulated)
-    bf16: bool = True
+    # training precision (lmlm.precision): auto = bfloat16 autocast where the device computes it natively
+    # (a bf16 GPU; a CPU with AMX or AVX512-BF16: 1.5x here), float32 elsewhere (AVX2: emulated, 8x slower)
+    precision: str = "auto"
     max_tokens: int = 1024  # prompt + annotated document tokens per example; longer seeds are left out
     # inference: document pieces of at most max_prompt_tokens prompt tokens, each rewritten in at most
     # max_new_tokens tokens (an annotated document is about twice its plain length), batch_size at once
@@ -168,4 +168,5 @@ class TrainAnnotatorConfig:
     # the job's checkpoint, copied to out_dir. ray_address: a running cluster (None: current or local)
     ray_train: bool = False
     ray_cpus: float = 1.0
+    ray_gpus: float = 0  # GPUs of the Ray Train worker (generative: trains on the GPU; 0: CPU)
     ray_address: Optional[str] = None

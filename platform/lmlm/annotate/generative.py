@@ -29,6 +29,7 @@ from lmlm.annotate.hf import HFAnnotator
 from lmlm.annotate.prompt import build_messages
 from lmlm.annotate.seeds import seed_fingerprint, torch_threads
 from lmlm.format import strip_lookups
+from lmlm.precision import cpu_features, device_of, inference_dtype, training_dtype
 from lmlm.train.data import pad_rows
 
 KIND = "generative"
@@ -126,7 +127,10 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
         f"{sum(len(s) - p for s, p in exs)} answer tokens, {total} steps of {cfg.batch_docs} docs")
     model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_of("auto")
+    dtype = training_dtype(cfg.precision, device, "generative.precision")
+    log(f"train-annotator: training on {device} in {'bfloat16 autocast' if dtype == torch.bfloat16 else 'float32'} "
+        f"(precision {cfg.precision}; {cpu_features()['cpu_capability'] if device.type == 'cpu' else torch.cuda.get_device_name()})")
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     step, tokens, losses, batches = 0, 0, [], []
@@ -136,7 +140,7 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
         batch = {k: v.to(device) for k, v in batches.pop().items()}
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total, cfg)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -186,5 +190,5 @@ class GenerativeAnnotator(HFAnnotator):
         meta = read_meta(p, KIND, ("annotator.json", "config.json"))
         if num_threads:
             torch.set_num_threads(num_threads)
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=inference_dtype("auto", device_of(device)))
         return cls(model, AutoTokenizer.from_pretrained(p), meta, device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlm.annotate.base import Annotator
+from lmlm.precision import device_of
 from lmlm.annotate.chunks import WORD, word_cut
 from lmlm.annotate.config import HFAnnotatorConfig
 from lmlm.annotate.prompt import build_messages, load_prompt
@@ -38,7 +39,7 @@ class HFAnnotator(Annotator):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         self.cfg, self.tok, self.template = cfg, tok, template
-        self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device_of(cfg.device)
         self.model = model.to(self.device).eval()
 
     def render(self, text: str) -> str:

@@ -45,7 +45,8 @@ def train_with_ray(cfg: TrainAnnotatorConfig, log=print) -> Path:
         raise ValueError(f"train-annotator: out_dir {out} is a non-empty directory that holds no annotator")
     trainer = TorchTrainer(
         _train_loop, train_loop_config={"cfg": to_dict(cfg)},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": cfg.ray_cpus}),
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=cfg.ray_gpus > 0,
+                                     resources_per_worker={"CPU": cfg.ray_cpus, "GPU": cfg.ray_gpus}),
         run_config=RunConfig(name="train", storage_path=str(out.parent / f"{out.name}.ray-train")))
     result = trainer.fit()
     if result.error is not None:

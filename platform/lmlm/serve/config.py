@@ -7,6 +7,7 @@ from typing import Any, Literal
 from lmlm.factstore.config import FactStoreConfig
 
 EXPOSURES = ("none", "citations", "full")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 Exposure = Literal["none", "citations", "full"]
 
 
@@ -32,7 +33,8 @@ class ServeConfig:
     model_path: str = "runs/demo/model"   # HF checkpoint dir (model + tokenizer) written by training
     tokenizer_path: str = ""              # "" = model_path
     model_name: str = "lmlm"              # the id /v1/models lists and completions echo
-    dtype: str = "float32"                # float32 | bfloat16 | float64
+    device: str = "auto"                  # auto: the replica's GPU when it has one, else the CPU | cpu | cuda | cuda:N
+    dtype: str = "auto"                   # auto: bfloat16 on a bf16 GPU, float32 on CPUs (lmlm.precision) | float32 | bfloat16 | float64
     store: FactStoreConfig = field(default_factory=FactStoreConfig)  # url None: a private Redis 8
     admin_token: str = ""                 # bearer token for /v1/facts and full lookup traces; "" = env LMLM_ADMIN_TOKEN
     exposure: Exposure = "citations"      # lookup trace for callers without the admin token: none | citations | full
@@ -49,6 +51,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.exposure not in EXPOSURES:
             raise ValueError(f"exposure: must be one of {list(EXPOSURES)} (got {self.exposure!r})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {list(DTYPES)} (got {self.dtype!r})")
         for name in ("max_batch_size", "max_queue", "prefill_chunk", "default_max_tokens", "max_tokens_limit"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0 (got {getattr(self, name)!r})")

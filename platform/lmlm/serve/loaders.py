@@ -12,13 +12,22 @@ from lmlm.factstore.config import FactStoreConfig
 from .config import ServeConfig
 
 
-def model_from_dir(path: str, dtype: str = "float32"):
+def model_from_dir(path: str, dtype: str = "auto", device: str = "auto"):
+    """The model of `path` on `device` (auto: CUDA when the replica has a GPU) in `dtype` (auto: the
+    inference rule of lmlm.precision); the engine decodes wherever the model is."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lmlm.precision import device_of, inference_dtype
+
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model_path: {path} is not a checkpoint directory; train a model or set model_path")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    where = device_of(device)
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but this replica sees no CUDA GPU "
+                         "(give the deployment num_gpus, or set device: cpu)")
+    dt = inference_dtype("auto", where) if dtype == "auto" else getattr(torch, dtype)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dt).to(where)
 
 
 def tokenizer_from_dir(path: str):
@@ -34,7 +43,7 @@ def store_at(url: str, timeout_s: float = 2.0):
 
 
 def default_model_loader(cfg: ServeConfig):
-    return model_from_dir(cfg.model_path, cfg.dtype)
+    return model_from_dir(cfg.model_path, cfg.dtype, cfg.device)
 
 
 def default_tokenizer_loader(cfg: ServeConfig):
