@@ -277,3 +277,24 @@ def test_a_reader_never_sees_the_link_missing_during_a_swap(ds, tmp_path):
         sys.setswitchinterval(interval)
     assert missing == []
     assert (link / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# A run of `epochs` passes (max_steps: 0) is recognised as finished
+
+
+def test_an_epochs_run_that_reached_its_last_step_is_finished(ds, tmp_path):
+    from lmlm.train.compare import finished_run
+    from lmlm.train.rundir import METRICS_JSONL, append_line
+
+    cfg = dataclasses.replace(CFG, max_steps=0, epochs=2, run_dir=str(tmp_path))
+    _save(ds, tmp_path, 2, cfg)
+    append_line(tmp_path / METRICS_JSONL, {"step": 2, "max_steps": 3, "loss": 1.0})  # the loop's row: 3 steps resolved
+    assert finished_run(cfg) is None  # step 2 of 3
+    _save(ds, tmp_path, 3, cfg)
+    append_line(tmp_path / METRICS_JSONL, {"step": 3, "max_steps": 3, "loss": 0.9})
+    done = finished_run(cfg)
+    assert done is not None and done.final_step == 3
+    assert finished_run(dataclasses.replace(cfg, epochs=3)) is None  # more passes asked for: not finished
+    assert finished_run(dataclasses.replace(cfg, max_steps=3)).final_step == 3
+    assert finished_run(dataclasses.replace(cfg, max_steps=4)) is None

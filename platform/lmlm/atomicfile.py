@@ -34,11 +34,14 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 
 def fsync_tree(path: str | os.PathLike) -> None:
-    """fsync every file and directory under `path` (files a library wrote there, before a marker)."""
-    for root, _, files in os.walk(path):
+    """fsync every file and directory under `path` (files a library wrote there, before a marker),
+    deepest first; an entry another process renamed away meanwhile is that process's to sync."""
+    for root, _, files in os.walk(path, topdown=False):
         for f in files:
-            fsync_file(os.path.join(root, f))
-        fsync_dir(root)
+            with contextlib.suppress(FileNotFoundError):
+                fsync_file(os.path.join(root, f))
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(root)
 
 
 @contextlib.contextmanager

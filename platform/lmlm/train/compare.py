@@ -6,19 +6,30 @@ variant differs (docs/method.md §2: the baseline sees the same prose with the l
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from lmlm.train.config import PretrainConfig
 from lmlm.train.loop import PretrainResult, read_result, run_pretraining
+from lmlm.train.rundir import STATE_FILE
 
 RETAIN = "lmlm-retain"  # the LMLM trained without the forget split's documents (TOFU's reference)
 
 
 def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
-    """The result of a run in `cfg.run_dir` that reached `cfg.max_steps` (None: not finished)."""
+    """The result of a run in `cfg.run_dir` that reached its last step (None: not finished): `max_steps`,
+    or with `max_steps: 0` the steps of `epochs` passes, as the run resolved them from its data (its
+    metrics say so), when it ran with the same `epochs`."""
     result = read_result(cfg.run_dir, cfg.variant, cfg.tokenizer_path)
-    finished = cfg.max_steps and result.checkpoint_dir is not None and result.final_step >= cfg.max_steps
-    return result if finished else None
+    if result.checkpoint_dir is None:
+        return None
+    target = cfg.max_steps
+    if not target:
+        saved = json.loads((Path(result.checkpoint_dir) / STATE_FILE).read_text()).get("config", {})
+        if saved.get("max_steps") or saved.get("epochs") != cfg.epochs:
+            return None
+        target = next((r["max_steps"] for r in reversed(result.metrics) if r.get("max_steps")), 0)
+    return result if target and result.final_step >= target else None
 
 
 def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlm.atomicfile import fsync_dir, write_json
+from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
                                latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
-                               read_metrics, sync_tree)
+                               read_metrics)
 
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
 
@@ -295,7 +295,7 @@ def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step
     dist.barrier()
     _write_rank_files(engine, tokenizer, cfg, out, step, rank, probe_ids)
     # DeepSpeed's save ends with a barrier: ds/ holds every rank's state, and syncing it covers this rank's
-    sync_tree(out if rank == 0 else out / "ds")
+    fsync_tree(out if rank == 0 else out / "ds")
     write_json(out / f"rank_{rank}.done", {"rank": rank, "step": step})
     dist.barrier()
     if rank == 0:

@@ -35,7 +35,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from lmlm.atomicfile import fsync_dir, fsync_file, write_text
+from lmlm.atomicfile import fsync_dir, fsync_tree, write_text
 
 STATE_FILE = "train_state.json"
 COMPLETE_FILE = "complete.json"  # written last into a checkpoint: every rank's files are there
@@ -134,19 +134,6 @@ def move_aside(d: Path) -> Path:
     return dest
 
 
-def sync_tree(d: Path) -> None:
-    """fsync every file and directory under `d` (files another library wrote: DeepSpeed, HF)."""
-    for p in sorted(d.rglob("*"), key=lambda p: -len(p.parts)):  # deepest first, directories last
-        try:
-            if p.is_dir():
-                fsync_dir(p)
-            else:
-                fsync_file(p)
-        except FileNotFoundError:
-            pass  # another rank's marker, renamed into place meanwhile: that rank syncs it
-    fsync_dir(d)
-
-
 def publish_model(hf_dir, link) -> Path:
     """Point the symlink `link` at a copy of the HF export `hf_dir` in
     `<link's dir>/published/<link name>/<checkpoint step>-<id>/` and return that copy.
@@ -164,7 +151,7 @@ def publish_model(hf_dir, link) -> Path:
     name = f"{hf_dir.parent.name.removeprefix(CHECKPOINT_PREFIX)}-{uuid.uuid4().hex[:8]}"
     tmp, dest = versions / f"{TMP_PREFIX}{name}", versions / name
     shutil.copytree(hf_dir, tmp, copy_function=_link_or_copy)
-    sync_tree(tmp)
+    fsync_tree(tmp)
     os.rename(tmp, dest)
     fsync_dir(versions)
     tmp_link = link.with_name(f"{TMP_PREFIX}{link.name}")
