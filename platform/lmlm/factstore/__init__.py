@@ -2,7 +2,8 @@
 from .config import FactStoreConfig
 from .layout import InvalidFact
 from .retrieval import Answer
-from .server import RedisServer, ServerError, StoreUnavailable
+from .server import DataDirInUse, RedisServer, ServerError, StoreUnavailable
 from .store import FactStore
 
-__all__ = ["FactStore", "FactStoreConfig", "Answer", "StoreUnavailable", "InvalidFact", "RedisServer", "ServerError"]
+__all__ = ["FactStore", "FactStoreConfig", "Answer", "StoreUnavailable", "InvalidFact", "RedisServer", "ServerError",
+           "DataDirInUse"]

@@ -54,6 +54,9 @@ class FactStoreConfig:
     # a deletion's reply waits (WAITAOF) up to this long for the AOF fsync of a server with AOF on, so an
     # acknowledged unlearning survives a crash; 0: do not wait
     aof_wait_ms: int = 2000
+    # refuse a deletion that would be acknowledged before it is on disk (AOF off, or aof_wait_ms 0) instead
+    # of making it with a warning: for unlearning that must survive a crash
+    require_durable_deletes: bool = False
     # prefix of every key; letters, digits, "_", "-", "." only (it sits inside the hash tag)
     namespace: str = "lmlm"
     # hash-tag partitions: an entity's keys, vectors and audit entries share one; on Redis Cluster use

@@ -58,7 +58,7 @@ class Keys:
     key_vectors = _partition_key("vk", 'vector set of "entity\\x1frelation" (the key index)')
     stats = _partition_key("stats", "hash of running totals (records.PartitionStats)")
     audit = _partition_key("audit", "stream of edits (records.AuditEntry)")
-    tombstones = _partition_key("tomb", "hash: deleted entity / entity\\x1frelation / ...\\x1fvalue -> ms")
+    tombstones = _partition_key("tomb", "hash: deleted entity / entity\\x1frelation / ...\\x1fsha1(value) -> ms")
     batches = _partition_key("batches", "set of the write batches applied (replays are no-ops)")
 
     def part_keys(self) -> "PartKeys":

@@ -5,6 +5,12 @@ a free port and a free cluster-bus port, one shared random password), assigns th
 equal ranges with CLUSTER ADDSLOTSRANGE, joins the nodes with CLUSTER MEET and waits until every
 node reports `cluster_state:ok`. `stop()` stops each server by its PID. A new cluster each start
 (fresh ports): it is not meant to be restarted on its data dirs.
+
+`move_slot(slot, to)` reshards one slot to another master the way `redis-cli --cluster reshard` does
+(the wheel ships no redis-cli): CLUSTER SETSLOT IMPORTING on the target, MIGRATING on the source,
+MIGRATE of the slot's keys, then SETSLOT NODE on every master. `finish=False` (and `keys`, to move
+only some) stops mid-migration, where the source answers ASK for what it no longer holds, until
+`finish_slot_move(slot, to)`.
 """
 from __future__ import annotations
 
@@ -95,6 +101,52 @@ class LocalCluster:
                 ports = [s.port for s in self.servers]
                 raise ServerError(f"local cluster on ports {ports} not ok after {timeout_s:.0f} s")
             time.sleep(0.1)
+
+    def slot_owner(self, slot: int) -> int:
+        """Index in `servers` of the master serving `slot` (as the first master sees it)."""
+        ranges = self._command(0, "CLUSTER", "SLOTS")
+        port = next(r[2][1] for r in ranges if r[0] <= slot <= r[1])
+        return next(i for i, s in enumerate(self.servers) if s.port == port)
+
+    def move_slot(self, slot: int, to: int, keys: list | None = None, finish: bool = True) -> int:
+        """Move `slot` to master `to` (its keys, or only `keys`, then `finish_slot_move` if `finish`);
+        returns the index of the master it came from."""
+        src = self.slot_owner(slot)
+        if src == to:
+            raise ValueError(f"slot {slot} is already on master {to}")
+        self._command(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", self._node_id(src))
+        self._command(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", self._node_id(to))
+        self._migrate(slot, src, to, keys)
+        if finish:
+            self.finish_slot_move(slot, to)
+        return src
+
+    def finish_slot_move(self, slot: int, to: int) -> None:
+        """Migrate what is left of `slot` on its source, then assign it to `to` on every master."""
+        src = self.slot_owner(slot)
+        if src != to:
+            self._migrate(slot, src, to, None)
+        for i in [to] + [i for i in range(len(self.servers)) if i != to]:
+            self._command(i, "CLUSTER", "SETSLOT", slot, "NODE", self._node_id(to))
+
+    def _migrate(self, slot: int, src: int, to: int, keys: list | None) -> None:
+        while True:
+            batch = keys if keys is not None else self._command(src, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if batch:
+                self._command(src, "MIGRATE", "127.0.0.1", self.servers[to].port, "", 0, 5000,
+                              "AUTH", self.password, "KEYS", *batch)
+            if keys is not None or not batch:
+                return
+
+    def _node_id(self, i: int) -> str:
+        return self._command(i, "CLUSTER", "MYID").decode()
+
+    def _command(self, i: int, *args):
+        c = self._client(self.servers[i])
+        try:
+            return c.execute_command(*args)
+        finally:
+            c.close()
 
     def stop(self) -> None:
         for s in self.servers:

@@ -107,8 +107,8 @@ class PartitionStats:
 @dataclass
 class AuditEntry:
     """One entry of an audit stream. An edit (put/add/delete) names its triple and how many triples it
-    removed; a bulk write (load/import) names the annotator, the partition's triple count and its batch
-    id; either says how many tombstoned rows it skipped or wrote anyway (`forced`); a flush only op and
+    removed; a bulk write (load/import) names the annotator, the partition's triple count and its units
+    (and how many were replays); either says how many tombstoned rows it skipped or wrote anyway (`forced`); a flush only op and
     who. The scripts write the fields in this order (scripts.add_audit)."""
 
     op: str
@@ -121,7 +121,8 @@ class AuditEntry:
     triples: Optional[int] = None
     skipped: Optional[int] = None   # rows not written: a tombstone says deleted
     forced: Optional[int] = None    # tombstoned rows written anyway (force)
-    batch: Optional[str] = None     # the write batch id (exactly-once loads)
+    units: Optional[int] = None     # exactly-once units in the write (writes.units)
+    replayed: Optional[int] = None  # ... of which applied before, so skipped
     id: Optional[str] = None  # the stream id, once read
 
     def to_stream(self) -> dict:
@@ -132,7 +133,7 @@ class AuditEntry:
         d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
              for k, v in raw.items()}
         known = set(field_names(cls)) - {"id"}
-        for k in ("removed", "triples", "skipped", "forced"):
+        for k in ("removed", "triples", "skipped", "forced", "units", "replayed"):
             if d.get(k) is not None:
                 d[k] = int(d[k])
         return cls(**{k: v for k, v in d.items() if k in known},

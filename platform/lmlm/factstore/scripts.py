@@ -9,10 +9,12 @@ dataclasses: one Lua local per key and per argument, named as the field and conv
 the stats hash and audit stream (records.py), and, at the end, `return {fields of the reply}`.
 So neither the Lua nor the Python side refers to an argument or a reply field by its number.
 
-Exactly once: WRITE carries a batch id; the script that applies a batch also adds the id to the
-partition's set of applied batches, so a replay of a batch (a loader killed after the write but
-before it learnt so, and run again) changes nothing. Tombstones: DELETE files what it deleted in
-the partition's tombstone hash; WRITE skips a row whose entity, key or triple is tombstoned unless
+Exactly once: a WRITE's rows belong to units (writes.units: one document's triples, or one
+entity's without documents), each named by a digest of its content; the script that applies a unit
+also adds its id to the partition's set of applied units, so a replay (a loader killed after the
+write but before it learnt so, and run again, with any chunk size) skips what was applied. Tombstones: DELETE files what it deleted in
+the partition's tombstone hash (a value as its SHA-1) and audits who deleted which key and how many
+triples, never a deleted value; WRITE skips a row whose entity, key or triple is tombstoned unless
 `force` (and audits how many it skipped or forced).
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ class WriteRow:
     entity_vector: int      # ARGV offset (after WriteArgs) of the FP32 entity embedding; 0: none given
     key_vector: int         # same for the "{entity} {relation}" embedding
     eid: str                # Layout.eid(E) in decimal, "" without the key index (text: Lua numbers round it)
+    unit: int               # 1-based position in WriteArgs.units; 0: not exactly-once
 
 
 @dataclass
@@ -47,7 +50,7 @@ class WriteArgs:
     """WRITE: add each row's value (with its mentions) under its key, or with `replace` make it the
     key's only value; new entities and keys get the vectors given (and enter the lexical blocks)."""
 
-    batch_id: str           # "": not idempotent; else a replay of this id in this partition is a no-op
+    units: list             # content ids of the rows' units: a unit applied before in this partition is skipped
     rows: list              # WriteRow values, each as a list
     annotator: str
     now_ms: int
@@ -62,7 +65,7 @@ class WriteArgs:
 
 @dataclass
 class WriteReply:
-    applied: bool           # False: this batch id was applied before, nothing changed
+    replayed: int           # units applied before: their rows were skipped
     triples: int            # mentions written (the sum of the written rows' counts)
     new_triples: int
     skipped: int            # rows not written: tombstoned
@@ -74,7 +77,7 @@ class WriteReply:
 @dataclass
 class DeleteArgs:
     """DELETE: a whole entity (R == ""), a key, or one value of a key (has_value), with its vectors,
-    leaving a tombstone for what it names (even if nothing was stored yet)."""
+    leaving a tombstone for what it names (even if nothing was stored yet; a value by its hash)."""
 
     E: str
     R: str
@@ -150,6 +153,14 @@ def _lua_lib() -> str:
 
 _LIB = r"""
 local function key_element(E, R) return E .. SEP .. R end
+-- a deleted value's tombstone field holds its SHA-1, never its text
+local function value_tomb(E, R, value) return key_element(E, R) .. SEP .. redis.sha1hex(value) end
+-- whether a tombstone names the entity, the key or the value (also as the text an older store kept)
+local function tombstoned(E, R, value)
+  local key = key_element(E, R)
+  local t = redis.call('HMGET', tombstones, E, key, value_tomb(E, R, value), key .. SEP .. value)
+  return t[1] or t[2] or t[3] or t[4]
+end
 local function add_entity_vector(E, vec) return redis.call('VADD', entity_vectors, 'FP32', vec, E, 'Q8') end
 local function add_key_vector(E, R, vec, eid)
   return redis.call('VADD', key_vectors, 'FP32', vec, key_element(E, R), 'Q8', 'SETATTR', '{"eid":' .. eid .. '}')
@@ -205,17 +216,21 @@ class Script:
 
 
 WRITE = Script(WriteArgs, r"""
-if batch_id ~= '' and redis.call('SISMEMBER', batches, batch_id) == 1 then
-  return {0, 0, 0, 0, 0, '[]'}
+local done, replayed = {}, 0
+if #units > 0 then
+  local seen = redis.call('SMISMEMBER', batches, unpack(units))
+  for u = 1, #units do
+    if seen[u] == 1 then done[u] = true; replayed = replayed + 1 end
+  end
 end
 local triples, new_triples, skipped, forced, removed_all = 0, 0, 0, 0, 0
 local need = {}
 local last = nil
 for i, row in ipairs(rows) do
-  local k, E, R, entity, relation, value, count, docs, ev, kv, eid = unpack(row)
+  local k, E, R, entity, relation, value, count, docs, ev, kv, eid, unit = unpack(row)
   local entity_hash = KEYS[k]
-  local tomb = redis.call('HMGET', tombstones, E, key_element(E, R), key_element(E, R) .. SEP .. value)
-  local dead = tomb[1] or tomb[2] or tomb[3]
+  if not done[unit] then
+  local dead = tombstoned(E, R, value)
   if dead and force then forced = forced + 1 end
   if dead and not force then
     skipped = skipped + 1
@@ -264,17 +279,19 @@ for i, row in ipairs(rows) do
     triples, new_triples, removed_all = triples + count, new_triples + new_triple, removed_all + removed
   end
   last = row
+  end
 end
-if batch_id ~= '' then redis.call('SADD', batches, batch_id) end
+for u = 1, #units do
+  if not done[u] then redis.call('SADD', batches, units[u]) end
+end
 local e = {op = op, who = actor, forced = forced > 0 and forced or nil, skipped = skipped > 0 and skipped or nil,
-           batch = batch_id ~= '' and batch_id or nil}
+           units = #units > 0 and #units or nil, replayed = replayed > 0 and replayed or nil}
 if single and last then
   e.entity, e.relation, e.value, e.removed = last[4], last[5], last[6], removed_all
 else
   e.annotator, e.triples = annotator, triples
 end
 add_audit(audit_maxlen, e)
-local applied = 1
 need = cjson.encode(need)
 """, WriteReply, entity_keys=False)
 
@@ -293,7 +310,8 @@ if R == '' then
   local all = redis.call('HGETALL', entity_hash)
   for i = 1, #all, 2 do drop_key(all[i], all[i + 1]) end
 elseif has_value then
-  redis.call('HSET', tombstones, key_element(E, R) .. SEP .. value, now_ms)
+  redis.call('HSET', tombstones, value_tomb(E, R, value), now_ms)
+  redis.call('HDEL', tombstones, key_element(E, R) .. SEP .. value)  -- the text an older store kept
 else
   redis.call('HSET', tombstones, key_element(E, R), now_ms)
 end
@@ -329,7 +347,7 @@ if existed == 1 and redis.call('EXISTS', entity_hash) == 0 then
   for _, key in ipairs({lex_1, lex_2, lex_3}) do redis.call('SREM', key, E) end
 end
 add_stats(-triples, -keys, -entities, -mentions)
-add_audit(audit_maxlen, {op = 'delete', who = actor, entity = entity, relation = R, value = value, removed = triples})
+add_audit(audit_maxlen, {op = 'delete', who = actor, entity = entity, relation = R, removed = triples})
 """, DeleteReply)
 
 ADD_VECTOR = Script(VectorArgs, r"""

@@ -3,7 +3,10 @@
 It listens on 127.0.0.1 only, asks for a random password (written to its config file, never on a
 command line), has `maxmemory` set (a full store answers write errors, not an OOM kill) and writes a
 pid file; a server left behind by a parent that was killed is found by that pid file on the next
-start and stopped (checked against the process's command line, never looked up by name).
+start and stopped (checked against the process's command line, never looked up by name). Its owner
+(the process that started it, with that process's start time, so a reused pid does not pass for it)
+is recorded beside it: a server whose owner still runs is never stopped by another process, whose
+start on that data dir is refused (DataDirInUse) instead.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ class StoreUnavailable(Exception):
 
 class ServerError(RuntimeError):
     """A Redis server that cannot serve the fact store (wrong version, failed start)."""
+
+
+class DataDirInUse(ServerError):
+    """The data dir's server belongs to another process that still runs: it is left alone."""
 
 
 def redis_server_binary() -> str:
@@ -120,7 +127,8 @@ class RedisServer:
             ]) + "\n")
         self.proc = subprocess.Popen([self.binary, str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        (self.data_dir / OWNER).write_text(json.dumps({"owner": os.getpid(), "server": self.proc.pid}))
+        (self.data_dir / OWNER).write_text(json.dumps({"owner": os.getpid(), "owner_start": _start_time(os.getpid()),
+                                                       "server": self.proc.pid}))
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5,
                              protocol=2)
@@ -161,8 +169,9 @@ class RedisServer:
                 self.proc.wait(5)
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
+        if self.proc:  # a start refused (DataDirInUse) leaves the owner's record alone
+            (self.data_dir / OWNER).unlink(missing_ok=True)
         self.proc = None
-        (self.data_dir / OWNER).unlink(missing_ok=True)
         if self._tmp:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -208,9 +217,35 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot, /proc/<pid>/stat field 22): a pid is reused, the
+    pair (pid, start time) names one process."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner(data_dir: Path) -> dict | None:
+    """The owner record of `data_dir` ({"owner": pid, "owner_start": ..., "server": pid}), if readable."""
+    try:
+        record = json.loads((data_dir / OWNER).read_text())
+        return record if isinstance(record, dict) and isinstance(record.get("owner"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _owner_alive(record: dict) -> bool:
+    """Whether the process that wrote an owner record still runs (its start time matches, where the
+    record has one: a record written before start times were kept trusts the pid)."""
+    pid, start = record["owner"], record.get("owner_start")
+    return _alive(pid) and (start is None or _start_time(pid) == start)
+
+
 def stop_left_behind(data_dir: Path, timeout_s: float = 10.0) -> int | None:
-    """Stop the server whose pid file is in `data_dir` if it still runs with that dir's config (a
-    parent killed before it could stop it); returns its pid, or None."""
+    """Stop the server whose pid file is in `data_dir` if it still runs with that dir's config and its
+    owner is gone (a parent killed before it could stop it) or is this process; returns its pid, or
+    None. Raises DataDirInUse, touching nothing, when another live process owns it."""
     try:
         pid = int((data_dir / PIDFILE).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -218,6 +253,11 @@ def stop_left_behind(data_dir: Path, timeout_s: float = 10.0) -> int | None:
         return None
     if str(data_dir / "redis.conf").encode() not in cmdline or not _alive(pid):
         return None  # gone, or the pid was reused by something else (the config sets set-proc-title no)
+    owner = _owner(data_dir)
+    if owner is not None and owner["owner"] != os.getpid() and _owner_alive(owner):
+        raise DataDirInUse(f"data dir {data_dir} is in use: its redis-server (pid {pid}) was started by process "
+                           f"{owner['owner']}, which still runs; stop that process first, or connect to its server "
+                           "by URL instead of starting another on the same data dir")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while _alive(pid) and time.monotonic() < deadline:
@@ -231,13 +271,13 @@ def stop_orphans(root: Path) -> list[int]:
     """Stop the private servers under `root` whose owner process is gone, and remove their dirs."""
     stopped = []
     for owner in root.glob(f"*/{OWNER}"):
+        record = _owner(owner.parent)
+        if record is None or _owner_alive(record):
+            continue
         try:
-            parent = int(json.loads(owner.read_text())["owner"])
-        except (OSError, ValueError, KeyError, TypeError):
+            pid = stop_left_behind(owner.parent)
+        except DataDirInUse:  # taken over meanwhile
             continue
-        if parent == os.getpid() or _alive(parent):
-            continue
-        pid = stop_left_behind(owner.parent)
         if pid is not None:
             stopped.append(pid)
         shutil.rmtree(owner.parent, ignore_errors=True)

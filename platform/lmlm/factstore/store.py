@@ -6,7 +6,6 @@ import hashlib
 import os
 import warnings
 from dataclasses import asdict
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -54,6 +53,7 @@ class FactStore:
         if self.cluster and cfg.partitions < len(self.r.get_primaries()):
             warnings.warn(f"partitions={cfg.partitions} on a cluster of {len(self.r.get_primaries())} masters leaves "
                           "masters without entities: create the store with partitions >= 2 x masters", stacklevel=3)
+        self._warned_not_durable = False  # a non-durable deletion warns once per store
         self._aof = any(int(i.get("aof_enabled", 0)) for i in self._read(backend.info_all, self.r, "persistence"))
         self._check_meta()
 
@@ -160,47 +160,51 @@ class FactStore:
         `doc_ids`, when given, runs parallel to `triples` (the document each came from). Invalid
         triples raise InvalidFact before anything of their batch is written. Triples whose entity,
         key or value was deleted (a tombstone) are skipped unless `force` (audited either way).
-        `batch_id` makes the load exactly once: chunk i is written as batch "{batch_id}#{i}" in the
-        same script as the marker that says so, and a chunk already written is not written again;
-        run an interrupted load again with the same id and input and each triple counts once.
+        `batch_id` makes the load exactly once by content: each document's triples (without document
+        ids: each entity's) are a unit named by a digest of `batch_id` and the unit's content, and a
+        unit applied before is skipped (writes.units); a rerun with any chunk size, or a changed
+        corpus that shares documents with a loaded one, writes each unit once. `batch_id` is a
+        scope: the same triples under another id are another load. The whole input is grouped
+        before writing: pass a bulk load block by block.
         """
         return self.write_triples(triples, doc_ids, annotator, batch_id=batch_id, force=force, op=op).written
 
     def write_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str] | None = None,
                       annotator: str = "unknown", *, batch_id: str | None = None, force: bool = False,
                       op: str = "load") -> WriteResult:
-        """`add_triples` that returns the whole WriteResult (written, skipped, forced, replayed)."""
-        if batch_id is not None and (not batch_id or "#" in batch_id):
-            raise ValueError(f"batch_id {batch_id!r} must be non-empty and without '#'")
+        """`add_triples` that returns the whole WriteResult (written, skipped, forced, replayed units)."""
+        if batch_id is not None and not batch_id:
+            raise ValueError("batch_id must be non-empty (or None: not exactly-once)")
         docs = iter(doc_ids) if doc_ids is not None else None
+        rows = [(Fact.of(t), next(docs, None) if docs is not None else None) for t in triples]
         total = WriteResult()
-        it = iter(triples)
-        for i, batch in enumerate(iter(lambda: list(islice(it, self.cfg.write_batch)), [])):
-            rows = [(Fact.of(t), next(docs, None) if docs is not None else None) for t in batch]
-            total += self._write(rows, annotator, op, force=force,
-                                 batch_id=f"{batch_id}#{i}" if batch_id is not None else "")
+        if batch_id is None:  # no units to keep whole: plain chunks
+            for chunk in _chunks(rows, self.cfg.write_batch):
+                total += self._write(writes.units(chunk, None), annotator, op, force=force)
+            return total
+        for batch in writes.rounds(writes.units(rows, batch_id), self.cfg.write_batch):
+            total += self._write(batch, annotator, op, force=force)
         return total
 
     def put(self, triple: Triple, *, replace: bool = True, doc_id: str | None = None,
             annotator: str = "manual") -> None:
         """Set a value: with `replace` the key keeps only this value (others removed), else it is added.
         An explicit edit: written even where a tombstone says deleted (the audit entry says forced)."""
-        self._write([(Fact.of(triple), doc_id)], annotator, "put" if replace else "add", replace=replace,
-                    force=True, single=True)
+        self._write(writes.units([(Fact.of(triple), doc_id)], None), annotator, "put" if replace else "add",
+                    replace=replace, force=True, single=True)
 
-    def _write(self, rows: list[tuple[Fact, str | None]], annotator: str, op: str, *, replace: bool = False,
-               force: bool = False, batch_id: str = "", single: bool = False) -> WriteResult:
-        agg = writes.aggregate(rows)
+    def _write(self, batch: list[writes.Unit], annotator: str, op: str, *, replace: bool = False,
+               force: bool = False, single: bool = False) -> WriteResult:
         # vectors for what looks new (the script adds them only if it is still new, else asks again)
-        ents = list(dict.fromkeys(k[0] for k in agg))
-        keys = list(dict.fromkeys((k[0], k[1]) for k in agg)) if self.cfg.key_index else []
+        ents = list(dict.fromkeys(k[0] for _, agg in batch for k in agg))
+        keys = list(dict.fromkeys((k[0], k[1]) for _, agg in batch for k in agg)) if self.cfg.key_index else []
         hashes = {E: self.layout.of(E).entity(E) for E in ents}
         found = self._pipe_read([(hashes[E], lambda p, h=hashes[E]: p.exists(h)) for E in ents] +
                                 [(hashes[E], lambda p, h=hashes[E], R=R: p.hexists(h, R)) for E, R in keys])
         evec = self._vectors([E for E, x in zip(ents, found) if not x])
         new_keys = [k for k, x in zip(keys, found[len(ents):]) if not x]
         kvec = dict(zip(new_keys, self._vectors([f"{E} {R}" for E, R in new_keys]).values()))
-        calls = writes.pack(self.layout, agg, evec, kvec, self._eid, batch_id=batch_id, annotator=annotator,
+        calls = writes.pack(self.layout, batch, evec, kvec, self._eid, annotator=annotator,
                             now_ms=now_ms(), max_docs=self.cfg.max_docs_per_value, replace=replace, force=force,
                             actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, op=op, single=single)
         raw = self._call(backend.pipelined, self.r, [
@@ -241,8 +245,13 @@ class FactStore:
     def delete(self, entity: str, relation: str | None = None, value: str | None = None) -> int:
         """Delete a triple, a key (entity, relation) or a whole entity, with its vector elements, in
         one atomic script that leaves a tombstone (later loads skip what it names); returns the
-        number of (entity, relation, value) triples removed. On a server with AOF on, the reply
-        waits (WAITAOF, up to `cfg.aof_wait_ms`) until the deletion is on disk."""
+        number of (entity, relation, value) triples removed. The audit stream records who deleted
+        which key and how many triples, never the deleted values (a value's tombstone keeps a hash).
+
+        On a server with AOF on, the reply waits (WAITAOF, up to `cfg.aof_wait_ms`) until the
+        deletion is on disk. Otherwise (AOF off, or aof_wait_ms 0) a crash may undo an acknowledged
+        deletion: the store's first such deletion warns, and with `cfg.require_durable_deletes` every
+        one is refused (StoreUnavailable) before anything is deleted."""
         ent, E = clean_name(entity, "entity")
         R = clean_name(relation, "relation")[1] if relation is not None else ""
         if value is not None and relation is None:
@@ -250,14 +259,24 @@ class FactStore:
         args = DeleteArgs(E=E, R=R, value=value.strip() if value is not None else "", has_value=value is not None,
                           actor=self.actor, audit_maxlen=self.cfg.audit_maxlen, entity=ent, now_ms=now_ms())
         ks = self.layout.of(E)
-        if not (self._aof and self.cfg.aof_wait_ms > 0):
-            return DELETE.parse(self._call(self._delete, ks.part_keys(), args, ks.entity_keys(E))).triples
-        node = backend.node_client(self.r, ks.stats)
-        pipe = node.pipeline(transaction=False)  # one connection: WAITAOF waits for this client's writes
-        DELETE.bind(node)(ks.part_keys(), args, ks.entity_keys(E), client=pipe)
-        pipe.execute_command("WAITAOF", 1, 0, self.cfg.aof_wait_ms)
-        raw, (fsynced, _) = self._call(pipe.execute)
-        if int(fsynced) < 1:
+        durable = self._aof and self.cfg.aof_wait_ms > 0
+        if not durable:
+            why = "AOF is off (appendonly no)" if not self._aof else "aof_wait_ms is 0"
+            if self.cfg.require_durable_deletes:
+                raise StoreUnavailable(f"deletion of {ent!r} refused: {why} at {self.url}, so it could be undone by "
+                                       "a crash, and require_durable_deletes is set; nothing was deleted")
+            if not self._warned_not_durable:
+                self._warned_not_durable = True
+                warnings.warn(f"deletions at {self.url} are not durable: {why}, so a crash may undo an acknowledged "
+                              "deletion (set require_durable_deletes to refuse them instead)", stacklevel=2)
+
+        def queue(pipe):  # one connection: WAITAOF waits for this connection's writes
+            self._delete(ks.part_keys(), args, ks.entity_keys(E), client=pipe)
+            if durable:
+                pipe.execute_command("WAITAOF", 1, 0, self.cfg.aof_wait_ms)
+
+        raw, *waited = self._call(backend.on_key_node, self.r, ks.stats, queue)
+        if waited and int(waited[0][0]) < 1:
             raise StoreUnavailable(f"deletion of {ent!r} applied at {self.url} but not on disk after "
                                    f"{self.cfg.aof_wait_ms} ms (WAITAOF): it may not survive a crash")
         return DELETE.parse(raw).triples
