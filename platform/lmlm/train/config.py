@@ -37,7 +37,8 @@ class PretrainConfig:
     use_gpu: bool = False  # GPU workers: NCCL + bf16; CPU: gloo
     cpus_per_worker: float = 1.0  # Ray CPU reservation per worker (fractional on small machines)
     zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a bf16 GPU, fp32 on CPU (lmlm.precision)
+    peak_tflops: float = 0.0  # one device's peak for MFU (0: the GPU's dense bf16 peak by name; CPU: no MFU)
     ray_address: str = ""  # Ray cluster to join ("" : the running one, else a new local one)
     # --- logging, checkpoints, faults
     log_every: int = 10  # steps between metrics lines, progress lines, TensorBoard points
@@ -66,4 +67,5 @@ class PretrainConfig:
 # Every other field must equal the one saved with the checkpoint (lmlm.train.loop.check_resume_config).
 # max_steps/epochs continue a run further; the cosine schedule then stretches to the new last step.
 RESUMABLE = frozenset({"run_dir", "max_steps", "epochs", "gradient_checkpointing", "cpus_per_worker", "ray_address",
-                       "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "fail_at_step"})
+                       "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "fail_at_step",
+                       "peak_tflops"})

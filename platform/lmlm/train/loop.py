@@ -29,7 +29,9 @@ import numpy as np
 
 from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
+from lmlm.precision import training_dtype
 from lmlm.train.config import RESUMABLE, PretrainConfig
+from lmlm.train.mfu import mfu, model_flops_per_token, peak_flops
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
@@ -129,7 +131,10 @@ def _train_func(config: dict) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cfg.use_gpu)
+    # the rule of lmlm.precision on a GPU; CPU runs stay float32 unless told (DeepSpeed's bf16 on CPU
+    # is untested here, and the demo's numbers must not depend on the CPU)
+    bf16 = (training_dtype(cfg.precision, device, "precision") == torch.bfloat16 if cfg.use_gpu
+            else cfg.precision == "bf16")
 
     all_ids, all_kinds = ray.get(config["ids_ref"]), ray.get(config["kinds_ref"])
     n_rows = len(all_ids)
@@ -144,6 +149,8 @@ def _train_func(config: dict) -> None:
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scheduler = lr_scheduler(optimizer, cfg, steps)
+    per_token = model_flops_per_token(model, cfg.seq_len)
+    peak = peak_flops(torch.cuda.get_device_name(device) if cfg.use_gpu else "cpu", cfg.peak_tflops)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, bf16))
 
@@ -209,6 +216,7 @@ def _train_func(config: dict) -> None:
         elapsed = now - t_start
         metrics = {"step": step, "max_steps": steps, "loss": tot[0] / max(tot[1], 1),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_since / (now - t_last),
+                   "mfu": mfu(tokens_since / (now - t_last) / world, per_token, peak),
                    "counted_tokens": tot[1], "variant": cfg.variant, "world_size": world,
                    "elapsed_s": elapsed, "eta_s": elapsed / (step - start_step) * (steps - step)}
         for i, name in enumerate(kinds_of):

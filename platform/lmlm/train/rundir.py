@@ -221,7 +221,7 @@ class MetricsLog:
     TensorBoard events under `tensorboard/`. Opening it for a run resumed at `start_step` drops the
     rows (and TensorBoard events) an interrupted attempt logged past that step."""
 
-    SCALARS = ("loss", "lr", "tokens_per_s", "text_loss", "value_loss", "query_loss")
+    SCALARS = ("loss", "lr", "tokens_per_s", "mfu", "text_loss", "value_loss", "query_loss")
 
     def __init__(self, run_dir: Path, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -236,7 +236,7 @@ class MetricsLog:
         self.rows.append(row)
         write_csv(self.run_dir, self.rows)
         for k in self.SCALARS:
-            if k in row:
+            if row.get(k) is not None:
                 self.writer.add_scalar(f"train/{k}", row[k], row["step"])
         self.writer.flush()
 
@@ -259,6 +259,8 @@ def progress_line(row: dict, name: str = "") -> str:
         if row.get(k) is not None and row[k] == row[k]:  # skip NaN (no such tokens)
             parts.append(f"{k.removesuffix('_loss')} {row[k]:.4f}")
     parts.append(f"{row.get('tokens_per_s', 0):,.0f} tok/s")
+    if row.get("mfu") is not None:
+        parts.append(f"MFU {100 * row['mfu']:.1f}%")
     if "elapsed_s" in row:
         parts.append(f"elapsed {_duration(row['elapsed_s'])}")
     if row.get("eta_s") is not None:
