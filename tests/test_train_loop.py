@@ -113,14 +113,13 @@ def test_lr_schedule_warmup_then_cosine_to_min_ratio():
 
 
 def test_mfu_from_the_model_shape_and_the_device_peak():
-    from lmlm.train.mfu import flops_per_token, mfu, model_flops_per_token, peak_flops
-    from lmlm.train.models import build_model
+    from lmlm.train.mfu import mfu, peak_flops
+    from lmlm.train.models import build_model, flops_per_token
 
     model = build_model("tiny", 300, 64, seed=0)
     n = sum(p.numel() for p in model.parameters())
     c = model.config
-    assert model_flops_per_token(model, 64) == flops_per_token(n, c.num_hidden_layers, c.hidden_size, 64) \
-        == 6 * n + 12 * c.num_hidden_layers * c.hidden_size * 64
+    assert flops_per_token(model, 64) == 6 * n + 12 * c.num_hidden_layers * c.hidden_size * 64
     assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("cpu") is None and peak_flops("cpu", peak_tflops=2.5) == 2.5e12

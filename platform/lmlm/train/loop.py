@@ -31,7 +31,7 @@ from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
 from lmlm.precision import training_dtype
 from lmlm.train.config import RESUMABLE, PretrainConfig
-from lmlm.train.mfu import mfu, model_flops_per_token, peak_flops
+from lmlm.train.mfu import mfu, peak_flops
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
@@ -122,7 +122,7 @@ def _train_func(config: dict) -> None:
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
-    from lmlm.train.models import build_model
+    from lmlm.train.models import build_model, flops_per_token
 
     cfg = from_dict(PretrainConfig, config["cfg"])
     run_dir = Path(config["run_dir"])
@@ -149,7 +149,7 @@ def _train_func(config: dict) -> None:
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scheduler = lr_scheduler(optimizer, cfg, steps)
-    per_token = model_flops_per_token(model, cfg.seq_len)
+    per_token = flops_per_token(model, cfg.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(device) if cfg.use_gpu else "cpu", cfg.peak_tflops)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, bf16))

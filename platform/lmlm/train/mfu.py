@@ -1,8 +1,7 @@
 """Model FLOPs utilisation: the share of a device's peak a training run's arithmetic uses.
 
-FLOPs per trained token are 6 N (forward and backward through N parameters) plus the attention
-scores, 12 L d T for L layers of width d over a context of T (PaLM appendix B; nanoGPT's estimate).
-MFU = FLOPs per token x tokens per second per device / the device's peak. The peak comes from
+FLOPs per trained token come from `lmlm.train.models.flops_per_token` (6 N + 12 L d T, PaLM appendix
+B). MFU = FLOPs per token x tokens per second per device / the device's peak. The peak comes from
 `PretrainConfig.peak_tflops` when set, else from the dense bfloat16 tensor-core peak of the GPU
 named below; a CPU has no table entry (no MFU unless `peak_tflops` says its peak).
 """
@@ -17,10 +16,6 @@ PEAK_BF16_TFLOPS = {
 }
 
 
-def flops_per_token(n_params: int, layers: int, width: int, seq_len: int) -> float:
-    return 6.0 * n_params + 12.0 * layers * width * seq_len
-
-
 def peak_flops(device_name: str, peak_tflops: float = 0.0) -> float | None:
     """Peak FLOP/s of one device: `peak_tflops` when > 0, else the table's entry for `device_name`."""
     if peak_tflops > 0:
@@ -31,11 +26,6 @@ def peak_flops(device_name: str, peak_tflops: float = 0.0) -> float | None:
     return None
 
 
-def model_flops_per_token(model, seq_len: int) -> float:
-    """`flops_per_token` of a transformers causal LM (its config's layers and hidden size)."""
-    c = model.config
-    return flops_per_token(sum(p.numel() for p in model.parameters()), c.num_hidden_layers, c.hidden_size, seq_len)
-
-
 def mfu(tokens_per_s_per_device: float, per_token: float, peak: float | None) -> float | None:
+    """The share of `peak` FLOP/s used; None without a peak."""
     return None if not peak else tokens_per_s_per_device * per_token / peak
