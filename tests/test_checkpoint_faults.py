@@ -221,7 +221,7 @@ def test_resume_refuses_a_changed_training_setup(ds, tmp_path):
 def test_published_model_survives_pruning_its_checkpoint(ds, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from lmlm.pipeline import _publish
+    from lmlm.pipeline.world import _publish
 
     cfg = dataclasses.replace(CFG, keep_checkpoints=1)
     first = _save(ds, tmp_path, 1, cfg)
@@ -252,7 +252,7 @@ def test_publishing_again_swaps_the_link_and_removes_the_old_copy(ds, tmp_path):
 
 
 def test_a_reader_never_sees_the_link_missing_during_a_swap(ds, tmp_path):
-    from lmlm.pipeline import _publish
+    from lmlm.pipeline.world import _publish
 
     exports = [_save(ds, tmp_path, s) / "hf" for s in (1, 2)]
     link = tmp_path / "model"

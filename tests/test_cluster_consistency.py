@@ -28,7 +28,7 @@ import yaml
 
 from lmlm.config import from_dict, load_config, to_dict
 from lmlm.factstore.config import FactStoreConfig
-from lmlm.pipeline_config import PipelineConfig, load as load_pipeline, store_config
+from lmlm.pipeline.config import PipelineConfig, load as load_pipeline, store_config
 from lmlm.serve.config import ServeConfig
 from lmlm.train.pretrained import PRETRAINED
 

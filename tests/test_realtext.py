@@ -105,7 +105,7 @@ def test_corpus_pipeline_end_to_end(ray_cluster, world_docs, tmp_path, capsys):
 
 
 def test_corpus_splits_must_not_overlap(world_docs, tmp_path):
-    from lmlm.corpus_pipeline import CorpusSplits, stage_corpus
+    from lmlm.pipeline.corpus import CorpusSplits, stage_corpus
 
     train = _reference_file(tmp_path / "train.json", world_docs)
     held_out = _reference_file(tmp_path / "eval.json", world_docs[:1])

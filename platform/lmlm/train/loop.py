@@ -30,6 +30,7 @@ import numpy as np
 from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
 from lmlm.precision import training_dtype
+from lmlm.rayinit import init_ray
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.mfu import mfu, peak_flops
 from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
@@ -367,8 +368,7 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     cfg = resolve_start(cfg, run_dir / "init")
     if (ckpt := latest_checkpoint(run_dir)) is not None:
         check_resume_config(ckpt, cfg)  # before Ray starts: a clear error, not a failed trainer
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address or None, log_to_driver=False)
+    init_ray(cfg.ray_address or None)
     if documents is None:
         documents = load_documents(cfg.data_path, cfg.world_people, cfg.world_seed)
     texts = documents if isinstance(documents, (list, tuple)) else None

@@ -3,7 +3,7 @@
     corpus (data registry) -> build_factstore -> pretrain LMLM + standard -> evaluate
 
 The corpus is already annotated (e.g. the reference's Wikipedia paragraphs annotated by GPT-4o),
-so the world, annotator and annotation stages of lmlm.pipeline have nothing to do. The store holds
+so the world, annotator and annotation stages of lmlm.pipeline.world have nothing to do. The store holds
 the facts of every annotated document, evaluation documents included (the evaluation database of
 docs/method.md §7: the LMLM is tested on looking facts up, not on knowing them). Both models train
 on the training split only, from the same start (a pretrained model or from scratch), and are
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from lmlm.config import save_config
 from lmlm.corpus import Record
-from lmlm.pipeline_config import (CorpusSplits, PipelineConfig, StageTimer, ensure_ray, finished_models, open_store,
-                                  pretrain_config)
+from lmlm.pipeline.config import CorpusSplits, PipelineConfig, pretrain_config
+from lmlm.pipeline.runtime import StageTimer, ensure_ray, finished_models, open_store
 
 
 def split_files(splits: CorpusSplits, which: str) -> list[Path]:
@@ -115,7 +115,7 @@ def print_summary(results: dict) -> None:
 
 
 def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
-    """The pipeline on an annotated corpus (lmlm.corpus_pipeline): corpus -> build_factstore ->
+    """The pipeline on an annotated corpus: corpus -> build_factstore ->
     pretrain -> evaluate; results in run_dir/results.json."""
     from lmlm.eval.results import write_json
 

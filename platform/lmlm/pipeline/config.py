@@ -1,15 +1,12 @@
-"""The pipeline's config, and what every pipeline run shares: the stage configs resolved into the
-run directory, the fact store, Ray, and the stage timer (pipeline.py: the world's stages;
-corpus_pipeline.py: an annotated corpus's).
+"""The pipeline's config (`PipelineConfig`, one YAML file for every stage) and the stage configs
+resolved from it, with their paths placed inside the run directory.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from lmlm.annotate.config import AnnotateConfig, TrainAnnotatorConfig
 from lmlm.config import load_config
@@ -22,7 +19,7 @@ from lmlm.world import WorldConfig
 
 @dataclass
 class CorpusSplits:
-    """The annotated files of a corpus run (corpus_pipeline.py)."""
+    """The annotated files of a corpus run (lmlm.pipeline.corpus)."""
 
     dataset: str = ""  # data set of the registry holding the files (lmlm data list); "": files are paths
     train: list[str] = field(default_factory=list)  # annotated files the models train on
@@ -68,7 +65,7 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeDemoConfig = field(default_factory=ServeDemoConfig)
     # an annotated corpus instead of the world: then world, train_annotator, annotate and serve_demo
-    # do not run (lmlm.corpus_pipeline), and `realtext` configures the evaluation
+    # do not run (lmlm.pipeline.corpus), and `realtext` configures the evaluation
     corpus: CorpusSplits = field(default_factory=CorpusSplits)
     realtext: RealTextEvalConfig = field(default_factory=RealTextEvalConfig)
 
@@ -80,25 +77,6 @@ class PipelineConfig:
     # Paths of the run directory, in one place.
     def path(self, *parts: str) -> Path:
         return Path(self.run_dir).resolve().joinpath(*parts)
-
-
-def banner(name: str) -> None:
-    print(f"\n=== [{time.strftime('%H:%M:%S')}] {name} ===", flush=True)
-
-
-class StageTimer:
-    """Runs a stage under a banner and records its wall time in `timings`."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.log, self.timings = log, {}
-
-    def __call__(self, name: str, fn: Callable, *args):
-        banner(name)
-        t = time.perf_counter()
-        out = fn(*args)
-        self.timings[name] = round(time.perf_counter() - t, 1)
-        self.log(f"{name}: {self.timings[name]} s")
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,39 +117,6 @@ def eval_config(cfg: PipelineConfig) -> EvalConfig:
                                novel_ppl_docs=cfg.eval.novel_ppl_docs or str(cfg.path("novel.jsonl")),
                                retain_model_dir=cfg.eval.retain_model_dir or (
                                    str(retain / "final") if cfg.retain_model else None))
-
-
-def ensure_ray(cfg: PipelineConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.ray_num_cpus, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
-
-
-def finished_models(cfg: PipelineConfig) -> dict[str, str]:
-    """HF dirs of the finished pretraining runs (LMLM and standard), or {} when either is missing."""
-    from lmlm.train.compare import finished_run
-
-    dirs = {}
-    for variant in ("lmlm", "standard"):
-        done = finished_run(dataclasses.replace(cfg.pretrain, variant=variant,
-                                                run_dir=str(cfg.path("pretrain", variant))))
-        if done is None:
-            return {}
-        dirs[variant] = done.hf_dir
-    return dirs
-
-
-def open_store(cfg: PipelineConfig):
-    from lmlm.factstore import FactStore
-
-    return FactStore.open(store_config(cfg))
 
 
 def load(path: str | None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline: one config, every stage in order, each skipped when its output exists.
+"""The synthetic world's pipeline: every stage in order, each skipped when its output exists.
 
     world -> train_annotator -> annotate (Ray Data) -> build_factstore (Redis 8)
           -> pretrain LMLM + standard (Ray Train + DeepSpeed) -> evaluate -> serve_demo (Ray Serve)
@@ -6,8 +6,6 @@
 Evaluation measures what training never saw: texts in held-out phrasings, and "inserted" people
 absent from every training document whose facts are put into the store after training.
 
-`jobs/<stage>.py` and `lmlm pipeline|<stage>` are thin wrappers over the functions here; all of them
-read the same `PipelineConfig` file, so a stage run alone sees exactly what the pipeline would pass it.
 Everything a run writes lives under `run_dir` (the private Redis's AOF included), so a second run
 resumes where the first stopped.
 """
@@ -19,12 +17,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lmlm.config import parse_args, save_config
-from lmlm.corpus_pipeline import run_corpus_pipeline
+from lmlm.config import save_config
 from lmlm.eval.results import EvalResults
-from lmlm.pipeline_config import (PipelineConfig, StageTimer, annotate_config, annotator_config, banner,
-                                  ensure_ray, eval_config, finished_models, load, open_store, pretrain_config,
+from lmlm.pipeline.config import (PipelineConfig, annotate_config, annotator_config, eval_config, pretrain_config,
                                   store_config)
+from lmlm.pipeline.runtime import StageTimer, banner, ensure_ray, finished_models, open_store
 
 def stage_world(cfg: PipelineConfig):
     """Generate (or load) the world and the people never trained on; write the evaluation texts and
@@ -204,11 +201,10 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> di
 # Orchestration
 
 
-def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults | dict:
+def run_world_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> EvalResults:
+    """Every selected stage of the synthetic world's run, in order; results in run_dir/results.json."""
     from lmlm.eval.results import read_results, write_results
 
-    if cfg.corpus.enabled:
-        return run_corpus_pipeline(cfg)
     t0 = time.perf_counter()
     run_dir = cfg.path()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,19 +245,3 @@ def print_summary(results: EvalResults, run_dir: Path) -> None:
     print(f"\nwall time {results.demo_wall_s} s; stages {json.dumps(results.stage_wall_s)}")
     print(f"report: {run_dir / 'report.md'}; all numbers: {run_dir / 'results.json'}; "
           f"training curves: tensorboard --logdir {run_dir / 'pretrain'}")
-
-
-def main(argv: list[str] | None = None, stages: tuple[str, ...] | None = None) -> int:
-    """Entry of `jobs/*.py`: the pipeline, or only `stages` of it (the world is always loaded)."""
-    cfg = parse_args(PipelineConfig, argv, description=__doc__.splitlines()[0])
-    if stages is not None:
-        cfg = dataclasses.replace(cfg, stages=list(stages))
-    run_pipeline(cfg)
-    return 0
-
-
-def register(subparsers) -> None:
-    from lmlm.config import add_config_command
-
-    add_config_command(subparsers, "pipeline", lambda a: run_pipeline(load(a.config, a.overrides)) and 0,
-                       "run every stage in order (skips finished ones)", config=PipelineConfig)

@@ -1,0 +1,56 @@
+"""What every pipeline run shares at run time: Ray, the fact store, the stage timer, and which
+models a run has finished (config.py resolves the stage configs; world.py and corpus.py are the runs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+from lmlm.pipeline.config import PipelineConfig, store_config
+from lmlm.rayinit import init_ray
+
+
+def banner(name: str) -> None:
+    print(f"\n=== [{time.strftime('%H:%M:%S')}] {name} ===", flush=True)
+
+
+class StageTimer:
+    """Runs a stage under a banner and records its wall time in `timings`."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.timings = log, {}
+
+    def __call__(self, name: str, fn: Callable, *args):
+        banner(name)
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t, 1)
+        self.log(f"{name}: {self.timings[name]} s")
+        return out
+
+
+def ensure_ray(cfg: PipelineConfig) -> None:
+    init_ray(cfg.ray_address, cfg.ray_num_cpus)
+
+
+def finished_models(cfg: PipelineConfig) -> dict[str, str]:
+    """HF dirs of the finished pretraining runs (LMLM and standard), or {} when either is missing."""
+    from lmlm.train.compare import finished_run
+
+    dirs = {}
+    for variant in ("lmlm", "standard"):
+        done = finished_run(dataclasses.replace(cfg.pretrain, variant=variant,
+                                                run_dir=str(cfg.path("pretrain", variant))))
+        if done is None:
+            return {}
+        dirs[variant] = done.hf_dir
+    return dirs
+
+
+def open_store(cfg: PipelineConfig):
+    from lmlm.factstore import FactStore
+
+    return FactStore.open(store_config(cfg))
+
+
