@@ -27,27 +27,23 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 def bare_loop(cfg, packed, vocab: int, steps: int, threads: int) -> tuple[float, float]:
     """(tokens/s, seconds per step) of a plain PyTorch loop with the same loss as lmlm.train.loop."""
     import torch
-    import torch.nn.functional as F
 
     from lmlm.train.loop import step_rows
-    from lmlm.train.masks import NOT_TRAINED
+    from lmlm.train.masks import TRAIN_GROUPS, masked_nll
     from lmlm.train.models import build_model
 
     torch.set_num_threads(threads)
     model = build_model(cfg.model, vocab, cfg.seq_len, seed=cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
-    not_trained = torch.tensor(NOT_TRAINED[cfg.variant], dtype=torch.int8)
     t0 = None
     for step in range(steps + 2):
         if step == 2:
             t0 = time.perf_counter()
         rows = step_rows(step, 0, 0, cfg, len(packed), 1)
         x = torch.from_numpy(packed.input_ids[rows]).long()
-        counted = ~torch.isin(torch.from_numpy(packed.kinds[rows])[:, 1:], not_trained)
-        logits = model(input_ids=x, use_cache=False).logits
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
-                              reduction="none").view(x.size(0), -1)
+        nll, counted, _ = masked_nll(model(input_ids=x, use_cache=False).logits, x,
+                                     torch.from_numpy(packed.kinds[rows]), cfg.variant, TRAIN_GROUPS)
         loss = (nll * counted).sum() / counted.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -90,3 +90,27 @@ def test_pack_and_standard_value_spans(tiny_tokenizer):
     lm_value = tiny_tokenizer.decode(lm.input_ids.reshape(-1)[lm.kinds.reshape(-1) == VALUE])
     assert lm_value.strip() == "Paris"
     assert DB_ENTITY not in tiny_tokenizer.decode(std.input_ids.reshape(-1))
+
+
+def test_masked_nll_is_the_one_loss_of_training_and_evaluation():
+    import torch.nn.functional as F
+
+    from lmlm.train.masks import END, ENTITY, EVAL_GROUPS, MARKER, PAD, TEXT, TRAIN_GROUPS, VALUE, masked_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 6), generator=g)
+    kinds = torch.tensor([[TEXT, MARKER, ENTITY, MARKER, VALUE, END], [TEXT, TEXT, VALUE, VALUE, TEXT, PAD]], dtype=torch.int8)
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1), reduction="none").view(2, 5).double()
+    tk = kinds[:, 1:]
+    for variant, out in (("lmlm", (VALUE, END, PAD)), ("standard", (PAD,))):
+        nll, counted, sums = masked_nll(logits, ids, kinds, variant, EVAL_GROUPS)
+        keep = ~torch.isin(tk, torch.tensor(out, dtype=torch.int8))
+        assert torch.equal(counted, keep) and torch.allclose(nll.double(), want)
+        assert sums[0].item() == pytest.approx(float((want * keep).sum())) and sums[1].item() == int(keep.sum())
+        for i, kk in enumerate(EVAL_GROUPS.values()):
+            m = torch.isin(tk, torch.tensor(kk, dtype=torch.int8))
+            assert sums[2 + 2 * i].item() == pytest.approx(float((want * m).sum())) and sums[3 + 2 * i] == int(m.sum())
+    _, _, train = masked_nll(logits, ids, kinds, "lmlm", TRAIN_GROUPS)
+    query = torch.isin(tk, torch.tensor((MARKER, ENTITY), dtype=torch.int8))  # query = markers + entity + relation
+    assert train[-2].item() == pytest.approx(float((want * query).sum())) and train[-1] == int(query.sum())

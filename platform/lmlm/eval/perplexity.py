@@ -9,12 +9,9 @@ so every token is predicted exactly once), with the token kinds of lmlm.train.ma
   lookup removed), comparable to the standard model's ordinary perplexity on the lookup-free text;
 - mean NLL on value, entity, relation and text tokens. For the standard model "value" tokens are
   the words that restate a removed lookup's value (their `value_span` in lmlm.format.strip_with_spans).
-
-`acceptance_run` trains both variants on a synthetic world and checks issue 5's acceptance.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +19,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmlm.format import strip_lookups
 from lmlm.tokenizer import lookup_token_ids
 from lmlm.train.data import encode_document
-from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, PAD, RELATION, TEXT, VALUE
+from lmlm.train.masks import EVAL_GROUPS, NOT_TRAINED, PAD, TEXT, masked_nll
 
 
 @dataclass
@@ -87,11 +83,7 @@ def evaluate_perplexity(model, tokenizer, documents: Sequence[str], variant: str
         windows += list(_windows(ids, kinds, max_len))
         n_plain += len(tokenizer(strip_lookups(doc), add_special_tokens=False)["input_ids"]) + 1
 
-    not_trained = torch.tensor(NOT_TRAINED[variant], dtype=torch.int8)
-    groups = {"value": (VALUE,), "entity": (ENTITY,), "relation": (RELATION,), "marker": (MARKER,), "text": (TEXT,)}
-    sums = {k: 0.0 for k in groups}
-    counts = {k: 0 for k in groups}
-    nll_sum, n_trained = 0.0, 0
+    total = torch.zeros(2 + 2 * len(EVAL_GROUPS), dtype=torch.float64, device=device)
     order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]))  # little padding per batch
     for b in range(0, len(order), batch_size):
         batch = [windows[i] for i in order[b:b + batch_size]]
@@ -103,18 +95,12 @@ def evaluate_perplexity(model, tokenizer, documents: Sequence[str], variant: str
             kinds[j, :len(wk)] = torch.from_numpy(wk)
         attn = (kinds != PAD).long()
         logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1).to(device),
-                              reduction="none").view(len(batch), -1).double().cpu()
-        tk = kinds[:, 1:]
-        counted = ~torch.isin(tk, not_trained)
-        nll_sum += float((nll * counted).sum())
-        n_trained += int(counted.sum())
-        for name, kk in groups.items():
-            m = torch.isin(tk, torch.tensor(kk, dtype=torch.int8))
-            sums[name] += float((nll * m).sum())
-            counts[name] += int(m.sum())
+        total += masked_nll(logits, ids, kinds, variant, EVAL_GROUPS)[2]
     if was_training:
         model.train()
+    nll_sum, n_trained, *per_group = total.tolist()
+    sums, counts = dict(zip(EVAL_GROUPS, per_group[0::2])), dict(zip(EVAL_GROUPS, per_group[1::2]))
+    n_trained = int(n_trained)
 
     def mean(k: str) -> float:
         return sums[k] / counts[k] if counts[k] else float("nan")
@@ -149,46 +135,3 @@ def evaluate_model_dir(model_dir, documents: Sequence[str], variant: str, max_le
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     return evaluate_perplexity(model, AutoTokenizer.from_pretrained(str(model_dir)), documents, variant,
                                max_len, batch_size)
-
-
-def acceptance_run(out_dir, people: int = 300, heldout: int = 30, seed: int = 0, max_steps: int = 300,
-                   overrides: Sequence[str] = ()) -> dict:
-    """Issue 5's acceptance on a synthetic world: train the LMLM and the standard model on the same
-    documents for the same steps, compare normalized perplexity on held-out people, and plot the
-    value-token loss curves (out_dir/value_loss.png). Returns the numbers and the pass flags
-    (also written to out_dir/acceptance.json)."""
-    from lmlm.config import load_config
-    from lmlm.train.compare import train_both
-    from lmlm.train.config import PretrainConfig
-    from lmlm.world import WorldConfig, generate_world
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    docs = [d.annotated_text for d in generate_world(WorldConfig(people=people, seed=seed)).documents]
-    if heldout <= 0 or heldout >= len(docs):
-        raise ValueError(f"heldout: {heldout} must be between 1 and {len(docs) - 1}")
-    train_docs, test_docs = docs[:-heldout], docs[-heldout:]
-    base = load_config(PretrainConfig, None, [f"max_steps={max_steps}", f"seed={seed}", "model=tiny",
-                                              "vocab_size=2048", "seq_len=256", "micro_batch_size=8",
-                                              "warmup_steps=20", "lr=0.002", "log_every=10",
-                                              f"checkpoint_every={max_steps}", "zero_stage=0",
-                                              "num_workers=1", "cpus_per_worker=2", *overrides])
-    runs = train_both(base, train_docs, out)
-    rep = {v: evaluate_model_dir(r.hf_dir, test_docs, v, base.seq_len) for v, r in runs.items()}
-    curves = {v: [m["value_loss"] for m in r.metrics] for v, r in runs.items()}
-    lm_v, std_v = curves["lmlm"], curves["standard"]
-    result = {
-        "lmlm_normalized_ppl": rep["lmlm"].normalized_ppl,
-        "lmlm_static_ppl": rep["lmlm"].static_ppl,
-        "standard_ppl": rep["standard"].normalized_ppl,
-        "heldout": {v: r.to_dict() for v, r in rep.items()},
-        "train_value_loss": {"lmlm_first": lm_v[0], "lmlm_last": lm_v[-1],
-                             "standard_first": std_v[0], "standard_last": std_v[-1]},
-        "plot": str(out / "value_loss.png"),
-        "steps": max_steps, "train_documents": len(train_docs), "heldout_documents": len(test_docs),
-    }
-    result["pass_normalized_ppl"] = result["lmlm_normalized_ppl"] < result["standard_ppl"]
-    # the standard model's value loss falls; the LMLM's stays well above it
-    result["pass_value_loss"] = bool(std_v[-1] < std_v[0] - 1.0 and lm_v[-1] > std_v[-1] + 1.0)
-    (out / "acceptance.json").write_text(json.dumps(result, indent=2))
-    return result

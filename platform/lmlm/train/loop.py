@@ -33,7 +33,7 @@ from lmlm.precision import training_dtype
 from lmlm.rayinit import init_ray
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.mfu import mfu, peak_flops
-from lmlm.train.masks import ENTITY, MARKER, NOT_TRAINED, RELATION, TEXT, VALUE
+from lmlm.train.masks import TRAIN_GROUPS, counted_mask, masked_nll
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
                                latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
@@ -120,7 +120,6 @@ def _train_func(config: dict) -> None:
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from transformers import AutoTokenizer
 
     from lmlm.train.models import build_model, flops_per_token
@@ -166,37 +165,26 @@ def _train_func(config: dict) -> None:
                                                  "time": time.time(), "corrupt": corrupt})
     t_start = time.perf_counter()
 
-    not_trained = torch.tensor(NOT_TRAINED[cfg.variant], dtype=torch.int8)
-    kinds_of = {"text": (TEXT,), "value": (VALUE,), "query": (MARKER, ENTITY, RELATION)}
-    groups = [torch.tensor(kk, dtype=torch.int8, device=device) for kk in kinds_of.values()]
-    # loss sum, count, then sum/count per kind group; kept on the device (no host sync per step)
-    acc = torch.zeros(2 + 2 * len(kinds_of), dtype=torch.float64, device=device)
+    # loss sum, count, then sum/count per kind group (masked_nll); kept on the device (no host sync per step)
+    acc = torch.zeros(2 + 2 * len(TRAIN_GROUPS), dtype=torch.float64, device=device)
     t_last, tokens_since = time.perf_counter(), 0
 
     while step < steps:
         micro = [step_rows(step, m, rank, cfg, n_rows, world) for m in range(cfg.grad_accum)]
         kinds_m = [torch.from_numpy(all_kinds[r]) for r in micro]
-        counted_m = [~torch.isin(k[:, 1:], not_trained) for k in kinds_m]
+        counted_m = [counted_mask(k[:, 1:], cfg.variant) for k in kinds_m]
         count = torch.tensor([float(sum(int(c.sum()) for c in counted_m))], device=device)
         dist.all_reduce(count)  # the global number of counted tokens in this step
         global_count = max(count.item(), 1.0)
-        for rows, kinds, counted in zip(micro, kinds_m, counted_m):
+        for rows, kinds in zip(micro, kinds_m):
             x = torch.from_numpy(all_ids[rows]).long().to(device)
-            logits = engine(input_ids=x, use_cache=False).logits
-            nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1),
-                                  reduction="none").view(x.size(0), -1)
-            w = counted.to(device)
+            nll, counted, sums = masked_nll(engine(input_ids=x, use_cache=False).logits, x, kinds, cfg.variant,
+                                            TRAIN_GROUPS)
             # DeepSpeed averages gradients over ranks: multiply by world to get sum / global count.
-            loss = (nll * w).sum() * (world / global_count)
+            loss = (nll * counted).sum() * (world / global_count)
             engine.backward(loss, scale_wrt_gas=False)
             engine.step()
-            with torch.no_grad():
-                nll_d, k = nll.detach().double(), kinds[:, 1:].to(device)
-                parts = [(nll_d * w).sum(), w.sum()]
-                for g in groups:
-                    m = (k.unsqueeze(-1) == g).any(-1)
-                    parts += [(nll_d * m).sum(), m.sum()]
-                acc += torch.stack([p.double() for p in parts])
+            acc += sums
             tokens_since += x.numel() * world
         step += 1
 
@@ -220,7 +208,7 @@ def _train_func(config: dict) -> None:
                    "mfu": mfu(tokens_since / (now - t_last) / world, per_token, peak),
                    "counted_tokens": tot[1], "variant": cfg.variant, "world_size": world,
                    "elapsed_s": elapsed, "eta_s": elapsed / (step - start_step) * (steps - step)}
-        for i, name in enumerate(kinds_of):
+        for i, name in enumerate(TRAIN_GROUPS):
             s, c = tot[2 + 2 * i], tot[3 + 2 * i]
             metrics[f"{name}_loss"] = s / c if c else float("nan")
         if log is not None:

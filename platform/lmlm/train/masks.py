@@ -114,5 +114,37 @@ def lookup_labels(input_ids, token_ids: LookupTokenIds, attention_mask=None,
 
 def counted_mask(kinds, variant: str = "lmlm") -> torch.Tensor:
     """Bool mask of the tokens the variant's loss counts."""
+    if variant not in NOT_TRAINED:
+        raise ValueError(f"variant: {variant!r} is not one of {sorted(NOT_TRAINED)}")
     kinds = torch.as_tensor(kinds)
     return ~torch.isin(kinds, torch.tensor(NOT_TRAINED[variant], dtype=kinds.dtype, device=kinds.device))
+
+
+# Kind groups whose loss is reported: training's three, evaluation's five.
+TRAIN_GROUPS = {"text": (TEXT,), "value": (VALUE,), "query": (MARKER, ENTITY, RELATION)}
+EVAL_GROUPS = {"value": (VALUE,), "entity": (ENTITY,), "relation": (RELATION,), "marker": (MARKER,), "text": (TEXT,)}
+
+
+def masked_nll(logits: torch.Tensor, input_ids: torch.Tensor, kinds: torch.Tensor, variant: str,
+               groups: dict[str, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one masked loss: (nll [B, T-1] float32 of each next token, the variant's counted mask
+    [B, T-1], sums [2 + 2 x groups] float64: NLL and count over the counted tokens, then per group).
+
+    Training backpropagates through `(nll * counted).sum()` (scaled as it needs); evaluation reads
+    `sums`. Everything stays on the logits' device (no host sync).
+    """
+    import torch.nn.functional as F
+
+    device = logits.device
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                          input_ids[:, 1:].reshape(-1).to(device), reduction="none").view(len(input_ids), -1)
+    tk = kinds[:, 1:].to(device)
+    counted = counted_mask(tk, variant)
+    with torch.no_grad():
+        nd = nll.detach().double()
+        parts = [(nd * counted).sum(), counted.sum().double()]
+        for kk in groups.values():
+            m = torch.isin(tk, torch.tensor(kk, dtype=tk.dtype, device=device))
+            parts += [(nd * m).sum(), m.sum().double()]
+        sums = torch.stack(parts)
+    return nll, counted, sums
