@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from lmlm.factstore import FactStore, FactStoreConfig, RedisServer  # noqa: E402
 from lmlm.factstore import backend  # noqa: E402
 from lmlm.factstore.embed import DIM, get_embedder  # noqa: E402
-from lmlm.factstore.localcluster import LocalCluster  # noqa: E402
+from lmlm.testing.redis_cluster import LocalCluster  # noqa: E402
 from lmlm.format import Triple, normalize_key  # noqa: E402
 from lmlm.world import RELATION_SYNONYMS  # noqa: E402
 

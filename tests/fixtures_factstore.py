@@ -40,7 +40,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
-    from lmlm.factstore.localcluster import LocalCluster
+    from lmlm.testing.redis_cluster import LocalCluster
 
     cluster = LocalCluster(3, tmp_path_factory.mktemp("redis-cluster")).start()
     try:

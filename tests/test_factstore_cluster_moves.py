@@ -10,7 +10,7 @@ import pytest
 
 from lmlm.factstore import FactStore, FactStoreConfig, StoreUnavailable, backend
 from lmlm.factstore.layout import clean_name
-from lmlm.factstore.localcluster import LocalCluster
+from lmlm.testing.redis_cluster import LocalCluster
 from lmlm.format import Triple
 
 PEOPLE = [f"{a} {b}" for a in ("Ingrid", "Tobias", "Marisol", "Kwame", "Yusuke", "Fenella")

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import redis
 
+from lmlm.factstore.server import RedisServer, ServerError, private_root
 from lmlm.netutil import free_port
-
-from .server import RedisServer, ServerError, private_root
 
 SLOTS = 16384
 
@@ -39,7 +38,7 @@ class LocalCluster:
         self.data_dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=private_root()) if data_dir is None else data_dir)
         self.password = secrets.token_urlsafe(24)
         if maxmemory is None:  # the masters share the machine: each gets its share of the default
-            from .server import default_maxmemory
+            from lmlm.factstore.server import default_maxmemory
 
             maxmemory = default_maxmemory() // masters
         self.servers = [

@@ -1,0 +1,5 @@
+"""Small real components for tests and benchmarks, kept out of the library's own modules (as
+`transformers.testing_utils`): nothing under `lmlm` outside this package imports it.
+
+- `redis_cluster`: a local Redis Cluster of real redis-server processes (LocalCluster).
+"""
