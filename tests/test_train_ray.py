@@ -37,8 +37,8 @@ def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs
     run_dir = tmp_path / "run"
     cfg = PretrainConfig(run_dir=str(run_dir), model="tiny", seq_len=64, micro_batch_size=4, grad_accum=2,
                          max_steps=6, warmup_steps=2, lr=3e-3, num_workers=2, cpus_per_worker=0.5,
-                         zero_stage=2, log_every=1, checkpoint_every=3, max_failures=1, fail_at_step=4)
-    res = run_pretraining(cfg, documents=docs, tokenizer=tiny_tokenizer)
+                         zero_stage=2, log_every=1, checkpoint_every=3, max_failures=1)
+    res = run_pretraining(cfg, documents=docs, tokenizer=tiny_tokenizer, _fail_at_step=4)  # the test hook
 
     # rank 1 died after step 4 on the first attempt; the run restarted from the step-3 checkpoint
     assert (run_dir / ".failed_at_step_4").exists()
@@ -73,7 +73,7 @@ def test_two_workers_zero2_failure_resume_and_export(ray_cluster, tmp_path, docs
     (run_dir / "checkpoint_0000007" / STATE_FILE).write_text(json.dumps({"step": 7}))
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "loss": 1.')
-    cfg2 = PretrainConfig(**{**cfg.__dict__, "max_steps": 8, "fail_at_step": 0})
+    cfg2 = PretrainConfig(**{**cfg.__dict__, "max_steps": 8})
     res2 = run_pretraining(cfg2, documents=docs, tokenizer=tiny_tokenizer)
     assert [a["start_step"] for a in res2.attempts] == [0, 3, 6]
     assert res2.final_step == 8

@@ -45,7 +45,6 @@ class PretrainConfig:
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 or 1: the newest only (no fallback if it is corrupt)
     max_failures: int = 2  # worker failures Ray Train recovers from (restart from last checkpoint)
-    fail_at_step: int = 0  # test hook: rank 1 (else 0) exits at this step, first attempt only
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:
@@ -67,5 +66,4 @@ class PretrainConfig:
 # Every other field must equal the one saved with the checkpoint (lmlm.train.loop.check_resume_config).
 # max_steps/epochs continue a run further; the cosine schedule then stretches to the new last step.
 RESUMABLE = frozenset({"run_dir", "max_steps", "epochs", "gradient_checkpointing", "cpus_per_worker", "ray_address",
-                       "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "fail_at_step",
-                       "peak_tflops"})
+                       "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "peak_tflops"})

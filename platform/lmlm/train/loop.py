@@ -188,8 +188,8 @@ def _train_func(config: dict) -> None:
             tokens_since += x.numel() * world
         step += 1
 
-        if cfg.fail_at_step and step == cfg.fail_at_step and rank == min(1, world - 1):
-            marker = run_dir / f".failed_at_step_{cfg.fail_at_step}"
+        if (fail_at := config.get("fail_at_step")) and step == fail_at and rank == min(1, world - 1):
+            marker = run_dir / f".failed_at_step_{fail_at}"
             if not marker.exists():
                 marker.write_text(f"rank {rank} exited at step {step}\n")
                 os._exit(1)
@@ -335,7 +335,8 @@ def _write_rank_files(engine, tokenizer, cfg: PretrainConfig, out: Path, step: i
 # Driver
 
 
-def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progress: bool = True) -> PretrainResult:
+def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progress: bool = True, *,
+                    _fail_at_step: int = 0) -> PretrainResult:
     """Train an LMLM (`cfg.variant="lmlm"`) or the standard baseline with Ray Train + DeepSpeed.
 
     `documents`: annotated texts (list of str, legacy or special-token form) or a Ray Dataset with
@@ -343,6 +344,7 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     `tokenizer`: a tokenizer with the lookup tokens; None loads `cfg.tokenizer_path` or trains one.
     Rerunning with the same `run_dir` resumes from its latest complete checkpoint. Raises on failure.
     `progress`: print a progress line per logged step (and per attempt) while training.
+    `_fail_at_step` is a test hook (not a setting): rank 1 (else 0) exits at that step, first attempt only.
     """
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -372,7 +374,8 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "tokenizer_dir": str(tok_dir),
-                           "ids_ref": ray.put(packed.input_ids), "kinds_ref": ray.put(packed.kinds)},
+                           "ids_ref": ray.put(packed.input_ids), "kinds_ref": ray.put(packed.kinds),
+                           "fail_at_step": _fail_at_step},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
