@@ -124,6 +124,9 @@ def test_forget_quality_ks():
 def test_utility_parts():
     assert rouge_l_recall("the city of Oslo in Norway", "Oslo Norway") == 1.0
     assert rouge_l_recall("Norway Oslo", "Oslo Norway") == 0.5
+    # TOFU's figure on a fixed pair (rouge_score, stemmed): LCS "was born in pari" of 7 gold words
+    assert rouge_l_recall("He was born in the city of Paris", "The author was born in Paris, France") == 4 / 7
+    assert rouge_l_recall("two cities", "the city") == 0.5  # "cities" and "city" stem alike: the LCS is 1 of 2
     assert harmonic_mean([0.5, 0.5]) == 0.5 and harmonic_mean([1.0, 0.0]) == 0.0
     u = model_utility([0.0], [1.0], [0.0])
     assert u["utility"] == pytest.approx(1.0)

@@ -25,6 +25,7 @@ The experiment that deletes the forget set and measures again is `unlearning_run
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from typing import Iterable, Sequence
@@ -69,18 +70,19 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
+@functools.lru_cache(maxsize=1)
+def _rouge_l():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
 def rouge_l_recall(generated: str, gold: str) -> float:
-    """LCS(generated words, gold words) / len(gold words)."""
-    g, r = _words(generated), _words(gold)
-    if not r:
+    """ROUGE-L recall of `generated` against `gold`, as TOFU computes it (rouge_score, Porter stemmer):
+    LCS(words) / gold words, words being lower-case [a-z0-9] runs."""
+    if not _words(gold):
         raise ValueError("rouge_l_recall: gold answer has no words")
-    prev = [0] * (len(r) + 1)
-    for a in g:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1] / len(r)
+    return _rouge_l().score(gold, generated)["rougeL"].recall
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
