@@ -6,6 +6,7 @@ so each edit is one atomic script and each partition is served by one shard.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -181,23 +182,17 @@ def clean_name(x, field: str) -> tuple[str, str]:
     return s, norm
 
 
-_NORMS: dict[str, str] = {}  # raw query name -> normalised (lookups repeat relation labels and entities)
-
-
 def norm_name(x, field: str) -> str:
     """`clean_name(x, field)[1]`, fast for the usual plain-ASCII name and cached (lookup hot path)."""
-    n = _NORMS.get(x) if type(x) is str else None
-    if n is None:
-        if (type(x) is str and 0 < len(x) <= MAX_NAME_CHARS and x.isascii() and x.isprintable()
-                and x[0] != " " and x[-1] != " " and "\\" not in x and "_" not in x and "  " not in x):
-            n = x.lower()  # what clean_name gives: nothing to unescape, collapse or strip
-        else:
-            n = clean_name(x, field)[1]
-        if type(x) is str:
-            if len(_NORMS) >= 100_000:
-                _NORMS.clear()
-            _NORMS[x] = n
-    return n
+    return _norm_str(x, field) if type(x) is str else clean_name(x, field)[1]
+
+
+@functools.lru_cache(maxsize=100_000)  # lookups repeat relation labels and entities
+def _norm_str(x: str, field: str) -> str:
+    if (0 < len(x) <= MAX_NAME_CHARS and x.isascii() and x.isprintable()
+            and x[0] != " " and x[-1] != " " and "\\" not in x and "_" not in x and "  " not in x):
+        return x.lower()  # what clean_name gives: nothing to unescape, collapse or strip
+    return clean_name(x, field)[1]
 
 
 def clean_value(x) -> str:

@@ -11,6 +11,7 @@ Retrieval reads the store only through its public methods (`records`, `entity_re
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -80,32 +81,26 @@ def entity_similarity(query: str, name: str, cos: float) -> float:
 
 _STOP = frozenset("a an and at by for from in is of on or the to was with".split())
 _WORD = re.compile(r"[a-z0-9]+")
-_LEX: dict[tuple[str, str], float] = {}
 
 
 def _stems(s: str) -> set[str]:
     return {w[:5] for w in _WORD.findall(s) if w not in _STOP}
 
 
+@functools.lru_cache(maxsize=100_000)  # the relation stage scores the same few labels again and again
 def lexical_bonus(query: str, label: str) -> float:
     """Added to the label cosine in the relation stage (both normalised): 0.2 x the Jaccard overlap
     of crude stems (5-letter prefixes of content words: "employed by" / "employer", "awards won" /
     "award"), plus 0.5 when the query is an acronym of the label's words in any order, stop-word
     initials optional ("dob" / "birth date"), which MiniLM cannot read."""
-    key = (query, label)
-    b = _LEX.get(key)
-    if b is None:
-        a, l = _stems(query), _stems(label)
-        b = 0.2 * len(a & l) / len(a | l) if a and l else 0.0
-        words = [w for w in _WORD.findall(label) if w not in _STOP]
-        if 2 <= len(query) <= 5 and query.isalpha() and len(words) >= 2:
-            stop_initials = {w[0] for w in _STOP}
-            letters = [c for c in query if not (c in stop_initials and c not in {w[0] for w in words})]
-            if sorted(letters) == sorted(w[0] for w in words):
-                b += 0.5
-        if len(_LEX) >= 100_000:
-            _LEX.clear()
-        _LEX[key] = b
+    a, l = _stems(query), _stems(label)
+    b = 0.2 * len(a & l) / len(a | l) if a and l else 0.0
+    words = [w for w in _WORD.findall(label) if w not in _STOP]
+    if 2 <= len(query) <= 5 and query.isalpha() and len(words) >= 2:
+        stop_initials = {w[0] for w in _STOP}
+        letters = [c for c in query if not (c in stop_initials and c not in {w[0] for w in words})]
+        if sorted(letters) == sorted(w[0] for w in words):
+            b += 0.5
     return b
 
 

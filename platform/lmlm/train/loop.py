@@ -17,6 +17,7 @@ The run directory (checkpoints, metrics, TensorBoard events, progress) is `lmlm.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -73,15 +74,9 @@ def step_rows(step: int, micro: int, rank: int, cfg: PretrainConfig, n_rows: int
     return perm[base:base + cfg.micro_batch_size]
 
 
-_PERM: dict = {}
-
-
+@functools.lru_cache(maxsize=1)  # every micro-step of an epoch reads the same permutation
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    key = (seed, epoch, n)
-    if key not in _PERM:
-        _PERM.clear()
-        _PERM[key] = np.random.default_rng([seed, epoch]).permutation(n)
-    return _PERM[key]
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def lr_scheduler(optimizer, cfg: PretrainConfig, steps: int):
