@@ -25,32 +25,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def bare_loop(cfg, packed, vocab: int, steps: int, threads: int) -> tuple[float, float]:
-    """(tokens/s, seconds per step) of a plain PyTorch loop with the same loss as lmlm.train.loop."""
+    """(tokens/s, seconds per step) of the single-device loop (lmlm.train.single: the same rows,
+    loss, optimizer and schedule as lmlm.train.loop, no Ray or DeepSpeed), after two warm-up steps."""
     import torch
 
-    from lmlm.train.loop import step_rows
-    from lmlm.train.masks import TRAIN_GROUPS, masked_nll
     from lmlm.train.models import build_model
+    from lmlm.train.single import train_single
 
     torch.set_num_threads(threads)
     model = build_model(cfg.model, vocab, cfg.seq_len, seed=cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
-    t0 = None
-    for step in range(steps + 2):
-        if step == 2:
-            t0 = time.perf_counter()
-        rows = step_rows(step, 0, 0, cfg, len(packed), 1)
-        x = torch.from_numpy(packed.input_ids[rows]).long()
-        nll, counted, _ = masked_nll(model(input_ids=x, use_cache=False).logits, x,
-                                     torch.from_numpy(packed.kinds[rows]), cfg.variant, TRAIN_GROUPS)
-        loss = (nll * counted).sum() / counted.sum().clamp(min=1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-    dt = time.perf_counter() - t0
-    return steps * cfg.micro_batch_size * cfg.seq_len / dt, dt / steps
+    rows = train_single(model, packed, cfg, "cpu", steps=steps + 2)[2:]
+    dt = sum(r["seconds"] for r in rows)
+    return sum(r["tokens"] for r in rows) / dt, dt / len(rows)
 
 
 def mask_cost(packed, tokenizer, cfg, reps: int = 20) -> float:

@@ -29,7 +29,8 @@ def ds(tiny_tokenizer, tmp_path_factory):
     import deepspeed
     import torch.distributed as dist
 
-    from lmlm.train.loop import deepspeed_config, lr_scheduler
+    from lmlm.train.loop import deepspeed_config
+    from lmlm.train.steps import lr_scheduler
     from lmlm.train.models import build_model
 
     with pytest.MonkeyPatch.context() as mp:

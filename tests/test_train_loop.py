@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import lr_scheduler
+from lmlm.train.steps import lr_scheduler
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, METRICS_JSONL, STATE_FILE, TENSORBOARD_DIR, MetricsLog,
                                ProgressPrinter, complete_checkpoints, latest_checkpoint, progress_line, prune_checkpoints,
                                read_jsonl, read_metrics)
@@ -124,3 +124,23 @@ def test_mfu_from_the_model_shape_and_the_device_peak():
     assert peak_flops("NVIDIA H100 PCIe") == 756e12 and peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("cpu") is None and peak_flops("cpu", peak_tflops=2.5) == 2.5e12
     assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1) and mfu(1000.0, 1e9, None) is None
+
+
+def test_single_device_loop_trains_with_the_library_loss_and_schedule(tiny_tokenizer):
+    from lmlm.train.data import encode_and_pack
+    from lmlm.train.models import build_model
+    from lmlm.train.single import train_single
+    from lmlm.world import WorldConfig, generate_world
+
+    torch.set_num_threads(1)
+    docs = [d.annotated_text for d in generate_world(WorldConfig(people=30, seed=2)).documents]
+    cfg = PretrainConfig(model="tiny", seq_len=64, micro_batch_size=4, grad_accum=2, max_steps=25, warmup_steps=2,
+                         lr=3e-3)
+    packed = encode_and_pack(docs, tiny_tokenizer, "lmlm", cfg.seq_len)
+    model = build_model("tiny", len(tiny_tokenizer), cfg.seq_len, seed=0)
+    seen = []
+    rows = train_single(model, packed, cfg, "cpu", on_step=seen.append)
+    assert [r["step"] for r in rows] == list(range(1, 26)) and seen == rows
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+    assert all(r["tokens"] == 2 * 4 * 64 for r in rows) and rows[-1]["lr"] < rows[3]["lr"]  # cosine decay
+    assert rows[0]["value_loss"] > 0 and rows[0]["query_loss"] > 0  # measured, though values are not trained

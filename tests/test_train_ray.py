@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmlm.train.config import PretrainConfig
-from lmlm.train.loop import PROBE_FILE, run_pretraining, step_rows
+from lmlm.train.loop import PROBE_FILE, run_pretraining
+from lmlm.train.steps import step_rows
 from lmlm.train.rundir import COMPLETE_FILE, STATE_FILE
 
 pytestmark = pytest.mark.slow

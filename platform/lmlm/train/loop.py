@@ -17,7 +17,6 @@ The run directory (checkpoints, metrics, TensorBoard events, progress) is `lmlm.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -30,11 +29,11 @@ import numpy as np
 
 from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
-from lmlm.precision import training_dtype
 from lmlm.rayinit import init_ray
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.mfu import mfu, peak_flops
 from lmlm.train.masks import TRAIN_GROUPS, counted_mask, masked_nll
+from lmlm.train.steps import lr_scheduler, make_optimizer, step_rows, total_steps, uses_bf16
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
                                latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
@@ -53,38 +52,6 @@ class PretrainResult:
     tokenizer_dir: str  # the tokenizer used
     metrics: list[dict] = field(default_factory=list)  # rows of metrics.jsonl, by step
     attempts: list[dict] = field(default_factory=list)  # rows of attempts.jsonl: each start's step
-
-
-def total_steps(cfg: PretrainConfig, n_rows: int, world: int) -> tuple[int, int]:
-    """(optimizer steps of the run, steps per epoch)."""
-    rows_per_step = cfg.micro_batch_size * cfg.grad_accum * world
-    per_epoch = n_rows // rows_per_step
-    if per_epoch == 0:
-        raise ValueError(f"data: {n_rows} packed rows are fewer than one step needs ({rows_per_step}: "
-                         f"micro_batch_size x grad_accum x num_workers)")
-    return (cfg.max_steps or cfg.epochs * per_epoch), per_epoch
-
-
-def step_rows(step: int, micro: int, rank: int, cfg: PretrainConfig, n_rows: int, world: int) -> np.ndarray:
-    """Global row indices of one micro-batch of one rank: a seeded permutation per epoch."""
-    _, per_epoch = total_steps(cfg, n_rows, world)
-    epoch, s = divmod(step, per_epoch)
-    perm = _permutation(cfg.seed, epoch, n_rows)
-    base = s * cfg.micro_batch_size * cfg.grad_accum * world + (micro * world + rank) * cfg.micro_batch_size
-    return perm[base:base + cfg.micro_batch_size]
-
-
-@functools.lru_cache(maxsize=1)  # every micro-step of an epoch reads the same permutation
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def lr_scheduler(optimizer, cfg: PretrainConfig, steps: int):
-    """Linear warmup over `warmup_steps`, then cosine decay to lr x `min_lr_ratio` at `steps`."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=cfg.warmup_steps,
-                                                       num_training_steps=steps, min_lr_rate=cfg.min_lr_ratio)
 
 
 def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
@@ -126,10 +93,7 @@ def _train_func(config: dict) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
-    # the rule of lmlm.precision on a GPU; CPU runs stay float32 unless told (DeepSpeed's bf16 on CPU
-    # is untested here, and the demo's numbers must not depend on the CPU)
-    bf16 = (training_dtype(cfg.precision, device, "precision") == torch.bfloat16 if cfg.use_gpu
-            else cfg.precision == "bf16")
+    bf16 = uses_bf16(cfg, device)
 
     all_ids, all_kinds = ray.get(config["ids_ref"]), ray.get(config["kinds_ref"])
     n_rows = len(all_ids)
@@ -138,11 +102,7 @@ def _train_func(config: dict) -> None:
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed, tokenizer=tokenizer)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    optimizer = make_optimizer(model, cfg)
     scheduler = lr_scheduler(optimizer, cfg, steps)
     per_token = flops_per_token(model, cfg.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(device) if cfg.use_gpu else "cpu", cfg.peak_tflops)
