@@ -52,13 +52,18 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise FileNotFoundError(f"model directory {p}: no config.json, and no checkpoint_*/hf export inside")
 
 
-def load_model(path: str | Path, kind: str, name: str | None = None) -> EvalModel:
-    """A model directory written by `save_pretrained` (with its tokenizer in the same directory)."""
+def load_model(path: str | Path, kind: str, name: str | None = None, device: str = "auto") -> EvalModel:
+    """A model directory written by `save_pretrained` (with its tokenizer in the same directory), on
+    `device` (auto: the GPU when there is one) in the inference precision of lmlm.precision
+    (bfloat16 on a bf16 GPU, float32 on a CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lmlm.precision import device_of, inference_dtype
+
     p = resolve_model_dir(path)
+    where = device_of(device)
     tokenizer = AutoTokenizer.from_pretrained(p)
-    model = AutoModelForCausalLM.from_pretrained(p)
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=inference_dtype("auto", where)).to(where)
     model.eval()
     return EvalModel(name or kind, model, tokenizer, kind)
 
@@ -92,7 +97,8 @@ def answer_nll(em: EvalModel, contexts: Sequence[str], answers: Sequence[str], b
             ids = (c + a)[-max_len:]
             rows.append(ids)
             spans.append(len(a))
-        input_ids, mask = pad_rows(rows, pad)
+        device = next(model.parameters()).device
+        input_ids, mask = (t.to(device) for t in pad_rows(rows, pad))
         logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = input_ids[:, 1:]
