@@ -94,28 +94,27 @@ def stage_build_factstore(cfg: PipelineConfig, store) -> dict:
     return stats
 
 
-def annotated_texts(cfg: PipelineConfig, with_ids: bool = False) -> list:
-    """The annotated corpus in special-token form, in a deterministic (id) order (with ids: pairs)."""
-    import pyarrow.dataset as ds
+def annotated_documents(cfg: PipelineConfig, leave_out: set[str] = frozenset()):
+    """The annotated shards as a Ray Dataset of {"id", "annotated_text"} (special-token form), in id
+    order, read by Ray Data's workers (never through this process); documents in `leave_out` skipped."""
+    import ray
 
-    table = ds.dataset(cfg.path("annotated", "annotated"), format="parquet").to_table(columns=["id", "special_text"])
-    rows = sorted(zip(table.column("id").to_pylist(), table.column("special_text").to_pylist()))
-    return [(i, text) if with_ids else text for i, text in rows if text]
+    ds = ray.data.read_parquet(str(cfg.path("annotated", "annotated")), columns=["id", "special_text"])
+    ds = ds.filter(lambda r: bool(r["special_text"]) and r["id"] not in leave_out)
+    return ds.rename_columns({"special_text": "annotated_text"}).sort("id")
 
 
 def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
     """Train the LMLM and the standard baseline (and, with `retain_model`, an LMLM without the
-    forget split) on the same annotated documents; returns the HF dirs."""
+    forget split) on the same annotated documents, streamed from the shards; returns the HF dirs."""
     from lmlm.train.compare import RETAIN, train_both
 
-    rows = annotated_texts(cfg, with_ids=True)
-    texts = [t for _, t in rows]
+    ensure_ray(cfg)
     retain = None
     if cfg.retain_model:
-        forget_ids = {d.id for d in world.documents if d.meta.get("person") in set(world.forget_names)}
-        retain = [t for doc_id, t in rows if doc_id not in forget_ids]
-    ensure_ray(cfg)
-    results = train_both(pretrain_config(cfg), texts, cfg.path("pretrain"), retain_documents=retain)
+        forget = set(world.forget_names)
+        retain = annotated_documents(cfg, {d.id for d in world.documents if d.meta.get("person") in forget})
+    results = train_both(pretrain_config(cfg), annotated_documents(cfg), cfg.path("pretrain"), retain_documents=retain)
     out = {v: r.hf_dir for v, r in results.items()}
     for variant, r in results.items():
         last = r.metrics[-1] if r.metrics else {}

@@ -35,11 +35,12 @@ def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
 def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
                retain_documents: list[str] | None = None) -> dict[str, PretrainResult]:
     """{"lmlm": result, "standard": result[, "lmlm-retain": result]}: the one place that trains the
-    models of a comparison. Runs live in out_dir/<name> with the shared tokenizer in out_dir/tokenizer
+    models of a comparison. `documents` (and `retain_documents`): a list of annotated texts or a Ray
+    Dataset with an `annotated_text` column (streamed to the trainers). Runs live in out_dir/<name> with the shared tokenizer in out_dir/tokenizer
     (trained on `documents` once); a run that already reached max_steps is not started again.
     `retain_documents`: also train an LMLM on these (the documents without the forget split).
     Writes the value-loss plot out_dir/value_loss.png."""
-    from lmlm.train.data import load_documents, prepare_tokenizer
+    from lmlm.train.data import load_documents, prepare_tokenizer, tokenizer_sample
     from lmlm.train.pretrained import resolve_start
 
     out = Path(out_dir).resolve()
@@ -47,7 +48,8 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
     base = resolve_start(base, out / "init")  # a pretrained start: both models continue from it
     if documents is None:
         documents = load_documents(base.data_path, base.world_people, base.world_seed)
-    tok, tok_dir = prepare_tokenizer(documents, out / "tokenizer", base.vocab_size, base.tokenizer_path, tokenizer)
+    sample = documents if isinstance(documents, (list, tuple)) else tokenizer_sample(documents)
+    tok, tok_dir = prepare_tokenizer(sample, out / "tokenizer", base.vocab_size, base.tokenizer_path, tokenizer)
     runs = {"lmlm": ("lmlm", documents), "standard": ("standard", documents)}
     if retain_documents is not None:
         runs[RETAIN] = ("lmlm", retain_documents)
@@ -59,7 +61,8 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
             print(f"pretrain[{name}]: finished run in {cfg.run_dir}", flush=True)
             results[name] = done
             continue
-        print(f"pretrain[{name}]: {len(docs)} documents, model {cfg.model}, {cfg.max_steps} steps, "
+        what = f"{len(docs)} documents" if isinstance(docs, (list, tuple)) else "documents streamed by Ray Data"
+        print(f"pretrain[{name}]: {what}, model {cfg.model}, {cfg.max_steps} steps, "
               f"{cfg.num_workers} worker(s), ZeRO-{cfg.zero_stage}", flush=True)
         results[name] = run_pretraining(cfg, documents=docs, tokenizer=tok)
     plot_value_loss({v: r.metrics for v, r in results.items() if v != RETAIN}, out / "value_loss.png")

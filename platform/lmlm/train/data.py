@@ -12,7 +12,9 @@ Each document becomes token ids plus per-token kinds (lmlm.train.masks):
 
 Documents are then concatenated with EOS after each one and cut into rows of `seq_len` tokens;
 the last partial row is padded (kind PAD). `encode_and_pack` is the one packing implementation: it
-runs on a Python list directly, or per block inside Ray Data `map_batches` (`pack_dataset`).
+runs on a Python list directly, or per block inside Ray Data `map_batches`: `packed_dataset` keeps
+the rows in the object store for the Ray Train workers (the pretraining data path), `pack_dataset`
+gathers them into one process.
 """
 from __future__ import annotations
 
@@ -125,19 +127,34 @@ def _pack_batch(batch: dict, tokenizer_dir: str, variant: str, seq_len: int, col
     return {"input_ids": packed.input_ids, "kinds": packed.kinds}
 
 
-def pack_dataset(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str = "annotated_text",
-                 batch_size: int = 512, num_cpus: float = 0.5) -> Packed:
-    """Tokenize and pack a Ray Dataset in parallel (each block of `batch_size` documents packed on
-    its own, so at most one padded row per block), and gather the rows in order."""
+def _packed_rows(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str, batch_size: int, num_cpus: float):
+    """The lazy Ray Dataset of packed rows {"input_ids": [seq_len] int32, "kinds": [seq_len] int8}:
+    each batch of `batch_size` documents tokenized and packed on its own by a worker."""
     from ray.data import DataContext
 
     # Same rows in the same order on every call: a resumed run must see the same data order.
     DataContext.get_current().execution_options.preserve_order = True
     if column not in ds.schema().names:
         raise ValueError(f"dataset: no column {column!r} (columns: {ds.schema().names})")
-    out = ds.map_batches(_pack_batch, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus,
-                         fn_kwargs=dict(tokenizer_dir=str(tokenizer_dir), variant=variant,
-                                        seq_len=seq_len, column=column))
+    return ds.map_batches(_pack_batch, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus,
+                          fn_kwargs=dict(tokenizer_dir=str(tokenizer_dir), variant=variant,
+                                         seq_len=seq_len, column=column))
+
+
+def packed_dataset(ds, tokenizer_dir: str, variant: str, seq_len: int, seed: int = 0,
+                   column: str = "annotated_text", batch_size: int = 512, num_cpus: float = 0.5):
+    """The training rows as a Ray Dataset: packed in parallel workers (`_packed_rows`), shuffled once
+    with `seed` (so each rank's equal share is a random sample), and materialized in the object
+    store, where the Train workers read their shards (`get_dataset_shard`): the driver holds block
+    references and counts, never rows. Deterministic for the same documents, blocks and seed."""
+    rows = _packed_rows(ds, tokenizer_dir, variant, seq_len, column, batch_size, num_cpus)
+    return rows.random_shuffle(seed=seed).materialize()
+
+
+def pack_dataset(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str = "annotated_text",
+                 batch_size: int = 512, num_cpus: float = 0.5) -> Packed:
+    """`_packed_rows` gathered in order into one `Packed` (for a single process: benchmarks, tests)."""
+    out = _packed_rows(ds, tokenizer_dir, variant, seq_len, column, batch_size, num_cpus)
     ids, kinds = [], []
     for b in out.iter_batches(batch_size=None, batch_format="numpy"):
         ids.append(np.asarray(b["input_ids"], np.int32).reshape(-1, seq_len))
@@ -145,6 +162,43 @@ def pack_dataset(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str
     if not ids:
         return Packed(np.zeros((0, seq_len), np.int32), np.zeros((0, seq_len), np.int8))
     return Packed(np.concatenate(ids), np.concatenate(kinds))
+
+
+def documents_dataset(documents, column: str = "annotated_text", docs_per_block: int = 512):
+    """`documents` (a Ray Dataset with `column`, or a list of texts) as a Ray Dataset; a list is cut
+    into blocks by count, so the packing (one padded row per block) does not depend on the cluster."""
+    import math
+
+    import ray
+
+    if isinstance(documents, (list, tuple)):
+        return ray.data.from_items([{column: t} for t in documents],
+                                   override_num_blocks=max(1, math.ceil(len(documents) / docs_per_block)))
+    return documents
+
+
+TOKENIZER_SAMPLE_DOCS = 20000  # documents a new tokenizer is trained on when the corpus is a Ray Dataset
+
+
+def tokenizer_sample(ds, column: str = "annotated_text", n: int = TOKENIZER_SAMPLE_DOCS) -> list[str]:
+    """The first `n` texts of a Ray Dataset: what a new BPE trains on (a bounded sample, not the corpus)."""
+    return [str(r[column]) for r in ds.take(n)]
+
+
+def split_config():
+    """Ray Train's DataConfig for the packed rows: rank r gets the r-th of `world` equal, ordered
+    parts (`Dataset.split`), the same on every run, so a resumed run reads the same rows."""
+    from ray.train import DataConfig
+
+    class OrderedEqualSplit(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            out = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                for rank, part in enumerate(ds.split(world_size, equal=True)):
+                    out[rank][name] = part.iterator()
+            return out
+
+    return OrderedEqualSplit()
 
 
 def build_packed(documents, tokenizer, variant: str, seq_len: int, tokenizer_dir: str | None = None,

@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
@@ -33,12 +32,13 @@ from lmlm.rayinit import init_ray
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.mfu import mfu, peak_flops
 from lmlm.train.masks import TRAIN_GROUPS, counted_mask, masked_nll
-from lmlm.train.steps import lr_scheduler, make_optimizer, step_rows, total_steps, uses_bf16
+from lmlm.train.steps import lr_scheduler, make_optimizer, total_steps, uses_bf16
 from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
                                append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
                                latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
                                read_metrics)
 
+SHUFFLE_BUFFER_ROWS = 1024  # a rank's rows are reshuffled each epoch within windows of this many
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
 
 
@@ -95,9 +95,8 @@ def _train_func(config: dict) -> None:
         torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
     bf16 = uses_bf16(cfg, device)
 
-    all_ids, all_kinds = ray.get(config["ids_ref"]), ray.get(config["kinds_ref"])
-    n_rows = len(all_ids)
-    steps, _ = total_steps(cfg, n_rows, world)
+    shard = ray.train.get_dataset_shard("train")  # this rank's equal part of the packed rows
+    steps, per_epoch = total_steps(cfg, config["n_rows"], world)
     tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
     model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed, tokenizer=tokenizer)
     if cfg.gradient_checkpointing:
@@ -124,15 +123,15 @@ def _train_func(config: dict) -> None:
     acc = torch.zeros(2 + 2 * len(TRAIN_GROUPS), dtype=torch.float64, device=device)
     t_last, tokens_since = time.perf_counter(), 0
 
+    batches = micro_batches(shard, cfg, step, per_epoch)
     while step < steps:
-        micro = [step_rows(step, m, rank, cfg, n_rows, world) for m in range(cfg.grad_accum)]
-        kinds_m = [torch.from_numpy(all_kinds[r]) for r in micro]
-        counted_m = [counted_mask(k[:, 1:], cfg.variant) for k in kinds_m]
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        counted_m = [counted_mask(k[:, 1:], cfg.variant) for _, k in micro]
         count = torch.tensor([float(sum(int(c.sum()) for c in counted_m))], device=device)
         dist.all_reduce(count)  # the global number of counted tokens in this step
         global_count = max(count.item(), 1.0)
-        for rows, kinds in zip(micro, kinds_m):
-            x = torch.from_numpy(all_ids[rows]).long().to(device)
+        for ids, kinds in micro:
+            x = ids.to(device)
             nll, counted, sums = masked_nll(engine(input_ids=x, use_cache=False).logits, x, kinds, cfg.variant,
                                             TRAIN_GROUPS)
             # DeepSpeed averages gradients over ranks: multiply by world to get sum / global count.
@@ -169,11 +168,31 @@ def _train_func(config: dict) -> None:
         if log is not None:
             log.log(metrics)
         if do_ckpt:
-            _save_checkpoint(engine, tokenizer, cfg, run_dir, step, rank, world, np.array(all_ids[:2]))
+            _save_checkpoint(engine, tokenizer, cfg, run_dir, step, rank, world, micro[0][0][:2].numpy())
         ray.train.report(metrics)
         t_last, tokens_since = time.perf_counter(), 0
     if log is not None:
         log.close()
+
+
+def micro_batches(shard, cfg: PretrainConfig, start_step: int, per_epoch: int):
+    """(input_ids int64, kinds int8) micro-batches of this rank from optimizer step `start_step` on:
+    every epoch the rank's part of the rows in a shuffled order of its own (`seed` + epoch), the
+    same `per_epoch` x `grad_accum` micro-batches on every rank; a resumed run skips what it did."""
+    import torch
+
+    epoch, done = divmod(start_step, per_epoch)
+    skip = done * cfg.grad_accum
+    while True:
+        it = shard.iter_torch_batches(batch_size=cfg.micro_batch_size, drop_last=True,
+                                      local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=cfg.seed + epoch,
+                                      dtypes={"input_ids": torch.long, "kinds": torch.int8})
+        for n, b in enumerate(it):
+            if n == per_epoch * cfg.grad_accum:
+                break
+            if n >= skip:
+                yield b["input_ids"], b["kinds"]
+        epoch, skip = epoch + 1, 0
 
 
 def resume(engine, cfg: PretrainConfig, run_dir: Path, rank: int) -> tuple[int, list[dict]]:
@@ -305,7 +324,8 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from lmlm.train.data import build_packed, load_documents, prepare_tokenizer
+    from lmlm.train.data import (documents_dataset, load_documents, packed_dataset, prepare_tokenizer, split_config,
+                                 tokenizer_sample)
     from lmlm.train.pretrained import resolve_start
 
     run_dir = Path(cfg.run_dir).resolve()
@@ -318,19 +338,21 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
         documents = load_documents(cfg.data_path, cfg.world_people, cfg.world_seed)
     texts = documents if isinstance(documents, (list, tuple)) else None
     if texts is None and tokenizer is None and not cfg.tokenizer_path and not (run_dir / "tokenizer").is_dir():
-        texts_for_tok = [str(r["annotated_text"]) for r in documents.take(20000)]
+        texts_for_tok = tokenizer_sample(documents)
     else:
         texts_for_tok = texts or []
     tokenizer, tok_dir = prepare_tokenizer(texts_for_tok, run_dir / "tokenizer", cfg.vocab_size,
                                            cfg.tokenizer_path, tokenizer)
-    packed = build_packed(documents, tokenizer, cfg.variant, cfg.seq_len, tok_dir)
+    packed = packed_dataset(documents_dataset(documents), tok_dir, cfg.variant, cfg.seq_len, seed=cfg.seed)
+    n_rows = packed.count()
+    total_steps(cfg, n_rows, cfg.num_workers)  # too few rows for one step: a clear error before any worker starts
     save_config(cfg, run_dir / "pretrain_config.yaml")
 
     trainer = TorchTrainer(
         _train_func,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "tokenizer_dir": str(tok_dir),
-                           "ids_ref": ray.put(packed.input_ids), "kinds_ref": ray.put(packed.kinds),
-                           "fail_at_step": _fail_at_step},
+                           "n_rows": n_rows, "fail_at_step": _fail_at_step},
+        datasets={"train": packed}, dataset_config=split_config(),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
