@@ -1,0 +1,170 @@
+"""How the data path's cost grows with the corpus: the driver's memory and the throughput of packing
+pretraining data, and of the parallel fact-store load, each against its baseline in the same run.
+
+    python bench/scale.py --quick     # under 60 s on 2 cores; last line: one JSON object
+    python bench/scale.py             # the full sizes (minutes)
+
+pack: synthetic annotated documents in Parquet shards, packed into training rows at 1x and 10x
+  the corpus, each in a fresh driver process whose peak RSS is measured (ru_maxrss):
+  - current: what the trainer did before streaming: every document read into the driver, then
+    tokenized and packed there (encode_and_pack) and put into the object store;
+  - stream: Ray Data reads the shards and packs them in workers, rows stay in the object store
+    (train.data.packed_dataset); the driver holds block references and counts.
+  `driver_peak_rss_growth` = stream's peak RSS at 10x over 1x (goal <= 1.2); docs/s of both at 1x.
+load: triples of synthetic documents loaded through factstore.bulk.load_dataset with 1 and 2 loader
+  actors into a private Redis 8 (`load_speedup_2_workers`), and the projected time of the
+  reference's 54.6M triples on 32 workers from the measured per-worker rate (linear: each worker
+  has its own connection and embedder; Redis Cluster spreads the partitions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_TRIPLES = 54_600_000
+
+
+def write_corpus(out: Path, docs: int, per_shard: int = 5000) -> Path:
+    """`docs` annotated biographies (a small synthetic world's, repeated under new ids) in Parquet shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmlm.world import WorldConfig, generate_world
+
+    texts = [d.annotated_text for d in generate_world(WorldConfig(people=300, seed=5)).documents]
+    out.mkdir(parents=True, exist_ok=True)
+    for start in range(0, docs, per_shard):
+        n = min(per_shard, docs - start)
+        pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(start, start + n)],
+                                 "annotated_text": [texts[i % len(texts)] for i in range(start, start + n)]}),
+                       out / f"shard-{start // per_shard:05d}.parquet")
+    return out
+
+
+def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
+    """One measured driver: pack `corpus` the `mode` way; returns docs/s and the peak RSS. Ray is
+    started first in both modes (the trainer needs it either way) and not timed."""
+    import ray
+
+    from lmlm.rayinit import init_ray
+
+    init_ray(num_cpus=4)
+    t = time.perf_counter()
+    if mode == "current":
+        from transformers import AutoTokenizer
+
+        from lmlm.corpus import read_corpus
+        from lmlm.train.data import encode_and_pack
+
+        texts = [r.annotated_text for p in sorted(corpus.glob("*.parquet")) for r in read_corpus(p)]
+        packed = encode_and_pack(texts, AutoTokenizer.from_pretrained(tok_dir), "lmlm", 256)
+        refs = ray.put(packed.input_ids), ray.put(packed.kinds)  # what the trainer then handed its workers
+        rows, docs = len(packed), len(texts)
+        del refs
+    else:
+        from lmlm.train.data import packed_dataset
+
+        ds = ray.data.read_parquet(str(corpus))
+        docs = ds.count()
+        rows = packed_dataset(ds, tok_dir, "lmlm", 256).count()
+    seconds = time.perf_counter() - t
+    return {"docs": docs, "rows": rows, "seconds": round(seconds, 2), "docs_per_s": round(docs / seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def run_child(*args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env,
+                       stdin=subprocess.DEVNULL, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"bench/scale.py child {args} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_pack(tmp: Path, small: int) -> dict:
+    from lmlm.tokenizer import train_tokenizer
+    from lmlm.world import WorldConfig, generate_world
+
+    tok_dir = tmp / "tokenizer"
+    train_tokenizer([d.annotated_text for d in generate_world(WorldConfig(people=300, seed=5)).documents], 1024, tok_dir)
+    out = {"pack_docs_small": small, "pack_docs_large": 10 * small}
+    for size in (small, 10 * small):
+        corpus = write_corpus(tmp / f"corpus-{size}", size)
+        for mode in ("current", "stream") if size == small else ("stream", "current"):
+            r = run_child("pack", str(corpus), mode, str(tok_dir))
+            out[f"pack_{mode}_{size}_peak_rss_mb"] = r["peak_rss_mb"]
+            out[f"pack_{mode}_{size}_docs_per_s"] = r["docs_per_s"]
+            print(f"pack {mode} {size} docs: {r}", flush=True)
+    s, l = out[f"pack_stream_{small}_peak_rss_mb"], out[f"pack_stream_{10 * small}_peak_rss_mb"]
+    out["driver_peak_rss_growth"] = round(l / s, 3)
+    out["driver_peak_rss_growth_current"] = round(out[f"pack_current_{10 * small}_peak_rss_mb"]
+                                                  / out[f"pack_current_{small}_peak_rss_mb"], 3)
+    out["stream_vs_current_docs_per_s"] = round(out[f"pack_stream_{small}_docs_per_s"]
+                                                / out[f"pack_current_{small}_docs_per_s"], 3)
+    return out
+
+
+def bench_load(triples: int) -> dict:
+    import ray
+
+    from lmlm.factstore import FactStore, FactStoreConfig
+    from lmlm.factstore.bulk import load_dataset
+    from lmlm.rayinit import init_ray
+
+    init_ray(num_cpus=4)
+    docs = [{"id": f"d{d}", "annotator": "bench",
+             "triples": json.dumps([[f"Scale Person {d}", r, f"{r} {d}"] for r in ("Birth City", "Employer", "Spouse", "Alma Mater")])}
+            for d in range(triples // 4)]
+    ds = ray.data.from_items(docs).materialize()
+    out = {"load_triples": triples}
+    with FactStore.open(FactStoreConfig(namespace="scale")) as store:
+        cfg = FactStoreConfig(url=store.connection_url, namespace="scale")
+        store.embedder.encode(["warm up"])
+        for workers in (1, 2):
+            store.flush()
+            t = time.perf_counter()
+            res = load_dataset(ds, cfg, workers=workers, batch_docs=500, cpus_per_worker=1.0)
+            dt = time.perf_counter() - t
+            if res["written"] != triples:
+                raise RuntimeError(f"load with {workers} workers wrote {res['written']} of {triples} triples")
+            out[f"factstore_load_triples_per_s_{workers}w"] = round(triples / dt, 1)
+            print(f"load {triples} triples, {workers} worker(s): {dt:.1f} s", flush=True)
+        store.flush()
+    out["factstore_load_triples_per_s"] = out["factstore_load_triples_per_s_2w"]
+    out["load_speedup_2_workers"] = round(out["factstore_load_triples_per_s_2w"] / out["factstore_load_triples_per_s_1w"], 3)
+    per_worker = out["factstore_load_triples_per_s_1w"]
+    out["projected_load_hours_54_6m_32_workers"] = round(REFERENCE_TRIPLES / (per_worker * 32) / 3600, 2)
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, what, corpus, mode, tok_dir = sys.argv
+        print(json.dumps(child_pack(Path(corpus), mode, tok_dir)))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: under 60 s on 2 cores")
+    ap.add_argument("--parts", default="pack,load")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    result = {"quick": args.quick, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+        if "pack" in args.parts:
+            result.update(bench_pack(Path(tmp), 300 if args.quick else 10_000))
+        if "load" in args.parts:
+            result.update(bench_load(4_000 if args.quick else 1_000_000))
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
