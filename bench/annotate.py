@@ -1,6 +1,6 @@
 """Annotation benchmark: quality of the trained annotators (tagger, minilm, generative) and speed of the pipeline.
 
-Quality (both annotators trained on the same seeds; F1 under two matching rules, see metrics.py:
+Quality (both annotators trained on the same seeds; F1 under two matching rules, see lmlm.annotate.evaluation:
 `exact` = entity, relation and value equal after normalize_key; `entity_value` = relation ignored)
 - in-world: trained on the gold documents of one synthetic world, scored on the documents of another
   world (other people, the same sentence templates);
@@ -46,10 +46,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
-from lmlm.annotate import AnnotateConfig, EncoderTrainConfig, evaluate, fit, run_annotation  # noqa: E402
-from lmlm.annotate.encoder_train import fit_encoder  # noqa: E402
+from lmlm.annotate import (AnnotateConfig, MiniLMTrainConfig, evaluate_annotator, fit_minilm, fit_tagger,  # noqa: E402
+                           run_annotation)
 from lmlm.annotate.heldout import heldout_documents  # noqa: E402
-from lmlm.annotate.seeds import torch_threads  # noqa: E402
+from lmlm.annotate.threads import torch_threads  # noqa: E402
 from lmlm.annotate.pipeline import annotate_loop  # noqa: E402
 from lmlm.corpus import Record, read_corpus, write_jsonl  # noqa: E402
 from lmlm.world import WorldConfig, generate_world  # noqa: E402
@@ -107,13 +107,13 @@ def squad(args, res: dict) -> None:
     gold, texts = [r.annotated_text for r in ev], [r.text for r in ev]
     # minilm_ft: the encoder fine-tuned with the head, one value tag for all relations (GPT-4o's relations
     # are free text: 32 relation tags read values at half the F1 of one)
-    ft = EncoderTrainConfig(finetune_epochs=3, span_weight=4.0, max_relations=1)
-    trainers = {"tagger": lambda: fit(train, epochs=args.squad_epochs, span_weight=3.0, log=lambda s: None),
-                "minilm": lambda: fit_encoder(train, EncoderTrainConfig(epochs=args.minilm_epochs), log=log),
-                "minilm_ft": lambda: fit_encoder(train, ft, threads=2, log=log)}
+    ft = MiniLMTrainConfig(finetune_epochs=3, span_weight=4.0, max_relations=1)
+    trainers = {"tagger": lambda: fit_tagger(train, epochs=args.squad_epochs, span_weight=3.0, log=lambda s: None),
+                "minilm": lambda: fit_minilm(train, MiniLMTrainConfig(epochs=args.minilm_epochs), log=log),
+                "minilm_ft": lambda: fit_minilm(train, ft, threads=2, log=log)}
     for kind, train_fn in trainers.items():
         t = time.time()
-        _squad_scores(res, kind, evaluate(train_fn(), gold, texts=texts))
+        _squad_scores(res, kind, evaluate_annotator(train_fn(), gold, texts=texts))
         res[f"{kind}_squad_seconds"] = time.time() - t
     res["f1_squad_eval100_entity_value"] = res["tagger_squad_eval100_entity_value_f1"]
     res["exact_triple_f1"] = res["tagger_squad_eval100_exact_triple_f1"]
@@ -143,7 +143,7 @@ def generative(args, res: dict, work: Path) -> None:
     of the same world as the others, scored on `gen_eval` documents of each synthetic set, and on
     squad-eval100 after training on `gen_squad_seeds` squad-train1k paragraphs."""
     from lmlm.annotate.config import GenerativeTrainConfig
-    from lmlm.annotate.generative import fit_generative
+    from lmlm.annotate.kinds.generative import fit_generative
 
     seeds, in_world, heldout = _synthetic_sets(args)
     sets = {"synthetic": in_world, "heldout_phrasing": heldout}
@@ -155,7 +155,7 @@ def generative(args, res: dict, work: Path) -> None:
                generative_final_loss=ann.meta["final_loss"])
     for name, docs in sets.items():
         t = time.time()
-        _scores(res, "generative", name, evaluate(ann, docs[:args.gen_eval]))
+        _scores(res, "generative", name, evaluate_annotator(ann, docs[:args.gen_eval]))
         res[f"generative_{name}_docs_per_s"] = args.gen_eval / (time.time() - t)
     log(f"generative synthetic: {res}")
     res.update(generative_scaling(ann.save(work / "generative"), work, args.gen_speed_docs))
@@ -167,7 +167,7 @@ def generative(args, res: dict, work: Path) -> None:
         ann = fit_generative(train, replace(cfg, epochs=args.gen_squad_epochs), threads=2, log=log)
         res["generative_squad_train_s"] = time.time() - t
         t = time.time()
-        _squad_scores(res, "generative", evaluate(ann, [r.annotated_text for r in ev], texts=[r.text for r in ev]))
+        _squad_scores(res, "generative", evaluate_annotator(ann, [r.annotated_text for r in ev], texts=[r.text for r in ev]))
         res.update(generative_squad_seed_docs=len(train), generative_squad_eval_s=time.time() - t)
 
 
@@ -176,15 +176,15 @@ def quality(args, work: Path) -> tuple[dict, Path, Path]:
     res: dict = {"synthetic_train_docs": len(seeds), "synthetic_eval_docs": len(in_world),
                  "heldout_eval_docs": len(heldout)}
     t = time.time()
-    tagger = fit(seeds, epochs=args.epochs, log=lambda s: None)
+    tagger = fit_tagger(seeds, epochs=args.epochs, log=lambda s: None)
     res["tagger_train_s"] = time.time() - t
     t = time.time()
-    minilm = fit_encoder(seeds, EncoderTrainConfig(epochs=args.minilm_epochs), log=lambda s: None)
+    minilm = fit_minilm(seeds, MiniLMTrainConfig(epochs=args.minilm_epochs), log=lambda s: None)
     res["minilm_train_s"] = time.time() - t
     for kind, ann in (("tagger", tagger), ("minilm", minilm)):
         t = time.time()
-        _scores(res, kind, "synthetic", evaluate(ann, in_world))
-        _scores(res, kind, "heldout_phrasing", evaluate(ann, heldout))
+        _scores(res, kind, "synthetic", evaluate_annotator(ann, in_world))
+        _scores(res, kind, "heldout_phrasing", evaluate_annotator(ann, heldout))
         res[f"{kind}_eval_s"] = time.time() - t
     res["f1_synthetic"] = res["tagger_f1_synthetic_exact"]
     res["f1_heldout_phrasing"] = res["tagger_f1_heldout_phrasing"]

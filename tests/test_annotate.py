@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from lmlm.annotate import AnnotateConfig, Annotator, TrainedAnnotator, evaluate, fit, score
+from lmlm.annotate import AnnotateConfig, Annotator, TaggerAnnotator, evaluate_annotator, fit_tagger, score_triples
 from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.chunks import chunk_words, word_cut
 from lmlm.annotate.pipeline import annotate_rows
-from lmlm.annotate.seeds import align
+from lmlm.annotate.alignment import align
 from lmlm.config import load_config
 from lmlm.format import Triple, extract_triples, strip_lookups
 from lmlm.world import WorldConfig, generate_world
@@ -23,7 +23,7 @@ def world_docs():
 
 @pytest.fixture(scope="module")
 def tagger(world_docs):
-    return fit(world_docs[:50], epochs=4, log=lambda s: None)
+    return fit_tagger(world_docs[:50], epochs=4, log=lambda s: None)
 
 
 def test_alignment_finds_every_world_value(world_docs):
@@ -35,14 +35,14 @@ def test_alignment_finds_every_world_value(world_docs):
 
 
 def test_trained_annotator_recovers_held_out_world_triples(tagger, world_docs):
-    m = evaluate(tagger, world_docs[50:])
+    m = evaluate_annotator(tagger, world_docs[50:])
     assert m["exact"]["f1"] >= 0.9, m
     assert tagger.meta["entity_rules"]["*"] == "subject"  # bios are about their subject
 
 
 def test_relation_labels_come_from_the_seeds_not_from_rules(world_docs):
     renamed = [d.replace("'Birth City')", "'Hometown')") for d in world_docs[:50]]
-    m = fit(renamed, epochs=4, log=lambda s: None)
+    m = fit_tagger(renamed, epochs=4, log=lambda s: None)
     triples = [t for d in m.annotate([strip_lookups(x) for x in world_docs[50:60]]) for t in extract_triples(d)]
     relations = {t.relation for t in triples}
     assert "Hometown" in relations and "Birth City" not in relations
@@ -51,11 +51,27 @@ def test_relation_labels_come_from_the_seeds_not_from_rules(world_docs):
 def test_save_load_gives_identical_output(tagger, world_docs, tmp_path):
     texts = [strip_lookups(d) for d in world_docs[60:65]]
     tagger.save(tmp_path / "ann")
-    again = TrainedAnnotator.load(tmp_path / "ann")
+    again = TaggerAnnotator.load(tmp_path / "ann")
     assert again.annotate(texts) == tagger.annotate(texts)
     assert again.annotator_id == tagger.annotator_id.replace("unsaved", again.meta["fingerprint"])
-    with pytest.raises(FileNotFoundError, match="not a trained annotator"):
-        TrainedAnnotator.load(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="not a tagger annotator"):
+        TaggerAnnotator.load(tmp_path / "nothing")
+
+
+def test_older_tagger_directories_without_a_kind_still_load(tagger, world_docs, tmp_path):
+    from lmlm.annotate import load_trained
+    from lmlm.annotate.registry import annotator_id_for
+
+    out = tagger.save(tmp_path / "old")
+    meta = json.loads((out / "annotator.json").read_text())
+    assert meta.pop("kind") == "tagger"
+    (out / "annotator.json").write_text(json.dumps(meta))
+    texts = [strip_lookups(d) for d in world_docs[60:62]]
+    assert load_trained(out).annotate(texts) == tagger.annotate(texts)
+    assert annotator_id_for(AnnotateConfig(trained_path=str(out))) == f"trained:{meta['fingerprint']}"
+    assert annotator_id_for(AnnotateConfig(annotator="tagger", trained_path=str(out))) == tagger.annotator_id
+    with pytest.raises(ValueError, match="holds a 'tagger' annotator, not 'minilm'"):
+        annotator_id_for(AnnotateConfig(annotator="minilm", trained_path=str(out)))
 
 
 def test_annotation_keeps_the_text_and_handles_empty_input(tagger, world_docs):
@@ -66,20 +82,20 @@ def test_annotation_keeps_the_text_and_handles_empty_input(tagger, world_docs):
 
 def test_fit_refuses_seeds_without_calls():
     with pytest.raises(ValueError, match="no seed"):
-        fit([], log=lambda s: None)
+        fit_tagger([], log=lambda s: None)
     with pytest.raises(ValueError, match="aligned"):
-        fit(["plain text without any call"], log=lambda s: None)
+        fit_tagger(["plain text without any call"], log=lambda s: None)
 
 
 def test_matching_rules():
     gold = [[Triple("Mara Quell", "Birth City", "Lisbon"), Triple("Mara Quell", "Award", "X Prize")]]
     pred = [[Triple("mara quell", "Birth_City", "lisbon"), Triple("Mara Quell", "Prize", "X Prize"),
              Triple("Other", "Award", "X Prize")]]
-    ex, ev = score(pred, gold, "exact"), score(pred, gold, "entity_value")
+    ex, ev = score_triples(pred, gold, "exact"), score_triples(pred, gold, "entity_value")
     assert (ex["tp"], ex["predicted"], ex["gold"]) == (1, 3, 2)
     assert ev["tp"] == 2 and ev["precision"] == pytest.approx(2 / 3) and ev["recall"] == 1.0
     with pytest.raises(ValueError, match="unknown matching rule"):
-        score(pred, gold, "fuzzy")  # type: ignore[arg-type]
+        score_triples(pred, gold, "fuzzy")  # type: ignore[arg-type]
 
 
 def test_chunking_at_word_boundaries():

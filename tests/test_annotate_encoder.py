@@ -7,10 +7,10 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from lmlm.annotate import AnnotateConfig, EncoderTrainConfig, TrainAnnotatorConfig, evaluate, fit, load_trained
-from lmlm.annotate.encoder import EncoderAnnotator
-from lmlm.annotate.encoder_train import fit_encoder, relation_tags
+from lmlm.annotate import (AnnotateConfig, MiniLMAnnotator, MiniLMTrainConfig, TrainAnnotatorConfig, evaluate_annotator,
+                           fit_minilm, fit_tagger, load_trained)
 from lmlm.annotate.heldout import HELDOUT_FIRST, heldout_documents
+from lmlm.annotate.kinds.minilm import relation_tags
 from lmlm.annotate.pipeline import run_annotation
 from lmlm.annotate.train_job import train_annotator
 from lmlm.cli import main as lmlm_main
@@ -26,7 +26,7 @@ def seeds():
 
 @pytest.fixture(scope="module")
 def minilm(seeds):
-    return fit_encoder(seeds, log=lambda s: None)
+    return fit_minilm(seeds, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def minilm_dir(minilm, tmp_path_factory):
 
 def test_trained_on_30_seeds_reads_held_out_world_documents(minilm):
     held = [d.annotated_text for d in generate_world(WorldConfig(people=15, seed=4)).documents]
-    m = evaluate(minilm, held)
+    m = evaluate_annotator(minilm, held)
     assert m["exact"]["f1"] >= 0.8, m
     assert minilm.meta["entity_rules"]["*"] == "subject"
 
@@ -44,24 +44,24 @@ def test_trained_on_30_seeds_reads_held_out_world_documents(minilm):
 def test_reads_unseen_sentences_about_unseen_names(minilm):
     docs = heldout_documents(15, seed=9)
     assert all(d.meta["person"].split()[0] in HELDOUT_FIRST for d in docs)
-    m = evaluate(minilm, [d.annotated_text for d in docs])
+    m = evaluate_annotator(minilm, [d.annotated_text for d in docs])
     assert m["entity_value"]["f1"] >= 0.6, m
 
 
 def test_fine_tuning_trains_the_encoder_and_saves_it(seeds, tmp_path):
     import torch
 
-    from lmlm.annotate.encoder import base_model_path
+    from lmlm.annotate.kinds.minilm import base_model_path
     from transformers import AutoModel
 
-    cfg = EncoderTrainConfig(finetune_epochs=4, finetune_windows=2, encoder_lr=1e-4, span_weight=2.0)
-    tuned = fit_encoder(seeds[:12], cfg, log=lambda s: None)
+    cfg = MiniLMTrainConfig(finetune_epochs=4, finetune_windows=2, encoder_lr=1e-4, span_weight=2.0)
+    tuned = fit_minilm(seeds[:12], cfg, log=lambda s: None)
     base = AutoModel.from_pretrained(base_model_path())
     moved = [n for n, p in tuned.encoder.named_parameters() if not torch.equal(p, base.state_dict()[n])]
     assert len(moved) > 0.9 * len(list(base.parameters()))
     assert tuned.meta["train"]["finetune_epochs"] == 4 and tuned.meta["train_steps"] == 24
     held = [d.annotated_text for d in generate_world(WorldConfig(people=8, seed=4)).documents]
-    assert evaluate(tuned, held)["entity_value"]["f1"] >= 0.3  # 24 steps from 12 seeds (0.42 measured; 4 steps: 0.0)
+    assert evaluate_annotator(tuned, held)["entity_value"]["f1"] >= 0.3  # 24 steps from 12 seeds (0.42 measured; 4 steps: 0.0)
     again = load_trained(tuned.save(tmp_path / "tuned"))
     texts = [strip_lookups(d) for d in held[:3]]
     assert again.annotate(texts) == tuned.annotate(texts)
@@ -76,22 +76,22 @@ def test_rare_relations_take_the_nearest_frequent_label(seeds):
 def test_save_load_gives_identical_output_and_refuses_other_dirs(minilm, minilm_dir, seeds, tmp_path):
     texts = [strip_lookups(d) for d in seeds[:3]] + ["", "   "]
     again = load_trained(minilm_dir)
-    assert isinstance(again, EncoderAnnotator) and (minilm_dir / "config.json").is_file()
+    assert isinstance(again, MiniLMAnnotator) and (minilm_dir / "config.json").is_file()
     out = again.annotate(texts)
     assert out == minilm.annotate(texts) and out[3:] == ["", "   "]
     assert strip_lookups(out[0]) == texts[0]
-    tagger_dir = fit(seeds[:10], epochs=1, log=lambda s: None).save(tmp_path / "tagger")
+    tagger_dir = fit_tagger(seeds[:10], epochs=1, log=lambda s: None).save(tmp_path / "tagger")
     with pytest.raises(ValueError, match="not 'minilm'"):
         load_trained(tagger_dir, kind="minilm")
     with pytest.raises(FileNotFoundError, match="not a minilm annotator"):
-        EncoderAnnotator.load(tmp_path)
+        MiniLMAnnotator.load(tmp_path)
 
 
 @pytest.mark.slow
 def test_ray_train_job_then_ray_data_annotation(ray_cluster, tmp_path):
     cfg = TrainAnnotatorConfig(kind="minilm", world_people=12, world_seed=5, out_dir=str(tmp_path / "ann"),
                                eval_fraction=0.2, ray_train=True, ray_cpus=1,
-                               minilm=EncoderTrainConfig(epochs=4))
+                               minilm=MiniLMTrainConfig(epochs=4))
     out = train_annotator(cfg, log=lambda s: None)
     meta = json.loads((out / "annotator.json").read_text())
     assert meta["kind"] == "minilm" and meta["seed_docs"] == 10 and "heldout" in meta

@@ -10,7 +10,7 @@ import pytest
 
 from lmlm.annotate import AnnotateConfig, TrainAnnotatorConfig, load_trained
 from lmlm.annotate.config import GenerativeTrainConfig
-from lmlm.annotate.generative import GenerativeAnnotator, fit_generative
+from lmlm.annotate.kinds.generative import GenerativeAnnotator, fit_generative
 from lmlm.annotate.pipeline import annotate_rows, run_annotation
 from lmlm.annotate.train_job import train_annotator
 from lmlm.cli import main as lmlm_main

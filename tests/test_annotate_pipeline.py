@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 
-from lmlm.annotate import AnnotateConfig, fit, run_annotation
+from lmlm.annotate import AnnotateConfig, fit_tagger, run_annotation
 from lmlm.annotate.config import OpenAIAnnotatorConfig
 from lmlm.corpus import Record, write_jsonl
 from lmlm.factstore import FactStore, FactStoreConfig
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     docs = [d.annotated_text for d in generate_world(WorldConfig(people=40, seed=1)).documents]
-    return fit(docs, epochs=4, log=lambda s: None).save(tmp_path_factory.mktemp("ann") / "model")
+    return fit_tagger(docs, epochs=4, log=lambda s: None).save(tmp_path_factory.mktemp("ann") / "model")
 
 
 def _corpus(path, world) -> None:

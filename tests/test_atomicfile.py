@@ -35,11 +35,11 @@ def test_world_marker_is_written_last(tmp_path):
 
 
 def test_annotator_marker_is_removed_first_and_written_last(tmp_path):
-    from lmlm.annotate import fit
+    from lmlm.annotate import fit_tagger
     from lmlm.world import WorldConfig, generate_world
 
     docs = [d.annotated_text for d in generate_world(WorldConfig(people=8, seed=4)).documents[:8]]
-    tagger = fit(docs, epochs=1, log=lambda s: None)
+    tagger = fit_tagger(docs, epochs=1, log=lambda s: None)
     out = tagger.save(tmp_path / "ann")
     assert (out / "annotator.json").is_file()
     (out / "model.pt").unlink()

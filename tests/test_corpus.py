@@ -12,8 +12,10 @@ from lmlm import corpus_cli
 from lmlm.corpus import (
     CorpusError,
     Record,
+    SkippedLine,
     convert_records,
     extract_database,
+    iter_corpus,
     read_corpus,
     read_database,
     records_to_table,
@@ -70,6 +72,22 @@ def test_jsonl_round_trip_and_bad_lines(tmp_path):
     got = read_corpus(path, on_error="skip")
     assert [r.id for r in got] == ["a", "b"]
     assert [(s.line, "text" in s.error) for s in got.skipped] == [(2, False), (4, True)]
+
+
+def test_one_reader_says_why_each_line_is_no_record(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "ok"}\n\n{"id": "n"}\n[1]\n{"text": "caf\xe9"}\n{"cut\n')
+    items = list(iter_corpus(path))
+    assert [(type(x).__name__, x.id) for x in items] == [("Record", "a"), ("SkippedLine", "n"),
+                                                         ("SkippedLine", "in:4"), ("SkippedLine", "in:5"),
+                                                         ("SkippedLine", "in:6")]
+    assert [x.reason for x in items if isinstance(x, SkippedLine)] == ["bad_record", "bad_record", "invalid_utf8",
+                                                                       "broken_json"]
+    assert len(read_corpus(path, on_error="skip", limit=2).skipped) == 1  # the first two lines only
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["t", None]}), tmp_path / "p.parquet")
+    got = read_corpus(tmp_path / "p.parquet", on_error="skip")
+    assert [r.id for r in got] == ["x"] and str(got.skipped[0]).endswith("row 1: record has neither 'text' nor "
+                                                                          "'annotated_text'")
 
 
 def test_reference_layout(tmp_path):

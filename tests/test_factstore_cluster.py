@@ -16,8 +16,8 @@ def test_store_on_a_three_master_cluster(redis_cluster):
     cfg = FactStoreConfig(url=redis_cluster.url, namespace="clustertest", partitions=9)
     with FactStore.open(cfg) as store:
         assert store.cluster and store.url.startswith("redis+cluster://") and redis_cluster.password not in store.url
-        assert store.write_triples(TRIPLES, batch_id="shard:c").written == len(TRIPLES)
-        assert store.write_triples(TRIPLES, batch_id="shard:c").replayed >= 3  # one per partition touched
+        assert store.load(TRIPLES, batch_id="shard:c").written == len(TRIPLES)
+        assert store.load(TRIPLES, batch_id="shard:c").replayed >= 3  # one per partition touched
         nodes = set()
         for p in PEOPLE:
             E = p.lower()

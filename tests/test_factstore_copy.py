@@ -23,7 +23,7 @@ def test_copy_holds_everything_and_is_independent(fact_store):
         assert counts(copy.stats()) == counts(before) and before["tombstones"] == 1
         assert copy.get("Copy Person A", "Employer") is None
         assert copy.add_triples([Triple("Copy Person A", "Employer", "Employer of Copy Person A")]) == 0  # tombstone
-        assert copy.write_triples(TRIPLES, ["doc"] * len(TRIPLES), batch_id="load").written == 0  # units too
+        assert copy.load(TRIPLES, ["doc"] * len(TRIPLES), batch_id="load").written == 0  # units too
         assert copy.lookup("Copy Persn B", "Employer").value == "Employer of Copy Person B"  # vectors, blocks
         copy.delete_entity("Copy Person B")
         copy.put(Triple("Copy Person C", "Spouse", "Someone"))

@@ -110,12 +110,12 @@ def test_a_deletion_keeps_no_deleted_value_in_the_audit_or_tombstones(fact_store
     for s in SECRETS:
         assert s.lower().encode() not in raw and s.lower() not in json.dumps(store.audit(1000)).lower()
     # the tombstones still work: the deleted triple is skipped, the key's other values stay
-    again = store.write_triples([Triple("Ada Quill", "Password Hint", SECRETS[0]), Triple("Bo Renn", "Diagnosis", "x"),
-                                 Triple("Cy Vale", "Address", SECRETS[2])])
+    again = store.load([Triple("Ada Quill", "Password Hint", SECRETS[0]), Triple("Bo Renn", "Diagnosis", "x"),
+                        Triple("Cy Vale", "Address", SECRETS[2])])
     assert (again.written, again.skipped) == (0, 3)
     assert [v["value"] for v in store.get("Ada Quill", "Password Hint")["values"]] == ["Blue"]
     assert store.add_triples([Triple("Ada Quill", "Password Hint", "Green")]) == 1  # another value is not deleted
-    assert store.write_triples([Triple("Ada Quill", "Password Hint", SECRETS[0])], force=True).forced == 1
+    assert store.load([Triple("Ada Quill", "Password Hint", SECRETS[0])], force=True).forced == 1
 
 
 def test_a_value_tombstone_an_older_store_kept_as_text_still_counts_and_is_rehashed(fact_store):

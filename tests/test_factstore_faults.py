@@ -59,12 +59,12 @@ def test_loader_killed_mid_load_and_run_again_counts_each_triple_once(store_url)
             assert 300 <= cut < n, "the loader should have been killed mid-load"
             chunks = n // 25
             triples = [Triple(f"Loader Person {i // 4}", f"Rel {i % 4}", f"value {i}") for i in range(n)]
-            res = store.write_triples(triples, batch_id="shard:killed", annotator="loader")
+            res = store.load(triples, batch_id="shard:killed", annotator="loader")
             assert res.replayed >= cut // 25 and res.written == n - cut
             s = store.stats()
             assert (s["triples"], s["mentions"], s["keys"], s["entities"]) == (n, n, n, n // 4)
             assert {v.count for _, v in store.iter_records()} == {1}  # 0 counted twice
-            again = store.write_triples(triples, batch_id="shard:killed")
+            again = store.load(triples, batch_id="shard:killed")
             assert again.written == 0 and again.replayed >= chunks and store.stats()["mentions"] == n
             audited = [e for e in store.audit(10 * chunks) if e["op"] == "load" and "units" in e]
             assert sum(int(e["triples"]) for e in audited) == n  # audited in the same scripts: once
@@ -83,7 +83,7 @@ def test_deletions_survive_a_crash_reloads_imports_and_restores_unless_forced(tm
     server = RedisServer(data, appendfsync="everysec").start()
     try:
         store = FactStore.open(FactStoreConfig(url=server.url))
-        store.write_triples(TRIPLES, batch_id="shard:1", annotator="gold")
+        store.load(TRIPLES, batch_id="shard:1", annotator="gold")
         snapshot = tmp_path / "db.json"
         store.export_json(snapshot, provenance_too=True)
         assert store.delete("Person A") == 3
@@ -104,7 +104,7 @@ def test_deletions_survive_a_crash_reloads_imports_and_restores_unless_forced(tm
 
         assert resurrected() == [] and store.stats()["triples"] == 12 - 5
         # reload (a new batch id: a rebuild from the same shards), import, the forget split restored
-        res = store.write_triples(TRIPLES + [Triple("Person Z", "Spouse", "Zed")], batch_id="shard:rebuild")
+        res = store.load(TRIPLES + [Triple("Person Z", "Spouse", "Zed")], batch_id="shard:rebuild")
         assert (res.written, res.skipped) == (7, 6) and resurrected() == []
         assert store.import_json(snapshot) == 12 and resurrected() == []
         assert store.add_triples([t for t in TRIPLES if t.entity == "Person A"], op="restore") == 0
@@ -230,15 +230,15 @@ def test_a_write_whose_reply_is_lost_is_not_resent_and_its_replay_counts_once(re
     direct = FactStore.open(FactStoreConfig(url=redis_server.url, namespace="proxy"))
     try:
         with FactStore.open(FactStoreConfig(url=url, namespace="proxy", write_batch=40)) as store:
-            store.write_triples(triples[:4], batch_id="warm")  # scripts loaded, connection pooled
+            store.load(triples[:4], batch_id="warm")  # scripts loaded, connection pooled
             before = direct.r.info("commandstats")["cmdstat_evalsha"]["calls"]
             proxy.armed = b"EVALSHA"
             with pytest.raises(StoreUnavailable):
-                store.write_triples(triples, batch_id="shard:proxy")
+                store.load(triples, batch_id="shard:proxy")
             assert proxy.cut == 1
             assert direct.r.info("commandstats")["cmdstat_evalsha"]["calls"] == before + 1  # sent once
             assert direct.stats()["mentions"] == 4 + 40  # ... and applied once
-            again = store.write_triples(triples, batch_id="shard:proxy")  # the caller reruns the load
+            again = store.load(triples, batch_id="shard:proxy")  # the caller reruns the load
             assert (again.written, again.replayed) == (0, 10) and direct.stats()["mentions"] == 44  # 10 entities: 10 units
             proxy.armed = b"HGET"  # a read whose reply is lost is simply asked again
             assert store.get("Proxy Person 3", "Rel 1")["chosen"] == "value 13" and proxy.cut == 2

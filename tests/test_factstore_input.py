@@ -26,6 +26,13 @@ def test_refused_with_a_clear_error(fact_store, triple, match):
     assert fact_store.lookup("Keep", "Me").value == "safe"
 
 
+def test_a_load_can_leave_invalid_triples_out_and_count_them(fact_store):
+    res = fact_store.load([Triple("Keep", "Me", "safe"), Triple("", "R", "v"), Triple("Also", "Me", "ok")],
+                          ["d1", "d2", "d3"], annotator="gold", batch_id="skip", on_invalid="skip")
+    assert (res.written, res.invalid) == (2, 1)
+    assert fact_store.get("Also", "Me")["values"][0]["doc_ids"] == ["d3"]  # document ids stay with their triples
+
+
 def test_special_characters_stored_verbatim(fact_store):
     odd = [
         Triple('Quote " and \\ back', "rel * ? [x]", "v1"),

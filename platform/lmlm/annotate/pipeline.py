@@ -3,7 +3,7 @@
     run_annotation(AnnotateConfig(input=..., output_dir=...), store=None) -> summary dict
 
 Steps: read (reference JSON, JSONL, Parquet) -> reject empty / oversized / undecodable documents ->
-split documents longer than `chunk_words` words at word boundaries -> `map_batches` over an
+split documents longer than `chunk_words` words at word boundaries (inputs.py) -> `map_batches` over an
 `ActorPoolStrategy(size=num_actors)` pool (fractional CPUs per actor, see STACK-NOTES) -> validate
 and convert each output with `lmlm.format.to_special` -> the driver streams results into shards:
 
@@ -31,85 +31,14 @@ from collections import Counter
 from pathlib import Path
 
 from lmlm.annotate.anchor import anchor_calls
-from lmlm.annotate.annotators import build_annotator
-from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.config import AnnotateConfig
+from lmlm.annotate.inputs import read_inputs
+from lmlm.annotate.registry import annotator_id_for, build_annotator
 from lmlm.atomicfile import replacing, write_json
 from lmlm.config import from_dict, to_dict
-from lmlm.format import Triple, strip_lookups, to_special
+from lmlm.format import Triple, to_special
 
 ANNOTATED, REJECTED, STATS, LOADED = "annotated", "rejected", "stats", "loaded"
-
-
-# --------------------------------------------------------------------------------------------
-# Reading and input validation
-
-
-def _reject(rid: str, source: str, reason: str, detail: str = "") -> dict:
-    return {"id": rid, "doc_id": rid, "source": source, "reason": reason, "detail": detail[:500]}
-
-
-def _read_jsonl(path: Path, limit: int | None = None) -> tuple[list, list[dict]]:
-    """JSONL line by line, so one undecodable or broken line rejects that line only."""
-    from lmlm.corpus import record_from_dict
-
-    records, rejects = [], []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if limit is not None and len(records) + len(rejects) >= limit:
-                break
-            rid = f"{path.stem}:{lineno}"
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                rejects.append(_reject(rid, path.stem, "invalid_utf8", f"{path} line {lineno}: {e}"))
-                continue
-            try:
-                records.append(record_from_dict(json.loads(line), rid, path.stem))
-            except ValueError as e:  # JSONDecodeError included
-                rejects.append(_reject(rid, path.stem, "broken_json", f"{path} line {lineno}: {e}"))
-    return records, rejects
-
-
-def read_inputs(cfg: AnnotateConfig) -> tuple[list[dict], list[dict]]:
-    """(rows to annotate, rejected inputs): validated, chunked rows {id, doc_id, chunk, source, text}."""
-    from lmlm.corpus import read_corpus
-
-    path = Path(cfg.input)
-    if not cfg.input or not path.exists():
-        raise FileNotFoundError(f"annotate: input {cfg.input!r} does not exist")
-    if path.suffix == ".jsonl":
-        records, rejects = _read_jsonl(path, cfg.limit)
-    else:
-        try:
-            records = read_corpus(path, on_error="skip")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"annotate: {path} is not valid UTF-8 ({e}); use JSONL to reject bad lines only") from e
-        rejects = [_reject(f"{Path(s.path).stem}:{s.line}", Path(s.path).stem, "broken_record", s.error)
-                   for s in records.skipped if cfg.limit is None or s.line < cfg.limit]
-        records = records if cfg.limit is None else records[:cfg.limit]
-    rows, seen = [], Counter()
-    for r in records:
-        seen[r.id] += 1
-        rid = r.id if seen[r.id] == 1 else f"{r.id}~{seen[r.id]}"  # duplicate ids stay distinct
-        text = r.text if r.text.strip() or not r.annotated_text else strip_lookups(r.annotated_text)
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as e:
-            rejects.append(_reject(rid, r.source, "invalid_utf8", str(e)))
-            continue
-        if not text.strip():
-            rejects.append(_reject(rid, r.source, "empty"))
-        elif size > cfg.max_doc_bytes:
-            rejects.append(_reject(rid, r.source, "too_large", f"{size} bytes > max_doc_bytes {cfg.max_doc_bytes}"))
-        else:
-            pieces = chunk_words(text, cfg.chunk_words)
-            for k, piece in enumerate(pieces):
-                cid = rid if len(pieces) == 1 else f"{rid}#c{k}"
-                rows.append({"id": cid, "doc_id": rid, "chunk": k, "source": r.source, "text": piece})
-    return rows, rejects
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,23 +93,6 @@ class AnnotateActor:
 # Output shards, resume and loading
 
 
-def annotator_id_for(cfg: AnnotateConfig) -> str:
-    """The provenance label, without loading a model."""
-    if cfg.annotator_id:
-        return cfg.annotator_id
-    if cfg.annotator in ("trained", "minilm"):
-        meta_path = Path(cfg.trained_path) / "annotator.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"annotate: {cfg.trained_path} is not a trained annotator (no annotator.json)")
-        meta = json.loads(meta_path.read_text())
-        kind = meta.get("kind", "tagger")
-        prefix = kind if kind in ("minilm", "generative") else "trained"  # as the annotators' annotator_id
-        return f"{prefix}:{meta.get('fingerprint', 'unknown')}"
-    if cfg.annotator == "hf":
-        return f"hf:{Path(cfg.hf.model_path).name}"
-    return f"openai:{cfg.openai.model}"
-
-
 def _write_table(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -218,43 +130,38 @@ def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], 
     _write_table(stats, out / STATS / f"{name}.parquet")  # last: marks the shard's documents finished
 
 
-def shard_triples(shard: Path) -> tuple[list[tuple[Triple, str, str]], int]:
-    """The valid (triple, document id, annotator) rows of one annotated shard, and how many were invalid."""
+def shard_triples(shard: Path) -> tuple[list[Triple], list[str], str]:
+    """The triples of one annotated shard, the chunk id each came from, and the shard's annotator."""
     import pyarrow.parquet as pq
-    from lmlm.factstore.layout import Fact, InvalidFact
 
-    rows, invalid = [], 0
+    triples, ids, annotator = [], [], ""
     for row in pq.read_table(shard, columns=["id", "triples", "annotator"]).to_pylist():
+        annotator = annotator or row["annotator"]
         for e, r, v in json.loads(row["triples"]):
-            try:
-                Fact.of(Triple(e, r, v))
-            except InvalidFact:
-                invalid += 1
-                continue
-            rows.append((Triple(e, r, v), row["id"], row["annotator"]))
-    return rows, invalid
+            triples.append(Triple(e, r, v))
+            ids.append(row["id"])
+    return triples, ids, annotator
 
 
 def load_pending(out: Path, store, annotator_id: str, log=print, force: bool = False) -> tuple[int, int]:
     """Load the triples of every annotated shard exactly once; returns (triples loaded now, invalid).
 
-    Exactly once by content (FactStore.write_triples): each document's triples are a unit whose
-    marker lives in Redis, written by the same script as the triples, so a load killed at any point
-    and run again counts each triple once, a document loaded before (from this shard or any other)
-    writes nothing, and a new, empty store gets every shard. Facts deleted from the store (tombstones) are skipped unless
-    `force`. loaded/<shard>.json only records what a run wrote.
+    Exactly once by content (FactStore.load): each document's triples are a unit whose marker lives
+    in Redis, written by the same script as the triples, so a load killed at any point and run again
+    counts each triple once, a document loaded before (from this shard or any other) writes nothing,
+    and a new, empty store gets every shard. Invalid triples are left out and counted. Facts deleted
+    from the store (tombstones) are skipped unless `force`. loaded/<shard>.json only records what a
+    run wrote. (`annotator_id` is unused: each shard names its annotator.)
     """
     loaded = invalid = 0
     for stats in sorted((out / STATS).glob("*.parquet")):
         shard = out / ANNOTATED / stats.name
         if not shard.exists():
             continue
-        rows, bad = shard_triples(shard)
-        invalid += bad
-        if not rows:
-            continue
-        res = store.write_triples([t for t, _, _ in rows], doc_ids=[d for _, d, _ in rows], annotator=rows[0][2],
-                                  batch_id="annotated", force=force)
+        triples, doc_ids, annotator = shard_triples(shard)
+        res = store.load(triples, doc_ids, annotator=annotator, batch_id="annotated", force=force,
+                         on_invalid="skip")
+        invalid += res.invalid
         loaded += res.written
         if res.written or res.skipped:
             write_json(out / LOADED / f"{stats.stem}.json",

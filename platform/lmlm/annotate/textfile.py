@@ -3,9 +3,10 @@
 Each input line `{"id", "text"}` gives one output line `{"id", "annotated_text", "dropped"}`, in
 input order: `annotated_text` is the annotator's output after the pipeline's validation (invalid
 calls removed, legacy syntax), `dropped` counts the removed calls by reason. A line that cannot be
-annotated (invalid UTF-8, broken JSON, no text, empty, over max_doc_bytes, annotator failure) still
-gives a line: `annotated_text` null and `error` "<reason>: <detail>". Blank lines are skipped.
-Documents longer than chunk_words words are annotated in pieces and joined, as the pipeline does.
+annotated (the reader's invalid_utf8, broken_json, bad_record; inputs.py's empty, too_large; an
+annotator failure) still gives a line: `annotated_text` null and `error` "<reason>: <detail>".
+Blank lines are skipped. The input is read and checked as the pipeline's (lmlm.corpus, inputs.py);
+documents longer than chunk_words words are annotated in pieces and joined, as the pipeline does.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlm.annotate.annotators import load_trained
 from lmlm.annotate.chunks import chunk_words
+from lmlm.annotate.inputs import document_problem, plain_text
 from lmlm.annotate.pipeline import annotate_rows
+from lmlm.annotate.registry import load_trained
 from lmlm.atomicfile import replacing
+from lmlm.corpus import SkippedLine, iter_corpus
 from lmlm.format import Parsed, render_legacy, to_special
 
 
@@ -39,31 +42,13 @@ def legacy_text(parsed: Parsed) -> str:
     return "".join(parts)
 
 
-def _parse_line(raw: bytes, rid: str, cfg: TextFileConfig) -> tuple[str, str | None, str | None]:
-    """(id, text, None) or (id, None, "reason: detail")."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return rid, None, f"invalid_utf8: {e}"
-    try:
-        d = json.loads(line)
-    except ValueError as e:
-        return rid, None, f"broken_json: {e}"
-    if not isinstance(d, dict):
-        return rid, None, f"bad_record: expected a JSON object, got {type(d).__name__}"
-    rid = str(d["id"]) if d.get("id") is not None else rid
-    text = d.get("text")
-    if not isinstance(text, str):
-        return rid, None, f"bad_record: 'text' must be a string, got {type(text).__name__}"
-    if not text.strip():
-        return rid, None, "empty: the text is empty"
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError as e:  # a lone surrogate escaped in the JSON
-        return rid, None, f"invalid_utf8: {e}"
-    if size > cfg.max_doc_bytes:
-        return rid, None, f"too_large: {size} bytes > max_doc_bytes {cfg.max_doc_bytes}"
-    return rid, text, None
+def _line(item, max_doc_bytes: int) -> tuple[str, str | None, str | None]:
+    """(id, text, None) or (id, None, "reason: detail") for one item of the corpus reader."""
+    if isinstance(item, SkippedLine):
+        return item.id, None, f"{item.reason}: {item.error}"
+    text = plain_text(item)
+    problem = document_problem(text, max_doc_bytes)
+    return (item.id, None, ": ".join(problem)) if problem else (item.id, text, None)
 
 
 def annotate_text_file(annotator_dir: str | Path, src: str | Path, dst: str | Path,
@@ -74,11 +59,7 @@ def annotate_text_file(annotator_dir: str | Path, src: str | Path, dst: str | Pa
     if not src.is_file():
         raise FileNotFoundError(f"annotate-text: input {src} does not exist")
     annotator = load_trained(annotator_dir, num_threads=cfg.threads)
-    rows: list[tuple[str, str | None, str | None]] = []
-    with src.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if raw.strip():
-                rows.append(_parse_line(raw.rstrip(b"\r\n"), f"{src.stem}:{lineno}", cfg))
+    rows = [_line(item, cfg.max_doc_bytes) for item in iter_corpus(src)]
     pieces = [(r, k, p) for r, (_, text, _) in enumerate(rows) if text is not None
               for k, p in enumerate(chunk_words(text, cfg.chunk_words))]
     results: dict[int, list[dict]] = {}

