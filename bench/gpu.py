@@ -150,7 +150,7 @@ def bench_wiki(device: torch.device, tiny: bool, out_dir: Path) -> dict:
         vcfg = dataclasses.replace(base, variant=variant)
         packed = build_packed(texts, tok, variant, vcfg.seq_len)
         model = build_model(vcfg.model, len(tok), vcfg.seq_len, seed=vcfg.seed, tokenizer=tok)
-        rows, secs = timed(lambda: train_single(model, packed, vcfg, device), device)
+        rows, secs = timed(lambda m=model: train_single(m, packed, vcfg, device), device)
         models[variant] = str(cfg.path(variant))
         model.save_pretrained(models[variant])
         tok.save_pretrained(models[variant])

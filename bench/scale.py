@@ -66,9 +66,8 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
 
         texts = [r.annotated_text for p in sorted(corpus.glob("*.parquet")) for r in read_corpus(p)]
         packed = encode_and_pack(texts, AutoTokenizer.from_pretrained(tok_dir), "lmlm", 256)
-        refs = ray.put(packed.input_ids), ray.put(packed.kinds)  # what the trainer then handed its workers
+        ray.get([ray.put(packed.input_ids), ray.put(packed.kinds)])  # what the trainer then handed its workers
         rows, docs = len(packed), len(texts)
-        del refs
     else:
         from lmlm.train.data import packed_dataset
 

@@ -150,8 +150,6 @@ def _export(args) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from lmlm.corpus import extract_database, read_corpus, records_triples
 
     db = extract_database(records_triples(read_corpus(args.input)))

@@ -320,7 +320,6 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     `progress`: print a progress line per logged step (and per attempt) while training.
     `_fail_at_step` is a test hook (not a setting): rank 1 (else 0) exits at that step, first attempt only.
     """
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -12,7 +12,6 @@ vocabulary, and the first steps would be spent pulling it back.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

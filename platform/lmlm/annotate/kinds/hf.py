@@ -35,8 +35,6 @@ class HFAnnotator(Annotator):
 
     def use(self, model, tok, cfg: HFAnnotatorConfig, template: list[dict]) -> None:
         """Annotate with this loaded model and tokenizer (which must have a chat template)."""
-        import torch
-
         if not tok.chat_template:
             raise ValueError(f"hf annotator: the tokenizer of {cfg.model_path or 'the model'} has no chat template")
         tok.padding_side = "left"
