@@ -6,7 +6,7 @@ import torch
 
 from lmlm.factstore import FactStore, FactStoreConfig
 from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, strip_lookups
-from lmlm.generate import Engine, GenerationParams, ParamsError, reference_generate
+from lmlm.generate import Engine, GenerationParams, ParamsError, QueueFull, Request, reference_generate
 from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
 
 PROMPTS = ["Tell me a bio of Ada Varen. Ada Varen is", "Hugo Marsh works for", "Kira",
@@ -310,3 +310,106 @@ def test_a_decode_step_copies_only_the_chosen_ids_to_the_host(engine64):
         ids = [c for c in h.calls if not c[1].is_floating_point and c[2] > 1]
         assert ids in ([], [("tolist", torch.int64, rows, (rows,))]), h.calls
     assert steps >= 12
+
+
+# ---------------------------------------------------------------- the engine's request API
+
+
+def _drain(eng: Engine) -> list:
+    steps = []
+    while eng.has_unfinished():
+        steps.append(eng.step())
+    return steps
+
+
+def test_requests_are_admitted_in_order_up_to_the_batch_size(engine64, tok, store):
+    """add_request + step until nothing is unfinished gives what generate gives; waiting requests
+    join first come first served, and no step runs more than max_batch_size rows."""
+    eng = Engine(engine64.model, tok, store, max_batch_size=2, prefill_chunk=4)
+    params = GenerationParams(max_new_tokens=8, max_lookups=1, fallback="top1_anyway")
+    states = [eng.add_request(p, params, key=f"r{i}") for i, p in enumerate(PROMPTS)]
+    assert eng.num_waiting == 4 and eng.num_running == 0
+    admitted, finished = [], []
+    for step in _drain(eng):
+        assert len(step.stepped) <= 2 and eng.num_running <= 2
+        admitted += [r.key for r in step.stepped if r.key not in admitted]
+        finished += [r.key for r in step.finished]
+    assert admitted == ["r0", "r1", "r2", "r3"] and sorted(finished) == admitted
+    assert eng.num_waiting == eng.num_running == 0
+    want = engine64.generate(PROMPTS, params)
+    assert [s.result().token_ids for s in states] == [w.token_ids for w in want]
+
+
+def test_an_aborted_request_leaves_the_batch_and_the_others_go_on(engine64, tok, store):
+    eng = Engine(engine64.model, tok, store, max_batch_size=2)
+    params = GenerationParams(max_new_tokens=10, use_lookups=False, ignore_eos=True)
+    a, b = eng.add_request(PROMPTS[0], params, "a"), eng.add_request(PROMPTS[1], params, "b")
+    c = eng.add_request(PROMPTS[2], params, "c")  # waits: two rows
+    for _ in range(3):
+        eng.step()
+    assert len(a.ids) > a.n_prompt and not a.done and eng.num_waiting == 1
+    eng.abort("a")  # mid-decode: it leaves at the next step, and the waiting one takes its row
+    step = eng.step()
+    assert [r.key for r in step.finished] == ["a"] and (a.finish_reason, a.error) == ("abort", "aborted")
+    assert [r.key for r in eng.batch.rows] == ["b", "c"] and eng.num_waiting == 0
+    d = eng.add_request(PROMPTS[3], params, "d")
+    eng.abort("d")  # still waiting: it leaves without running
+    eng.abort("nobody")  # unknown: nothing
+    step = eng.step()
+    assert [r.key for r in step.finished] == ["d"] and d.finish_reason == "abort" and d.result().token_ids == []
+    assert "d" not in [r.key for r in step.stepped]
+    _drain(eng)
+    eng.abort("b")  # finished already: nothing
+    assert not eng.has_unfinished()
+    alone = engine64.generate([PROMPTS[1], PROMPTS[2]], params)
+    assert [b.result().token_ids, c.result().token_ids] == [r.token_ids for r in alone]
+
+
+def test_the_queue_bound_and_request_checks(engine64, tok, store):
+    eng = Engine(engine64.model, tok, store, max_batch_size=1, max_waiting=2)
+    p = GenerationParams(max_new_tokens=2, use_lookups=False)
+    eng.add_requests([Request("Kira", p, 0), Request("Hugo", p, 1)])
+    with pytest.raises(QueueFull, match="2 requests are waiting"):
+        eng.add_requests([Request("Ada", p, 2)])
+    eng.step()  # one joins the batch: one place in the queue
+    with pytest.raises(QueueFull):
+        eng.add_requests([Request("Ada", p, 2), Request("Lev", p, 3)])  # all or none
+    assert eng.num_waiting == 1
+    with pytest.raises(ValueError, match="^key:"):
+        eng.add_request("Ada", p, 1)
+    with pytest.raises(ParamsError, match="^prompt:"):
+        eng.add_request("", p, 4)
+    with pytest.raises(RuntimeError, match="unfinished"):
+        eng.generate(["Ada"], p)
+    _drain(eng)
+    assert [r.n_text_tokens for r in eng.generate(["Ada"], p)] == [2]
+    with pytest.raises(ParamsError, match="^use_lookups:"):
+        Engine(engine64.model, tok, None).add_request("Ada", GenerationParams(), 0)
+
+
+def test_a_prompt_is_tokenised_once(engine64, tok, store):
+    """A server encodes the prompt while validating it; the engine takes those ids as they are."""
+
+    class CountingTokenizer:
+        def __init__(self, tok):
+            self.tok, self.encoded = tok, []
+
+        def __getattr__(self, name):
+            return getattr(self.tok, name)
+
+        def encode(self, text, **kw):
+            self.encoded.append(text)
+            return self.tok.encode(text, **kw)
+
+    counting = CountingTokenizer(tok)
+    eng = Engine(engine64.model, counting, store)
+    t = synthetic_triples()[4]
+    prompt = cloze(t.entity, t.relation)
+    params = GenerationParams(max_new_tokens=6, max_lookups=1, fallback="top1_anyway")
+    state = eng.add_request(prompt, params, "k", ids=eng.encode_prompt(prompt))
+    _drain(eng)
+    assert counting.encoded.count(prompt) == 1
+    res = state.result()
+    assert res.prompt == prompt and res.token_ids == engine64.generate([prompt], params)[0].token_ids
+    with pytest.raises(ParamsError, match=r"^prompt: \d+ tokens, longer than the context"):
+        eng.encode_prompt("Kira " * eng.max_len)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import partial
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,9 +22,35 @@ LONG_TOKENS = 30_000  # about 10x what the slow app decodes in SLOW_TIMEOUT_S on
 NO_EOS = {"0": -100}  # the tiny tokenizer's EOS: long requests run until cancelled
 
 
+class CountingTokenizer:
+    """A real tokenizer that appends every text it encodes to a file (the replica is another process)."""
+
+    def __init__(self, tok, log: str):
+        self.tok, self.log = tok, log
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def encode(self, text, **kw):
+        with open(self.log, "a") as f:
+            f.write(json.dumps(text) + "\n")
+        return self.tok.encode(text, **kw)
+
+
+def counting_tokenizer(path: str, log: str) -> CountingTokenizer:
+    from lmlm.serve.loaders import tokenizer_from_dir
+
+    return CountingTokenizer(tokenizer_from_dir(path), log)
+
+
 @pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
-    from ray import serve
+def encode_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("encode-log") / "encoded.jsonl"
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory, encode_log):
+    from ray import cloudpickle, serve
 
     from lmlm.serve.app import ServeConfig, build_app, model_from_dir, store_at, tokenizer_from_dir
     from lmlm.serve.config import RequestLimits
@@ -46,10 +74,14 @@ def served(ray_cluster, tmp_path_factory):
     slow = ServeConfig(model_path=str(long_ctx), admin_token=TOKEN, max_tokens_limit=LONG_TOKENS, max_batch_size=2,
                        max_queue=1, request_timeout_s=SLOW_TIMEOUT_S, torch_threads=1, exposure="none")
     loaders = dict(model_loader=partial(model_from_dir, str(d)), tokenizer_loader=partial(tokenizer_from_dir, str(d)))
+    # The main app's tokenizer logs what it encodes: this module's helpers travel by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(cfg, store_loader=partial(store_at, store.connection_url, 1.0), **loaders), name="lmlm", route_prefix="/")
+        serve.run(build_app(cfg, store_loader=partial(store_at, store.connection_url, 1.0),
+                            **{**loaders, "tokenizer_loader": partial(counting_tokenizer, str(d), str(encode_log))}),
+                  name="lmlm", route_prefix="/")
         serve.run(build_app(cfg, store_loader=partial(store_at, dead.connection_url, 1.0), **loaders), name="dead",
                   route_prefix="/dead")
         serve.run(build_app(slow, store_loader=partial(store_at, store.connection_url, 1.0),
@@ -62,6 +94,7 @@ def served(ray_cluster, tmp_path_factory):
         serve.shutdown()
         store.close()
         dead.close()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def cloze(entity: str, relation: str) -> str:
@@ -117,6 +150,20 @@ def test_streaming_matches_the_plain_answer(served):
     chunks = [json.loads(e) for e in events[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == plain
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_each_prompt_is_tokenised_once(served, encode_log):
+    """Validation encodes each prompt (its length is checked against the context) and the engine
+    decodes from those very ids: one encode per prompt, whatever the endpoint."""
+    client, _ = served
+    p = "Tell me a bio of Once Counted. Once Counted is"
+    assert client.post("/v1/generate", json={"prompt": p, "max_tokens": 2}).status_code == 200
+    r = client.post("/v1/completions", json={"prompt": [p + " a", p + " b"], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    with client.stream("POST", "/v1/completions", json={"prompt": p + " c", "max_tokens": 2, "stream": True}) as s:
+        assert s.status_code == 200 and [x for x in s.iter_lines() if x.startswith("data: ")][-1] == "data: [DONE]"
+    encoded = [json.loads(line) for line in encode_log.read_text().splitlines()]
+    assert [encoded.count(q) for q in (p, p + " a", p + " b", p + " c")] == [1, 1, 1, 1]
 
 
 def test_concurrent_requests_are_decoded_together(served):

@@ -77,11 +77,17 @@ def model_dir(tmp_path_factory):
 
 # ---------------------------------------------------------------- the scheduler thread, in process
 @pytest.fixture(scope="module")
-def engine(model_dir):
-    from lmlm.generate import Engine
+def loaded(model_dir):
     from lmlm.serve.loaders import model_from_dir, tokenizer_from_dir
 
-    return Engine(model_from_dir(model_dir), tokenizer_from_dir(model_dir), None)
+    return model_from_dir(model_dir), tokenizer_from_dir(model_dir)
+
+
+def _engine(loaded, max_batch_size: int, max_waiting: int):
+    from lmlm.generate import Engine
+
+    model, tok = loaded
+    return Engine(model, tok, None, max_batch_size=max_batch_size, max_waiting=max_waiting)
 
 
 def _params(n: int):
@@ -110,12 +116,12 @@ def _orphan(prompt: str, n: int):
     return job
 
 
-def test_scheduler_survives_errors_in_its_loop(engine):
+def test_scheduler_survives_errors_in_its_loop(loaded):
     """Metrics that raise on every call, a finished row and a cancelled waiting request whose answers
     cannot be delivered: the other requests all complete, and the thread goes on serving."""
     from lmlm.serve.scheduler import Job, Scheduler
 
-    sched = Scheduler(engine, max_batch_size=4, max_queue=8, metrics=BrokenMetrics())
+    sched = Scheduler(_engine(loaded, max_batch_size=4, max_waiting=8), metrics=BrokenMetrics())
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -138,12 +144,45 @@ def test_scheduler_survives_errors_in_its_loop(engine):
         sched.stop()
 
 
-def test_scheduler_thread_death_fails_every_request_at_once(engine):
+def test_an_error_in_a_step_fails_only_the_requests_that_had_left_the_queue(loaded):
+    """An error escaping the engine's step (a bookkeeping fault, not the model's, which the batch
+    catches): the running request fails with a SchedulerError, the waiting one is served after it,
+    and the thread goes on."""
+    from lmlm.serve.scheduler import Job, Scheduler, SchedulerError
+
+    engine = _engine(loaded, max_batch_size=1, max_waiting=8)
+    real, calls = engine.batch.step, []
+
+    def faulty_step():  # the fault-injection hook: the third step raises
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("bookkeeping fault")
+        return real()
+
+    engine.batch.step = faulty_step
+    sched = Scheduler(engine)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        jobs = [Job(p, _params(n), loop, loop.create_future()) for p, n in (("Kira", 50), ("Hugo", 3))]
+        sched.submit(jobs)  # one row: Hugo waits
+        return await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), timeout=30)
+
+    try:
+        running, waiting = asyncio.run(main())
+        assert isinstance(running, SchedulerError) and "scheduler error: RuntimeError: bookkeeping fault" in str(running)
+        assert waiting.finish_reason == "length" and waiting.n_text_tokens == 3
+        assert sched.alive and not sched.jobs and not engine.has_unfinished()
+    finally:
+        sched.stop()
+
+
+def test_scheduler_thread_death_fails_every_request_at_once(loaded):
     """A BaseException from a request's progress callback escapes the loop's guard and ends the
     thread: the running and the waiting requests fail at once, new ones are refused."""
     from lmlm.serve.scheduler import Job, Scheduler, SchedulerError
 
-    sched = Scheduler(engine, max_batch_size=1, max_queue=8)
+    sched = Scheduler(_engine(loaded, max_batch_size=1, max_waiting=8))
     calls = []
 
     def trip(state):

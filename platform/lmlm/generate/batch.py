@@ -48,6 +48,7 @@ class StepResult:
     progressed: list[Row]    # rows that took tokens this step (finished ones included)
     finished: list[Row]      # rows that left the batch (done, failed or removed)
     fed_tokens: int = 0      # ids fed to the model this step (padding not counted)
+    stepped: list[Row] = field(default_factory=list)  # the rows of this step's forward pass
 
 
 class DecodeBatch:
@@ -109,6 +110,7 @@ class DecodeBatch:
         self._retire(out)
         if not self.rows:
             return out
+        out.stepped = list(self.rows)
         try:
             logits, out.fed_tokens = self._forward()
         except Exception as e:  # noqa: BLE001 — the model failed for the whole batch: end its rows, keep serving

@@ -54,7 +54,7 @@ class GenerationResult:
     n_prompt_tokens: int
     n_text_tokens: int              # counted against max_new_tokens
     n_lookup_tokens: int            # ids inside lookup blocks (query, markers, injected value)
-    finish_reason: str              # eos | length | stop | context | store_unavailable | error
+    finish_reason: str              # eos | length | stop | context | store_unavailable | error | abort
     lookups_disabled: bool = False  # the store failed and the request allowed going on without it
     error: Optional[str] = None
 

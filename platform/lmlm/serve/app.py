@@ -6,12 +6,14 @@
 `build_app(cfg, model_loader=..., tokenizer_loader=..., store_loader=...)` returns the bound
 application; loaders are picklable zero-argument callables run inside each replica (tests pass a
 tiny saved model and a FactStore at a known Redis URL; the defaults are in `lmlm.serve.loaders`).
-The ingress validates each request against `cfg.limits` and hands its prompts to the replica's
-`Scheduler` (continuous batching, scheduler.py), which streams display-text deltas to `stream: true`
-clients as server-sent events. A request that times out or whose client goes away leaves the batch
-before the next step. What a lookup trace shows is `cfg.exposure` (exposure.py). A body over
-`cfg.limits.max_body_bytes` is a 413, chunked or not (limits.py). If the scheduler thread has ended,
-`check_health` raises (Serve replaces the replica) and `/healthz` answers 503.
+The ingress validates each body against its schema and the server's caps (schemas.py: every 400
+names the field), tokenises each prompt once, and hands the ids to the replica's `Scheduler`
+(scheduler.py), which bridges them to the engine's thread (admission, the queue bound and the steps
+are the engine's) and streams display-text deltas to `stream: true` clients as server-sent events.
+A request that times out or whose client goes away leaves the batch at the next step. What a
+lookup trace shows is `cfg.exposure` (exposure.py). A body over `cfg.limits.max_body_bytes` is a
+413, chunked or not (limits.py). If the scheduler thread has ended, `check_health` raises (Serve
+replaces the replica) and `/healthz` answers 503.
 """
 
 import asyncio
@@ -27,6 +29,7 @@ from typing import Callable, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 
 from lmlm.config import from_dict, load_config, to_dict
@@ -38,7 +41,7 @@ from .limits import BodyLimit
 from .limits import error_response as _error
 from .loaders import (default_model_loader, default_store_loader, default_tokenizer_loader, model_from_dir,
                       store_at, tokenizer_from_dir)
-from .schemas import CompletionRequest, FactsDelete, FactsPut, GenerateRequest, GenerationFields
+from .schemas import Caps, CompletionRequest, FactsDelete, FactsPut, GenerateRequest
 
 __all__ = ["LMLMServer", "ServeConfig", "app", "app_builder", "build_app", "model_from_dir", "store_at",
            "tokenizer_from_dir"]
@@ -62,10 +65,18 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     # Union members appear in the location ("prompt", "str"): keep only field names and indexes.
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query") and not _TYPE_TAG.match(str(p))]
     name = ".".join(loc) or "body"
-    msg = "unknown field" if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
-    if err.get("type") == "missing":
-        msg = "is required"
+    kind = err.get("type")
+    if kind == "value_error":  # a validator's own words (schemas.py), which may name the field themselves
+        msg = str(err.get("ctx", {}).get("error", err.get("msg", "invalid")))
+        return _error(400, msg if msg.startswith(name + " ") else f"{name}: {msg}", name)
+    msg = {"extra_forbidden": "unknown field", "missing": "is required"}.get(kind, err.get("msg", "invalid"))
     return _error(400, f"{name}: {msg}", name)
+
+
+@app.exception_handler(ParamsError)
+async def _params_error(request: Request, exc: ParamsError):
+    name = str(exc).split(":")[0]
+    return _error(400, str(exc), "max_tokens" if name == "max_new_tokens" else name)
 
 
 @app.exception_handler(HTTPError)
@@ -106,6 +117,20 @@ def _check_result(res) -> None:
         raise HTTPError(500, f"generation failed: {res.error}", None, "server_error")
 
 
+def _defaults(cfg: ServeConfig, fuzzy_mode: Optional[str]) -> dict:
+    """The GenerationParams a request's settings go over; refused here, at start, when invalid."""
+    from lmlm.factstore.config import ALL_THRESHOLDS, check_thresholds
+
+    d = {**cfg.defaults, "max_entity_chars": cfg.limits.max_entity_chars, "max_new_tokens": cfg.default_max_tokens}
+    try:
+        GenerationParams(**d)
+        if fuzzy_mode is not None:
+            check_thresholds(fuzzy_mode, {k: d[k] for k in ALL_THRESHOLDS if d.get(k) is not None})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"defaults: {e}") from None
+    return d
+
+
 @serve.deployment(max_ongoing_requests=96, graceful_shutdown_timeout_s=5)
 @serve.ingress(app)
 class LMLMServer:
@@ -121,71 +146,26 @@ class LMLMServer:
         self.cfg = cfg
         app.state.max_body_bytes = cfg.limits.max_body_bytes
         self.engine = Engine(model_loader(), tokenizer_loader(), store_loader(), max_batch_size=cfg.max_batch_size,
-                             prefill_chunk=cfg.prefill_chunk)
+                             prefill_chunk=cfg.prefill_chunk, max_waiting=cfg.max_queue)
+        fuzzy_mode = getattr(getattr(self.engine.store, "cfg", None), "fuzzy_mode", None)
+        self.caps = Caps(cfg.limits, cfg.max_tokens_limit, self.engine.model.config.vocab_size, fuzzy_mode)
+        self.defaults = _defaults(cfg, fuzzy_mode)
         self.token = cfg.admin_token or os.environ.get("LMLM_ADMIN_TOKEN", "")
         self.metrics = ServeMetrics()
         self.engine.lookup_listener = self.metrics.lookups
-        self.scheduler = Scheduler(self.engine, cfg.max_batch_size, cfg.max_queue, cfg.prefill_chunk, self.metrics)
+        self.scheduler = Scheduler(self.engine, self.metrics)
 
     def __del__(self):
         if hasattr(self, "scheduler"):
             self.scheduler.stop()
 
-    # ------------------------------------------------------------------ requests -> params
-    def _params(self, req: GenerationFields) -> GenerationParams:
-        lim = self.cfg.limits
-        d = {**self.cfg.defaults, "max_entity_chars": lim.max_entity_chars}
-        mt = self.cfg.default_max_tokens if req.max_tokens is None else req.max_tokens
-        if mt <= 0 or mt > self.cfg.max_tokens_limit:
-            raise HTTPError(400, f"max_tokens: must be between 1 and {self.cfg.max_tokens_limit} (got {mt})", "max_tokens")
-        d["max_new_tokens"] = mt
-        for name, cap in (("max_lookups", lim.max_lookups), ("max_query_tokens", lim.max_query_tokens)):
-            v = getattr(req, name)
-            if v is not None and v > cap:
-                raise HTTPError(400, f"{name}: at most {cap} on this server (got {v})", name)
-        for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "max_lookups", "max_query_tokens",
-                     "fallback", "entity_threshold", "relation_threshold", "cosine_threshold"):
-            if getattr(req, name) is not None:
-                d[name] = getattr(req, name)
-        if req.stop is not None:
-            d["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-            if len(d["stop"]) > lim.max_stop_strings:
-                raise HTTPError(400, f"stop: at most {lim.max_stop_strings} stop strings (got {len(d['stop'])})", "stop")
-            if any(len(x) > lim.max_stop_chars for x in d["stop"]):
-                raise HTTPError(400, f"stop: each stop string has at most {lim.max_stop_chars} characters", "stop")
-        if req.allow_lookups_disabled:
-            d["on_store_error"] = "disable_lookups"
-        if req.logit_bias:
-            if len(req.logit_bias) > lim.max_logit_bias:
-                raise HTTPError(400, f"logit_bias: at most {lim.max_logit_bias} entries (got {len(req.logit_bias)})",
-                                "logit_bias")
-            try:
-                d["logit_bias"] = {int(k): v for k, v in req.logit_bias.items()}
-            except ValueError:
-                raise HTTPError(400, "logit_bias: keys must be token ids", "logit_bias") from None
-            vocab = self.engine.model.config.vocab_size
-            if any(not 0 <= k < vocab for k in d["logit_bias"]):
-                raise HTTPError(400, f"logit_bias: token ids must lie in [0, {vocab})", "logit_bias")
-        mode = getattr(getattr(self.engine.store, "cfg", None), "fuzzy_mode", None)
-        if mode is not None:  # a threshold the store's fuzzy mode does not compare against: 400, naming it
-            from lmlm.factstore.config import ALL_THRESHOLDS, check_thresholds
-
-            try:
-                check_thresholds(mode, {k: d[k] for k in ALL_THRESHOLDS if d.get(k) is not None})
-            except ValueError as e:
-                raise HTTPError(400, str(e), str(e).split(" ")[0]) from None
+    # ------------------------------------------------------------------ requests
+    async def _parse(self, schema, request: Request):
+        """The body as `schema`, held to this server's caps (a 400 naming the field otherwise)."""
         try:
-            return GenerationParams(**d)
-        except (ParamsError, TypeError) as e:
-            name = str(e).split(":")[0]
-            raise HTTPError(400, str(e), "max_tokens" if name == "max_new_tokens" else name) from None
-
-    def _check_prompt(self, prompt: str) -> None:
-        if not prompt:
-            raise HTTPError(400, "prompt: must not be empty", "prompt")
-        n = len(self.engine.encode(prompt))
-        if n >= self.engine.max_len:
-            raise HTTPError(400, f"prompt: {n} tokens, longer than the context ({self.engine.max_len - 1} at most)", "prompt")
+            return schema.model_validate_json(await request.body(), context=self.caps)
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
 
     def _is_admin(self, request: Request) -> bool:
         """True with a valid admin token, False without one; a wrong token is a 401."""
@@ -196,10 +176,14 @@ class LMLMServer:
 
     # ------------------------------------------------------------------ scheduling
     def _submit(self, prompts: list[str], params: GenerationParams, on_progress=None) -> list:
-        from .scheduler import Job, QueueFull, SchedulerError
+        """One job per prompt, queued all or none; each prompt is tokenised here, once."""
+        from lmlm.generate import QueueFull
+
+        from .scheduler import Job, SchedulerError
 
         loop = asyncio.get_running_loop()
-        jobs = [Job(p, params, loop, loop.create_future(), on_progress) for p in prompts]
+        jobs = [Job(p, params, loop, loop.create_future(), on_progress, prompt_ids=self.engine.encode_prompt(p))
+                for p in prompts]
         try:
             self.scheduler.submit(jobs)
         except QueueFull as e:
@@ -220,8 +204,6 @@ class LMLMServer:
             for j in jobs:
                 self.scheduler.cancel(j, "disconnect")
             raise
-        except ValueError as e:
-            raise HTTPError(400, str(e)) from None
         except Exception as e:  # noqa: BLE001
             raise HTTPError(500, f"generation failed: {type(e).__name__}: {e}", None, "server_error") from None
         for res, j in zip(results, jobs):
@@ -250,30 +232,21 @@ class LMLMServer:
         return {"object": "list", "data": [{"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "lmlm"}]}
 
     @app.post("/v1/generate")
-    async def generate(self, req: GenerateRequest, request: Request):
+    async def generate(self, request: Request):
+        req = await self._parse(GenerateRequest, request)
         level = "full" if self._is_admin(request) else self.cfg.exposure
-        self._check_prompt(req.prompt)
-        [res] = await self._results(self._submit([req.prompt], self._params(req)))
+        [res] = await self._results(self._submit([req.prompt], req.to_params(self.defaults)))
         body = {"text": res.display_text, "raw_text": res.raw_text, "finish_reason": res.finish_reason,
                 "lookups_disabled": res.lookups_disabled, "usage": _usage(res), "batch_size": res.batch_size,
                 "ttft_s": res.ttft_s}
         return expose(body, res.lookups, level)
 
     @app.post("/v1/completions")
-    async def completions(self, req: CompletionRequest):
+    async def completions(self, request: Request):
+        req = await self._parse(CompletionRequest, request)
         if req.model is not None and req.model != self.cfg.model_name:
             raise HTTPError(404, f"model: {req.model!r} is not served (available: {self.cfg.model_name!r})", "model")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
-            raise HTTPError(400, "prompt: must not be an empty list", "prompt")
-        if len(prompts) > self.cfg.limits.max_prompts:
-            raise HTTPError(400, f"prompt: at most {self.cfg.limits.max_prompts} prompts per request (got {len(prompts)})",
-                            "prompt")
-        if req.stream and len(prompts) != 1:
-            raise HTTPError(400, "prompt: streaming takes one prompt", "prompt")
-        for p in prompts:
-            self._check_prompt(p)
-        params = self._params(req)
+        prompts, params = req.prompts, req.to_params(self.defaults)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": created, "model": self.cfg.model_name}
         if req.stream:

@@ -56,3 +56,6 @@ class ServeConfig:
         for name in ("max_batch_size", "max_queue", "prefill_chunk", "default_max_tokens", "max_tokens_limit"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0 (got {getattr(self, name)!r})")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(f"default_max_tokens: must be at most max_tokens_limit ({self.max_tokens_limit}), "
+                             f"got {self.default_max_tokens}")

@@ -1,16 +1,17 @@
-"""The replica's scheduler: one thread runs a `DecodeBatch` step after step (continuous batching).
+"""The replica's scheduler: the bridge between the event loop and the engine's thread.
 
-Requests wait in a bounded queue (`QueueFull` when it is full); before every step the waiting ones
-are admitted while the batch has room, cancelled ones leave, and after it each row's new tokens are
-handed to its request (streaming) and finished rows are answered at once.
+The engine (`lmlm.generate.Engine`) owns admission, the waiting queue and its bound (`QueueFull`)
+and the decoding step. `submit` and `cancel` hand requests and cancellations to it from the event
+loop; one thread calls `engine.step()` while it has unfinished requests, hands each row's progress
+to its request (streaming) and answers finished rows at once (a cancelled one with CancelledError).
 
-Faults stay as small as they can. A request's own failure (its prompt, its progress callback, its
-result) ends that request only; an answer that cannot be delivered (its event loop is closed) is
-dropped; a metrics error ends nothing; any other error in an iteration (admission, cancellation,
-step, hand-out) fails the requests that had left the queue with a `SchedulerError` (a 500 for the
-app) and the loop goes on with an empty batch. If the thread ends all the same (an error escaping
-that guard, a BaseException, or `stop`), every waiting and running request fails at once, `submit`
-raises `SchedulerError`, and `alive` is False (the replica's health).
+Faults stay as small as they can. A request's own failure (its progress callback, its result) ends
+that request only; an answer that cannot be delivered (its event loop is closed) is dropped; a
+metrics error ends nothing; any other error in an iteration (a step, a hand-out) fails the requests
+that had left the queue with a `SchedulerError` (a 500 for the app) and the loop goes on with an
+empty batch. If the thread ends all the same (an error escaping that guard, a BaseException, or
+`stop`), every waiting and running request fails at once, `submit` raises `SchedulerError`, and
+`alive` is False (the replica's health).
 """
 from __future__ import annotations
 
@@ -18,26 +19,24 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from lmlm.generate.batch import DecodeBatch, Row
+from lmlm.generate.batch import Row
+from lmlm.generate.engine import Engine, Request
 from lmlm.generate.params import GenerationParams
 from lmlm.generate.state import SequenceState
 
+__all__ = ["Job", "Scheduler", "SchedulerError", "SchedulerStats"]
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    pass
 
 
 class SchedulerError(RuntimeError):
     """The scheduler, not the request, failed: a server error (from `submit`: the thread has ended)."""
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the job is its request's key in the engine
 class Job:
     """One prompt's generation; `future` gets its GenerationResult (or the exception that ended it)."""
 
@@ -49,7 +48,8 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     first_token: Optional[float] = None
     batch_size: int = 0                   # most rows decoded together while this job ran
-    cancel_reason: Optional[str] = None   # set by `Scheduler.cancel`; the row leaves before the next step
+    cancel_reason: Optional[str] = None   # set by `Scheduler.cancel`; the row leaves at the next step
+    prompt_ids: Optional[list[int]] = None  # the prompt's ids from validation (None: the engine encodes it)
 
     @property
     def ttft_s(self) -> Optional[float]:
@@ -80,14 +80,11 @@ class SchedulerStats:
 
 
 class Scheduler:
-    IDLE_TICK_S = 1.0  # an idle loop still wakes this often (metrics, cancelled waiting requests)
+    IDLE_TICK_S = 1.0  # an idle loop still wakes this often (metrics)
 
-    def __init__(self, engine, max_batch_size: int, max_queue: int, prefill_chunk: int = 256, metrics=None):
-        self.engine, self.max_batch_size, self.max_queue = engine, max_batch_size, max_queue
-        self.batch = DecodeBatch(engine, prefill_chunk)
-        self.metrics = metrics
-        self.waiting: deque[Job] = deque()
-        self.jobs: dict[int, Job] = {}      # id -> every job submitted and not answered yet
+    def __init__(self, engine: Engine, metrics=None):
+        self.engine, self.metrics = engine, metrics
+        self.jobs: set[Job] = set()         # every job submitted and not answered yet
         self.cond = threading.Condition()
         self.cancelled: Counter = Counter()
         self.stopped = False
@@ -102,25 +99,25 @@ class Scheduler:
         return self.error is None and self.thread.is_alive()
 
     def submit(self, jobs: list[Job]) -> None:
-        """Queue all of `jobs` or none (QueueFull; SchedulerError once the thread has ended)."""
+        """Queue all of `jobs` or none (the engine's QueueFull or ParamsError; SchedulerError once
+        the thread has ended)."""
         with self.cond:
             if self.error is not None:
                 raise SchedulerError(self.error)
-            if len(self.waiting) + len(jobs) > self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting (at most {self.max_queue})")
-            self.waiting.extend(jobs)
-            self.jobs.update((id(j), j) for j in jobs)
+            self.engine.add_requests([Request(j.prompt, j.params, j, j.prompt_ids) for j in jobs])
+            self.jobs.update(jobs)
             self.cond.notify()
 
     def cancel(self, job: Job, reason: str) -> None:
         with self.cond:
             if job.cancel_reason is None and not job.future.done():
                 job.cancel_reason = reason
+                self.engine.abort(job)
             self.cond.notify()
 
     def stats(self) -> SchedulerStats:
         with self.cond:
-            return SchedulerStats(len(self.waiting), len(self.batch), dict(self.cancelled))
+            return SchedulerStats(self.engine.num_waiting, self.engine.num_running, dict(self.cancelled))
 
     def stop(self) -> None:
         with self.cond:
@@ -142,58 +139,52 @@ class Scheduler:
         """Refuse new requests, and fail every waiting and running one at once."""
         with self.cond:
             self.error = self.error or reason
-            self.waiting.clear()
-        self._fail_taken(self.error)
+            jobs = list(self.jobs)
+        for j in jobs:
+            self._answer(j, SchedulerError(self.error))
+        self.engine.reset(waiting=True)
 
     def _iteration(self) -> bool:
-        """Cancellations, admissions, one step and its hand-out; False once stopped."""
+        """One engine step and its hand-out; False once stopped."""
         with self.cond:
-            if not self.stopped and not self.waiting and not len(self.batch):
+            if not self.stopped and not self.engine.has_unfinished():
                 self.cond.wait(timeout=self.IDLE_TICK_S)
             if self.stopped:
                 return False
-            dropped = [j for j in self.waiting if j.cancel_reason]
-            if dropped:
-                self.waiting = deque(j for j in self.waiting if not j.cancel_reason)
-            admit = []
-            while self.waiting and len(self.batch) + len(admit) < self.max_batch_size:
-                admit.append(self.waiting.popleft())
-            gone = [r for r in self.batch.rows if r.key.cancel_reason]
-            for j in [*(r.key for r in gone), *dropped]:
-                self.cancelled[j.cancel_reason] += 1
         new_tokens = 0
         try:
-            self.batch.remove(gone)
-            for j in [*(r.key for r in gone), *dropped]:
-                self._answer(j, asyncio.CancelledError(j.cancel_reason))
-            for j in admit:
-                self._admit(j)
-            new_tokens = self._step()
+            if self.engine.has_unfinished():
+                new_tokens = self._step()
         except Exception as e:  # noqa: BLE001 — the batch may be half-updated: end its requests, keep serving
             log.exception("scheduler error; the running requests fail")
             self._fail_taken(f"scheduler error: {type(e).__name__}: {e}")
-        self._metric("tick", len(self.waiting), len(self.batch), new_tokens)
+        self._metric("tick", self.engine.num_waiting, self.engine.num_running, new_tokens)
         return True
 
     def _fail_taken(self, message: str) -> None:
         """Every request taken from the queue and not answered fails; the batch starts empty."""
         with self.cond:
-            waiting = {id(j) for j in self.waiting}
-            taken = [j for k, j in self.jobs.items() if k not in waiting]
+            waiting = self.engine.waiting_keys()
+            taken = [j for j in self.jobs if j not in waiting]
+        self.engine.reset()
         for j in taken:
             self._answer(j, SchedulerError(message))
-        self.batch.remove(list(self.batch.rows))
 
     def _answer(self, job: Job, result: Any) -> None:
-        self.jobs.pop(id(job), None)
+        self.jobs.discard(job)
         job.resolve(result)
 
     def _answer_row(self, r: Row) -> None:
+        job = r.key
+        if r.state.finish_reason == "abort":
+            self.cancelled[job.cancel_reason] += 1
+            self._answer(job, asyncio.CancelledError(job.cancel_reason))
+            return
         try:
             res = r.state.result()
         except Exception as e:  # noqa: BLE001 — this request's own error
             res = SchedulerError(f"result failed: {type(e).__name__}: {e}")
-        self._answer(r.key, res)
+        self._answer(job, res)
 
     def _metric(self, name: str, *args) -> None:
         if self.metrics is None:
@@ -205,21 +196,13 @@ class Scheduler:
                 log.exception("metrics %s failed (reported once)", name)
             self._metrics_failed = True
 
-    def _admit(self, job: Job) -> None:
-        try:
-            self.batch.add(self.engine.new_state(job.prompt, job.params), job)
-        except Exception as e:  # noqa: BLE001 — this request's own error
-            self._answer(job, e)
-
     def _step(self) -> int:
-        """One decoding step; returns the tokens taken."""
-        if not len(self.batch):
-            return 0
-        n = len(self.batch)
-        for r in self.batch.rows:
-            r.key.batch_size = max(r.key.batch_size, n)
-        step = self.batch.step()
+        """One engine step and its hand-out; returns the tokens taken. A stream that fails here
+        fails its row, which the next step retires (and this loop then answers)."""
+        step = self.engine.step()
         now = time.monotonic()
+        for r in step.stepped:
+            r.key.batch_size = max(r.key.batch_size, len(step.stepped))
         for r in step.progressed:
             job = r.key
             if job.first_token is None:
@@ -231,9 +214,5 @@ class Scheduler:
                 except Exception as e:  # noqa: BLE001 — a broken stream ends its own request
                     r.state.fail(f"streaming failed: {type(e).__name__}: {e}")
         for r in step.finished:
-            self._answer_row(r)
-        failed = [r for r in self.batch.rows if r.state.done]  # a stream that failed above
-        self.batch.remove(failed)
-        for r in failed:
             self._answer_row(r)
         return sum(len(r.new_tokens) for r in step.progressed)
