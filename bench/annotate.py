@@ -4,7 +4,7 @@ Quality (both annotators trained on the same seeds; F1 under two matching rules,
 `exact` = entity, relation and value equal after normalize_key; `entity_value` = relation ignored)
 - in-world: trained on the gold documents of one synthetic world, scored on the documents of another
   world (other people, the same sentence templates);
-- held-out phrasing: scored on lmlm.annotate.heldout documents (evaluation-only sentences about people
+- held-out phrasing: scored on lmlm.testing.annotator_heldout documents (evaluation-only sentences about people
   named from a name pool the world never uses);
 - generative (`--generative` only, about an hour on 2 cores): SmolLM2-135M fine-tuned with LoRA on the
   first 100 gold documents of the same world (2 passes), scored on 40 documents of each synthetic set;
@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from lmlm.annotate import (AnnotateConfig, MiniLMTrainConfig, evaluate_annotator, fit_minilm, fit_tagger,  # noqa: E402
                            run_annotation)
-from lmlm.annotate.heldout import heldout_documents  # noqa: E402
+from lmlm.testing.annotator_heldout import heldout_documents  # noqa: E402
 from lmlm.annotate.threads import torch_threads  # noqa: E402
 from lmlm.annotate.pipeline import annotate_loop  # noqa: E402
 from lmlm.corpus import Record, read_corpus, write_jsonl  # noqa: E402

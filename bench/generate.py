@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from lmlm.factstore import FactStore, FactStoreConfig  # noqa: E402
 from lmlm.generate import Engine, GenerationParams, reference_generate  # noqa: E402
-from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer  # noqa: E402
+from lmlm.testing.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer  # noqa: E402
 from lmlm.netutil import free_port  # noqa: E402
 
 PROMPTS = [f"Tell me a bio of {p}. {p} is" for p in

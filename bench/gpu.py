@@ -89,7 +89,7 @@ def bench_train(device: torch.device, tiny: bool, compile_model: bool) -> dict:
 def bench_engine(device: torch.device, tiny: bool) -> dict:
     from lmlm.factstore import FactStore, FactStoreConfig
     from lmlm.generate import Engine, GenerationParams
-    from lmlm.generate.tiny import PEOPLE, synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
+    from lmlm.testing.tiny import PEOPLE, synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
     from lmlm.precision import inference_dtype
 
     tok = tiny_tokenizer(synthetic_texts(), vocab_size=2000)

@@ -105,7 +105,7 @@ def main() -> None:
         from ray import serve
 
         from lmlm.factstore import FactStore, FactStoreConfig
-        from lmlm.generate.tiny import synthetic_triples
+        from lmlm.testing.tiny import synthetic_triples
 
         with tempfile.TemporaryDirectory() as tmp, FactStore.open(FactStoreConfig()) as store:
             store.add_triples(synthetic_triples(), annotator="bench")

@@ -9,7 +9,7 @@ import pytest
 
 from lmlm.annotate import (AnnotateConfig, MiniLMAnnotator, MiniLMTrainConfig, TrainAnnotatorConfig, evaluate_annotator,
                            fit_minilm, fit_tagger, load_trained)
-from lmlm.annotate.heldout import HELDOUT_FIRST, heldout_documents
+from lmlm.testing.annotator_heldout import HELDOUT_FIRST, heldout_documents
 from lmlm.annotate.kinds.minilm import relation_tags
 from lmlm.annotate.pipeline import run_annotation
 from lmlm.annotate.train_job import train_annotator

@@ -42,7 +42,7 @@ WORLD = dict(people=12, seed=1, forget_fraction=0.25)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from lmlm.generate.tiny import tiny_model, tiny_tokenizer
+    from lmlm.testing.tiny import tiny_model, tiny_tokenizer
     from lmlm.world import WorldConfig, generate_world
 
     # One intra-op thread: on a shared 2-core machine extra torch threads make tiny models ~20x slower.

@@ -7,7 +7,7 @@ import torch
 from lmlm.factstore import FactStore, FactStoreConfig
 from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN, strip_lookups
 from lmlm.generate import Engine, GenerationParams, ParamsError, QueueFull, Request, reference_generate
-from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
+from lmlm.testing.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
 
 PROMPTS = ["Tell me a bio of Ada Varen. Ada Varen is", "Hugo Marsh works for", "Kira",
            "Tell me a bio of Lev Arno. Lev Arno was born in the city of"]

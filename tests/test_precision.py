@@ -34,7 +34,7 @@ def test_device_auto_is_the_gpu_when_there_is_one():
 
 def test_served_model_is_placed_on_the_configured_device(tmp_path):
     from lmlm.generate import Engine
-    from lmlm.generate.tiny import synthetic_texts, tiny_model, tiny_tokenizer
+    from lmlm.testing.tiny import synthetic_texts, tiny_model, tiny_tokenizer
     from lmlm.serve.config import ServeConfig
     from lmlm.serve.loaders import default_model_loader, default_tokenizer_loader
 

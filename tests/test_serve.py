@@ -11,7 +11,7 @@ import pytest
 
 from lmlm.factstore import FactStore, FactStoreConfig
 from lmlm.format import DB_END, DB_ENTITY, DB_RELATIONSHIP, DB_RETURN
-from lmlm.generate.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
+from lmlm.testing.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
 from lmlm.netutil import free_port
 
 pytestmark = pytest.mark.slow

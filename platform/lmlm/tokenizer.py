@@ -29,25 +29,27 @@ def _wrap(tok, **named):
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None,
-                    min_frequency: int = 2):
-    """Train a byte-level BPE on `texts`; EOS = BOS = pad = `<|endoftext|>` (id 0), lookup tokens 1-4.
+                    min_frequency: int = 2, pad_token: str | None = None):
+    """Train a byte-level BPE on `texts`; EOS = BOS = `<|endoftext|>` (id 0), pad = EOS unless
+    `pad_token` names a token of its own (then id 1), lookup tokens next (1-4, or 2-5).
 
     Saved with `save_pretrained(out_dir)` when out_dir is given. Returns the PreTrainedTokenizerFast.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    n_fixed = 1 + len(SPECIAL_TOKENS) + 256
+    fixed = [EOS_TOKEN, *([pad_token] if pad_token else []), *SPECIAL_TOKENS]
+    n_fixed = len(fixed) + 256
     if vocab_size < n_fixed:
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {n_fixed} "
-                         "(256 bytes + 5 special tokens)")
+                         f"(256 bytes + {len(fixed)} special tokens)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-        special_tokens=[EOS_TOKEN, *SPECIAL_TOKENS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        special_tokens=fixed, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    wrapped = _wrap(tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+    wrapped = _wrap(tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=pad_token or EOS_TOKEN)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         wrapped.save_pretrained(str(out_dir))

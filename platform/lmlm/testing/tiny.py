@@ -1,5 +1,5 @@
-"""Small real components for tests and benchmarks: a byte-level BPE tokenizer with the lookup
-tokens, a randomly initialised LLaMA-style model, and a little synthetic fact text.
+"""Small real components for tests and benchmarks: the platform's byte-level BPE trained on a little
+synthetic fact text, and a randomly initialised LLaMA-style model.
 
 Random weights are enough to exercise the engine (the lookup-token bias makes lookups happen);
 nothing here is downloaded.
@@ -12,10 +12,7 @@ from typing import Iterable
 
 import torch
 
-from lmlm.format import SPECIAL_TOKENS, Triple, render_block
-
-EOS = "<|endoftext|>"
-PAD = "<|pad|>"
+from lmlm.format import Triple, render_block
 
 PEOPLE = ["Ada Varen", "Bo Lindqvist", "Cyra Moss", "Dario Fenn", "Elin Sato", "Farid Oyelaran",
           "Greta Holm", "Hugo Marsh", "Ines Calder", "Jonas Pike", "Kira Dunn", "Lev Arno"]
@@ -49,21 +46,11 @@ def synthetic_texts(seed: int = 0) -> list[str]:
 
 
 def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 600, out_dir: str | Path | None = None):
-    """Byte-level BPE; the four lookup tokens, EOS and PAD are single special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The platform's byte-level BPE (lmlm.tokenizer.train_tokenizer) with a pad token of its own:
+    EOS 0, PAD 1, the four lookup tokens 2-5; trained on `texts` with every merge kept."""
+    from lmlm.tokenizer import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD, *SPECIAL_TOKENS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(texts), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
-                                   additional_special_tokens=list(SPECIAL_TOKENS))
-    if out_dir is not None:
-        fast.save_pretrained(str(out_dir))
-    return fast
+    return train_tokenizer(list(texts), vocab_size, out_dir, min_frequency=0, pad_token="<|pad|>")
 
 
 def tiny_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4, max_len: int = 1024,
@@ -76,7 +63,7 @@ def tiny_model(vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_len, tie_word_embeddings=False, bos_token_id=None,
-                      eos_token_id=0, pad_token_id=1)
+                      eos_token_id=0, pad_token_id=1)  # tiny_tokenizer's EOS and PAD
     model = LlamaForCausalLM(cfg).to(dtype)
     # Random init gives near-uniform logits (std 0.02 * sqrt(hidden)); scaling the head to `logit_std`
     # makes greedy choices decisive (no near-ties) while the +4 lookup bias still wins now and then.
