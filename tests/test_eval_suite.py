@@ -76,7 +76,7 @@ def test_run_evaluation_end_to_end(setup):
     from lmlm.world import unseen_world
 
     world, dirs, root = setup
-    inserted = unseen_world(world, 3, seed=99)
+    inserted = unseen_world(world, 3, seed=99, out_of_pool=2)  # 3 in-pool people, then 2 out-of-pool ones
     cfg = EvalConfig(max_forget_people=3, max_retain_people=4, max_inserted_people=2, bio_max_new_tokens=32,
                      cloze_max_new_tokens=10, max_lookups=2, n_perturbed=3, batch_size=32, ppl_max_docs=8,
                      wiki_max_docs=4)
@@ -98,7 +98,8 @@ def test_run_evaluation_end_to_end(setup):
         assert sorted((k.entity, k.relation, v.value) for k, v in store.iter_records()) == records
         assert all(store.get(n, "Birth City") is not None for n in forget)
         assert store.get(inserted.people[0].name, "Birth City") is None
-        assert not list(store.r.scan_iter(match="{lmlm.eval*"))
+        assert store.get(inserted.people[-1].name, "Birth City") is None
+        assert not list(store.r.scan_iter(match="{lmlm.eval*"))  # the copies (and the out-of-pool one) are gone
     assert res.complete
     saved = read_results(out)
     for k in REQUIRED_KEYS:
@@ -108,6 +109,17 @@ def test_run_evaluation_end_to_end(setup):
               "own_entity_lookup_rate_inserted", "completion_em_inserted_lmlm"):
         assert 0.0 <= getattr(saved, k) <= 1.0, k
     assert saved.details["inserted"]["triples_added"] == 8 * 2 and saved.details["inserted"]["people"] == 2
+    # out-of-pool inserted people: evaluated apart (LMLM, lookups on), the in-pool figures without them
+    oop = saved.details["inserted_out_of_pool"]
+    assert oop["triples_added"] == 8 * 2 and oop["people"] == 2 and list(oop)[2:] == ["lmlm"]
+    for k in ("precision_inserted_out_of_pool", "completion_em_inserted_out_of_pool",
+              "own_entity_lookup_rate_out_of_pool"):
+        assert 0.0 <= getattr(saved, k) <= 1.0, k
+    hits = saved.details["wrong_entity_hits"]
+    assert set(hits) == {"trained", "inserted", "inserted_out_of_pool"}
+    n = sum(h["lookups"] for h in hits.values())
+    assert saved.wrong_entity_hit_rate == (pytest.approx(sum(h["hits"] for h in hits.values()) / n) if n else None)
+    assert isinstance(saved.cpu_capability, str) and saved.cpu_features["cpu_capability"] == saved.cpu_capability
     assert 0.0 <= saved.forget_quality_p <= 1.0
     assert saved.config["max_forget_people"] == 3
     # deletion went through the store: 8 rows per forget person, gold lookups no longer exact

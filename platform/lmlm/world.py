@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from typing import Literal
+from typing import Iterable, Literal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from lmlm.world_text import (  # noqa: F401  (the pools are part of this module'
     EMPLOYERS,
     FIRST_NAMES,
     GENERAL,
+    MONTHS,
     NATIONALITIES,
     NOVEL_GENERAL,
     NOVEL_PHRASINGS,
@@ -40,6 +41,7 @@ from lmlm.world_text import (  # noqa: F401  (the pools are part of this module'
     UNKNOWN_PHRASINGS,
     heldout_pair,
 )
+from lmlm.world_names import draw_heldout_names
 
 
 @dataclass
@@ -91,6 +93,15 @@ class World:
     def cloze(self) -> list[Cloze]:
         return list(self.cloze_items)
 
+    def only(self, names: Iterable[str]) -> "World":
+        """This world restricted to the people named in `names` (their documents, split, cloze items)."""
+        keep = set(names)
+        people = [p for p in self.people if p.name in keep]
+        return World(dataclasses.replace(self.config, people=len(people)), people,
+                     [d for d in self.documents if d.meta.get("person") in keep],
+                     [n for n in self.forget_names if n in keep], [n for n in self.retain_names if n in keep],
+                     [c for c in self.cloze_items if c.name in keep])
+
     def save(self, out_dir: str | Path) -> Path:
         """Write the world; `documents.parquet`, the file that marks a saved world, goes last."""
         out = Path(out_dir)
@@ -130,8 +141,6 @@ class World:
 # Generation
 
 _PRONOUNS = {"she": ("she", "her", "her"), "he": ("he", "his", "him")}
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
 
 
 def _fill(template: str, person: Person, rel: str | None, subject: str, annotate: bool) -> str:
@@ -163,7 +172,7 @@ def _sentence(rng: random.Random, rel: str, phrasings: str) -> str:
 
 
 def _birth_date(rng: random.Random) -> str:
-    return f"{rng.randint(1, 28)} {rng.choice(_MONTHS)} {rng.randint(1920, 2002)}"
+    return f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1920, 2002)}"
 
 
 def _draw_names(rng: random.Random, n: int) -> list[str]:
@@ -241,10 +250,21 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
         raise ValueError(f"phrasings must be 'train', 'heldout' or 'novel', got {cfg.phrasings!r}")
     rng = random.Random(cfg.seed)
     names = _draw_names(rng, 2 * cfg.people)
-    people_names, spouse_names = names[: cfg.people], names[cfg.people:]
+    # the unknown facts have their own stream: rate 0 leaves the world as it was
+    people, docs, cloze = _populate(cfg, rng, random.Random(f"unknown-{cfg.seed}"), names, f"world-{cfg.seed}")
+    n_forget = round(cfg.people * cfg.forget_fraction)
+    forget = set(random.Random(f"forget-{cfg.seed}").sample(range(cfg.people), n_forget))
+    return World(cfg, people, docs,
+                 [p.name for i, p in enumerate(people) if i in forget],
+                 [p.name for i, p in enumerate(people) if i not in forget], cloze)
+
+
+def _populate(cfg: WorldConfig, rng: random.Random, unknown_rng: random.Random, names: list[str],
+              id_prefix: str) -> tuple[list[Person], list[Record], list[Cloze]]:
+    """People `names[:cfg.people]`, married to `names[cfg.people:]`: their facts, biographies
+    (documents "<id_prefix>-00000", ...) and cloze items, drawn from `rng` (unknown facts: `unknown_rng`)."""
     people, docs, cloze = [], [], []
-    unknown_rng = random.Random(f"unknown-{cfg.seed}")  # its own stream: rate 0 leaves the world as it was
-    for i, (name, spouse) in enumerate(zip(people_names, spouse_names)):
+    for i, (name, spouse) in enumerate(zip(names[: cfg.people], names[cfg.people:])):
         attrs = {
             "Birth Date": _birth_date(rng),
             "Birth City": rng.choice(CITIES),
@@ -261,22 +281,30 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
         plain, annotated, items = _biography(rng, person, cfg)
         people.append(person)
         cloze.extend(items)
-        docs.append(Record(f"world-{cfg.seed}-{i:05d}", plain, annotated, "world", {"person": name}))
-    n_forget = round(cfg.people * cfg.forget_fraction)
-    forget = set(random.Random(f"forget-{cfg.seed}").sample(range(cfg.people), n_forget))
-    return World(cfg, people, docs,
-                 [p.name for i, p in enumerate(people) if i in forget],
-                 [p.name for i, p in enumerate(people) if i not in forget], cloze)
+        docs.append(Record(f"{id_prefix}-{i:05d}", plain, annotated, "world", {"person": name}))
+    return people, docs, cloze
 
 
-def unseen_world(world: World, people: int, seed: int) -> World:
+def unseen_world(world: World, people: int, seed: int, out_of_pool: int = 0) -> World:
     """`people` people absent from `world` (no name shared with its people or their spouses), with
-    biographies in the held-out phrasings: knowledge no model trained on `world.documents` has seen."""
+    biographies in the held-out phrasings: knowledge no model trained on `world.documents` has seen.
+
+    They are new combinations of the world's own first names and surnames. `out_of_pool` more people
+    follow them, they and their spouses named from lmlm.world_names' held-out distribution: no part
+    of their names is a word of any training document (`lmlm.world_names.is_out_of_pool`). They are
+    drawn from streams of their own, so the first `people` are the same whatever `out_of_pool` is.
+    """
     taken = {p.name for p in world.people} | {p.attributes.get("Spouse") for p in world.people}
     cfg = dataclasses.replace(world.config, people=people + people // 5 + 10, seed=seed, phrasings="heldout")
     other = generate_world(cfg)
     keep = [p for p in other.people if p.name not in taken and p.attributes.get("Spouse") not in taken][:people]
     names = {p.name for p in keep}
-    return World(dataclasses.replace(cfg, people=len(keep)), keep,
-                 [d for d in other.documents if d.meta["person"] in names], [], sorted(names),
-                 [c for c in other.cloze_items if c.name in names])
+    docs = [d for d in other.documents if d.meta["person"] in names]
+    cloze = [c for c in other.cloze_items if c.name in names]
+    if out_of_pool:
+        held_cfg = dataclasses.replace(cfg, people=out_of_pool)
+        rng = random.Random(f"out-of-pool-{seed}")
+        held, held_docs, held_cloze = _populate(held_cfg, rng, random.Random(f"out-of-pool-unknown-{seed}"),
+                                                draw_heldout_names(rng, 2 * out_of_pool), f"world-{seed}-oop")
+        keep, docs, cloze = keep + held, docs + held_docs, cloze + held_cloze
+    return World(dataclasses.replace(cfg, people=len(keep)), keep, docs, [], sorted(p.name for p in keep), cloze)

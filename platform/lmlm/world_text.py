@@ -106,6 +106,8 @@ Documentary Film, Structural Engineering, Rural Medicine, Translation, Botanical
 Organic Chemistry, Folk Music, Landscape Painting, Science Writing, Bridge Design, Child Health, Soil Science,
 Opera Direction, Typography, Arctic Exploration""")
 _AWARD_KIND = _words("Prize, Medal, Award, Fellowship")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
 
 # Subject/possessive placeholders: {S} subject, {P} possessive (name's / his / her), {p} possessive
 # pronoun, {o} object pronoun, {art} "a"/"an" agreeing with the value, {v} the value.
@@ -287,5 +289,8 @@ ALMA_MATERS = _pool(_PR, _SCHOOL_FORMS, _PLACES, str.format, 1500)
 AWARDS = _pool(_PR, _PLACES + SURNAMES[::3], [f"{k} for {f}" for k in _AWARD_KIND for f in _FIELDS],
                "{} {}".format, 3000)
 FIRST_NAMES = _prefix_free(FIRST_NAMES)
+# every piece the composed pools are made of (lmlm.world_names keeps held-out names clear of them all)
+POOL_PIECES = (*_SUR_ON, *_SUR_CODA, *_PLACE_ON, *_PLACE_CODA, *_PLACES, *_CO_HEAD, *_CO_TAIL, *_FIELDS,
+               *_AWARD_KIND, *_SCHOOL_FORMS)
 
 

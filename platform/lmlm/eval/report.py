@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from lmlm.eval.results import EvalResults, fmt, table_rows, write_results
-from lmlm.train.rundir import ATTEMPTS_JSONL, read_jsonl
+from lmlm.train.rundir import ATTEMPTS_JSONL, read_jsonl, read_metrics
 
 STEP_KEYS = ("step", "global_step", "iteration")
 TOTAL_KEYS = ("loss", "train_loss", "total_loss")
@@ -44,6 +44,18 @@ def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
     for name in curves:
         curves[name] = sorted(set(curves[name]))
     return curves
+
+
+def pretrain_tokens_per_s(run_dir: str | Path | None) -> int | None:
+    """Median `tokens_per_s` over the windows a pretraining run logged (`metrics.jsonl`, one row per
+    `log_every` steps, checkpoint saves excluded); None without a run directory or a logged row."""
+    if not run_dir:
+        return None
+    rates = sorted(float(r["tokens_per_s"]) for r in read_metrics(run_dir) if r.get("tokens_per_s"))
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return round(rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2)
 
 
 def _plt():

@@ -60,6 +60,14 @@ class EvalResults:
     completion_em_inserted_lmlm: Optional[float] = None
     completion_em_inserted_standard: Optional[float] = None
     own_entity_lookup_rate_inserted: Optional[float] = None
+    # ... inserted people named from lmlm.world_names (no part of their names in any training
+    # document); the figures above are of the in-pool inserted people (the training pools' names)
+    precision_inserted_out_of_pool: Optional[float] = None  # LMLM, lookups on
+    completion_em_inserted_out_of_pool: Optional[float] = None
+    own_entity_lookup_rate_out_of_pool: Optional[float] = None
+    # share of the LMLM's lookups (bios of trained and inserted people) answered with another
+    # stored person's fact
+    wrong_entity_hit_rate: Optional[float] = None
     # --- unlearning: the forget split deleted from the store
     forget_precision_before: Optional[float] = None
     forget_precision_after: Optional[float] = None
@@ -77,6 +85,10 @@ class EvalResults:
     # --- the run
     complete: bool = False  # True once every stage of the evaluation finished
     demo_wall_s: Optional[float] = None
+    pretrain_tokens_per_s_lmlm: Optional[float] = None  # median over the logged windows (metrics.jsonl)
+    pretrain_tokens_per_s_standard: Optional[float] = None
+    cpu_capability: Optional[str] = None  # torch.backends.cpu.get_cpu_capability() of the evaluating machine
+    cpu_features: dict = field(default_factory=dict)  # lmlm.precision.cpu_features()
     stage_wall_s: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -95,7 +107,8 @@ class EvalResults:
                 self.details[k] = v
 
 
-# The headline table: (title, LMLM field, standard field, LMLM-with-lookups-off field).
+# The headline table: (title, LMLM (or first) field, standard (or second) field, LMLM-with-lookups-off
+# field); None: no such column.
 ROWS = (
     ("normalized perplexity, trained people, held-out phrasings", "ppl_normalized_lmlm", "ppl_normalized_standard", None),
     ("normalized perplexity, unseen people, held-out phrasings", "ppl_normalized_unseen_lmlm",
@@ -112,10 +125,16 @@ ROWS = (
     ("completion exact match, trained people", "completion_em_lmlm", "completion_em_standard", "completion_em_lmlm_db_off"),
     ("completion exact match, inserted people", "completion_em_inserted_lmlm", "completion_em_inserted_standard", None),
     ("own-entity lookup rate, trained / inserted people", "own_entity_lookup_rate", "own_entity_lookup_rate_inserted", None),
+    ("factual precision / completion exact match, inserted people, out-of-pool names",
+     "precision_inserted_out_of_pool", "completion_em_inserted_out_of_pool", None),
+    ("own-entity lookup rate, inserted people, in-pool / out-of-pool names", "own_entity_lookup_rate_inserted",
+     "own_entity_lookup_rate_out_of_pool", None),
+    ("wrong-entity hit rate (lookups answered with another person's fact)", "wrong_entity_hit_rate", None, None),
     ("forget-set precision, before / after deletion", "forget_precision_before", "forget_precision_after", None),
     ("retain-set precision, before / after deletion", "retain_precision_before", "retain_precision_after", None),
     ("forget quality (KS p) / model utility after", "forget_quality_p", "model_utility_after", None),
     ("normalized perplexity, real text", "ppl_normalized_wiki_lmlm", "ppl_normalized_wiki_standard", None),
+    ("pretraining tokens/s", "pretrain_tokens_per_s_lmlm", "pretrain_tokens_per_s_standard", None),
 )
 
 
@@ -128,10 +147,11 @@ def fmt(v: Any) -> str:
 def table_rows(r: EvalResults) -> list[tuple[str, str, str, str]]:
     """(title, first, second, lookups-off) strings of the rows this run measured."""
     out = []
-    for title, a, b, c in ROWS:
-        if getattr(r, a) is None and getattr(r, b) is None:
+    for title, *keys in ROWS:
+        a, b, c = (getattr(r, k) if k else None for k in keys)
+        if a is None and b is None:
             continue
-        out.append((title, fmt(getattr(r, a)), fmt(getattr(r, b)), fmt(getattr(r, c)) if c else "-"))
+        out.append((title, fmt(a), fmt(b), fmt(c)))
     return out
 
 

@@ -21,6 +21,7 @@ from lmlm.eval.results import EvalResults
 from lmlm.eval.scoring import EvalModel, bio_answers, cloze_em, load_model
 from lmlm.eval.unlearning_run import run_unlearning
 from lmlm.factstore.namespace_copy import scratch_copy
+from lmlm.world_names import is_out_of_pool
 
 # The fields a finished evaluation always sets (the rest depend on the inputs given).
 REQUIRED_KEYS = (
@@ -39,7 +40,16 @@ DEFINITIONS = {
     "own_entity_lookup_rate": "share of generated bios (LMLM, lookups on) with >= 1 lookup whose every lookup's "
                               "entity is the prompt's person (normalised key)",
     "inserted": "people absent from every training document; their triples are added to the store after "
-                "training (store.add_triples, as PUT /v1/facts does), then they are evaluated like the others",
+                "training (store.add_triples, as PUT /v1/facts does), then they are evaluated like the others; "
+                "*_inserted_*: in-pool people (new combinations of the training world's first names and surnames)",
+    "out_of_pool": "inserted people named from lmlm.world_names (other cultures and shapes): no part of their "
+                   "names (split at whitespace and hyphens, case and diacritics folded) is a word of any "
+                   "training document; evaluated with the LMLM, lookups on, on a copy of the store that also "
+                   "holds the in-pool inserted facts",
+    "wrong_entity_hit_rate": "share of lookups (LMLM, lookups on, generated bios of trained, in-pool and "
+                             "out-of-pool inserted people) that the store answered with a triple whose entity "
+                             "is not the prompt's person (normalised key); unanswered lookups are no hits",
+    "pretrain_tokens_per_s": "median tokens_per_s over the logged windows of the run's metrics.jsonl",
     "truth_ratio": "lmlm.eval.unlearning: exp(-mean_k NLL_wrong_k) / exp(-NLL_correct), per-token NLLs; "
                    "an LMLM sees the store's answer to the gold query as a lookup block",
     "forget_quality_p": "scipy.stats.ks_2samp p-value, forget-set truth ratios after deletion vs the reference model",
@@ -116,6 +126,21 @@ def _wiki_dir(cfg: EvalConfig) -> Path:
     return Path(cfg.wiki_dir) if cfg.wiki_dir else dataset_dir("lmlm-wiki")
 
 
+def wrong_entity_hits(names: list[str], results: list[Any]) -> tuple[int, int]:
+    """(lookups the store answered with a triple of another entity than `names[i]`, all lookups) over
+    generations `results[i]` of prompts about `names[i]` (normalised keys). A lookup the store left
+    unanswered (no triple: `unknown`) is no hit, nor is a fuzzy match onto the person's own facts."""
+    from lmlm.format import normalize_key
+
+    hits = total = 0
+    for name, r in zip(names, results):
+        for lk in r.lookups:
+            total += 1
+            triple = getattr(lk, "triple", None)
+            hits += triple is not None and normalize_key(triple.entity) != normalize_key(name)
+    return hits, total
+
+
 def own_entity_rate(names: list[str], results: list[Any]) -> float:
     """Share of generations with >= 1 lookup whose every lookup names `names[i]` (normalised keys)."""
     from lmlm.format import normalize_key
@@ -132,11 +157,34 @@ def _generation(em: EvalModel, store: Any, kb: KnowledgeBase, bios: list, clozes
     """Precision of bios and completion EM of clozes in one setting, with per-split summaries."""
     gen = bio_answers(em, store, kb, bios, cfg, lookups)
     c_summary, outcomes = cloze_em(em, store, clozes, cfg, lookups)
+    hits, n_lookups = wrong_entity_hits([name for name, _ in bios], gen["results"])
     return {"precision": split_of(lambda a: score_answers(kb, a, cfg.length_penalty_gamma), gen["answers"],
                                   lambda a: a[0]),
             "completion": split_of(comp.summarize, outcomes, lambda o: o.name), "completion_summary": c_summary,
             "outcomes": outcomes, "own_entity_lookup_rate": own_entity_rate([n for n, _ in bios], gen["results"]),
-            "n_lookups_bios": gen["n_lookups"], "examples": [{"name": n, "text": t} for n, t in gen["answers"][:5]]}
+            "n_lookups_bios": gen["n_lookups"], "wrong_entity_hits": {"hits": hits, "lookups": n_lookups},
+            "examples": [{"name": n, "text": t} for n, t in gen["answers"][:5]]}
+
+
+def _whole(scores_of: Callable, items: list, name_of) -> dict:
+    return {"all": scores_of(items)}
+
+
+def _insert_and_ask(store: Any, people: Any, cfg: EvalConfig, settings: tuple) -> dict:
+    """Put the facts of the first `cfg.max_inserted_people` people of the World `people` into `store`
+    (knowledge insertion, as PUT /v1/facts does), then generate and score in each setting."""
+    names = [p.name for p in people.people][: cfg.max_inserted_people]
+    pset = set(names)
+    added = store.add_triples([x for x in people.triples() if x.entity in pset], annotator="inserted")
+    kb = KnowledgeBase.from_world(people)
+    bios = [(n, p) for n, p in people.bio_prompts() if n in pset]
+    clozes = [c for c in people.cloze() if c.name in pset]
+    out: dict[str, Any] = {"people": len(names), "triples_added": added}
+    for setting, em, on in settings:
+        g = _generation(em, store, kb, bios, clozes, cfg, on, _whole)
+        g.pop("outcomes")
+        out[setting] = g
+    return out
 
 
 def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,
@@ -157,7 +205,8 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
 
 def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,
               out_dir: str | Path, inserted: Any) -> EvalResults:
-    from lmlm.eval.report import write_report
+    from lmlm.eval.report import pretrain_tokens_per_s, write_report
+    from lmlm.precision import cpu_features
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -181,9 +230,6 @@ def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, sto
     def split(scores_of: Callable, items: list, name_of) -> dict:
         return {"all": scores_of(items), "forget": scores_of([x for x in items if name_of(x) in fset]),
                 "retain": scores_of([x for x in items if name_of(x) in rset])}
-
-    def whole(scores_of: Callable, items: list, name_of) -> dict:
-        return {"all": scores_of(items)}
 
     # --- perplexity and per-kind losses
     t = time.perf_counter()
@@ -228,32 +274,45 @@ def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, sto
     res.own_entity_lookup_rate = details["lmlm"]["own_entity_lookup_rate"]
     res.details["before"] = details
 
-    # --- knowledge insertion: facts of never-trained people put into the store, then asked for
+    # --- knowledge insertion: facts of never-trained people put into the store, then asked for.
+    # In-pool people (new combinations of the training pools' names) as ever; out-of-pool people
+    # (lmlm.world_names) on a copy of the store, so what the unlearning below measures is unchanged.
     if inserted is not None and inserted.people:
         t = time.perf_counter()
-        people = [p.name for p in inserted.people][: cfg.max_inserted_people]
-        pset = set(people)
-        added = store.add_triples([x for x in inserted.triples() if x.entity in pset], annotator="inserted")
-        ikb = KnowledgeBase.from_world(inserted)
-        ibios = [(n, p) for n, p in inserted.bio_prompts() if n in pset]
-        iclozes = [c for c in inserted.cloze() if c.name in pset]
-        ins: dict[str, Any] = {"people": len(people), "triples_added": added}
-        for setting, em, on in settings:
-            g = _generation(em, store, ikb, ibios, iclozes, cfg, on, whole)
-            g.pop("outcomes")
-            ins[setting] = g
-            res.update({f"precision_inserted_{setting}": g["precision"]["all"]["precision"]})
-            if setting != "lmlm_db_off":
-                res.update({f"completion_em_inserted_{setting}": g["completion_summary"]["em"]})
-        res.own_entity_lookup_rate_inserted = ins["lmlm"]["own_entity_lookup_rate"]
-        res.details["inserted"] = ins
+        in_pool = inserted.only(p.name for p in inserted.people if not is_out_of_pool(p.name))
+        held_out = inserted.only(p.name for p in inserted.people if is_out_of_pool(p.name))
+        if in_pool.people:
+            ins = _insert_and_ask(store, in_pool, cfg, settings)
+            for setting, _, _ in settings:
+                res.update({f"precision_inserted_{setting}": ins[setting]["precision"]["all"]["precision"]})
+                if setting != "lmlm_db_off":
+                    res.update({f"completion_em_inserted_{setting}": ins[setting]["completion_summary"]["em"]})
+            res.own_entity_lookup_rate_inserted = ins["lmlm"]["own_entity_lookup_rate"]
+            res.details["inserted"] = ins
+        if held_out.people:
+            with scratch_copy(store, "heldout") as copy:
+                oop = _insert_and_ask(copy, held_out, cfg, settings[:1])
+            res.update({"precision_inserted_out_of_pool": oop["lmlm"]["precision"]["all"]["precision"],
+                        "completion_em_inserted_out_of_pool": oop["lmlm"]["completion_summary"]["em"],
+                        "own_entity_lookup_rate_out_of_pool": oop["lmlm"]["own_entity_lookup_rate"]})
+            res.details["inserted_out_of_pool"] = oop
         timings["inserted"] = time.perf_counter() - t
+    groups = {"trained": details["lmlm"], "inserted": res.details.get("inserted", {}).get("lmlm"),
+              "inserted_out_of_pool": res.details.get("inserted_out_of_pool", {}).get("lmlm")}
+    wrong = {k: g["wrong_entity_hits"] for k, g in groups.items() if g}
+    n_lookups = sum(w["lookups"] for w in wrong.values())
+    res.wrong_entity_hit_rate = sum(w["hits"] for w in wrong.values()) / n_lookups if n_lookups else None
+    res.details["wrong_entity_hits"] = wrong
 
     # --- unlearning: delete the forget split from the store, measure again
     t = time.perf_counter()
     res.update(run_unlearning(lmlm, store, kb, forget, retain, bios, clozes, cfg, details["lmlm"],
                                   outcomes_of["lmlm"], cfg.retain_model_dir))
     timings["unlearning"] = time.perf_counter() - t
+    res.cpu_features = cpu_features()
+    res.cpu_capability = res.cpu_features["cpu_capability"]  # torch.backends.cpu.get_cpu_capability()
+    res.pretrain_tokens_per_s_lmlm = pretrain_tokens_per_s(cfg.lmlm_run_dir)
+    res.pretrain_tokens_per_s_standard = pretrain_tokens_per_s(cfg.standard_run_dir)
     timings["total"] = time.perf_counter() - t0
     res.timings_s = timings
     missing = [k for k in REQUIRED_KEYS if getattr(res, k) is None]
