@@ -92,17 +92,18 @@ def test_corpus_pipeline_end_to_end(ray_cluster, world_docs, tmp_path, capsys):
                  "pretrain.checkpoint_every=2", "pretrain.zero_stage=0", "pretrain.cpus_per_worker=1",
                  "realtext.completion=3", "factstore.relation_templates=['{relation}']"]
     results = run_pipeline(load(None, overrides))
-    assert results["docs"] == 2 and results["train_documents"] == len(world_docs) - 2
-    assert results["completion_n"] == 3 and math.isfinite(results["ppl_normalized_lmlm"])
+    assert results.docs == 2 and results.train_documents == len(world_docs) - 2
+    assert results.completion_n == 3 and math.isfinite(results.ppl_normalized_lmlm)
+    assert "lmlm" in results.details["reports"]  # what has no field of its own is kept in details
     stored = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert stored["ppl_normalized_standard"] == pytest.approx(results["ppl_normalized_standard"])
+    assert stored["ppl_normalized_standard"] == pytest.approx(results.ppl_normalized_standard)
     n_facts = sum(len(document_triples([d], ["x"])[0]) for d in world_docs)
     assert f'"loaded": {n_facts}, "replayed": 0' in capsys.readouterr().out
     again = run_pipeline(load(None, overrides))  # everything finished: nothing trains, nothing reloads
     out = capsys.readouterr().out
     assert f'"loaded": 0, "replayed": {len(world_docs)}' in out and "finished run" in out  # a unit per document
-    assert again["ppl_normalized_lmlm"] == results["ppl_normalized_lmlm"]
-    assert again["stage_wall_s"]["pretrain"] < results["stage_wall_s"]["pretrain"]
+    assert again.ppl_normalized_lmlm == results.ppl_normalized_lmlm
+    assert again.stage_wall_s["pretrain"] < results.stage_wall_s["pretrain"]
 
 
 def test_corpus_splits_must_not_overlap(world_docs, tmp_path):

@@ -1,5 +1,6 @@
-"""Evaluation results as one typed record: `EvalResults`, read from and written to `results.json`
-by `read_results` / `write_results` (the only code that touches that file's layout).
+"""Evaluation results as typed records: `EvalResults` (the synthetic world's run) and
+`RealTextResults` (a run on an annotated corpus), read from and written to `results.json` by
+`read_results` / `write_results` (the only code that touches that file's layout).
 
 Headline numbers are typed fields (None: not measured in this run). Everything else an evaluation
 produces (per-split precision, examples, truth ratios, the config behind it) goes in `details`,
@@ -106,6 +107,39 @@ class EvalResults:
                 self.details[k] = v
 
 
+@dataclass
+class RealTextResults:
+    """What a run on an annotated corpus measured (lmlm.pipeline.corpus: lmlm.eval.realtext's
+    numbers on the held-out split, and the run's timings); keys that are not fields go to `details`."""
+
+    docs: Optional[int] = None  # evaluation documents
+    ppl_normalized_lmlm: Optional[float] = None
+    ppl_normalized_standard: Optional[float] = None
+    ppl_static_lmlm: Optional[float] = None
+    ppl_static_standard: Optional[float] = None
+    text_loss_lmlm: Optional[float] = None  # nats per token of each kind
+    text_loss_standard: Optional[float] = None
+    entity_loss_lmlm: Optional[float] = None
+    relation_loss_lmlm: Optional[float] = None
+    marker_loss_lmlm: Optional[float] = None
+    value_loss_lmlm: Optional[float] = None
+    value_loss_standard: Optional[float] = None
+    tokens_plain: Optional[int] = None  # tokens of the documents with every lookup removed
+    tokens_trained_lmlm: Optional[int] = None
+    completion_n: Optional[int] = None  # completion questions asked
+    completion_em_lmlm: Optional[float] = None
+    completion_em_lmlm_db_off: Optional[float] = None
+    completion_em_standard: Optional[float] = None
+    completion_em_with_lookup_lmlm: Optional[float] = None
+    start: Optional[str] = None  # the models' start (a pretrained model's name, or a preset)
+    train_documents: Optional[int] = None
+    wall_s: Optional[float] = None
+    stage_wall_s: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # the full perplexity reports, per-stage seconds
+
+    update = EvalResults.update
+
+
 # The headline table: (title, LMLM (or first) field, standard (or second) field, LMLM-with-lookups-off
 # field); None: no such column.
 ROWS = (
@@ -174,13 +208,14 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return atomicfile.write_json(path, json_safe(obj), indent=2, ensure_ascii=True)
 
 
-def write_results(results: EvalResults, out_dir: str | Path) -> Path:
-    """Write `out_dir/results.json` atomically."""
+def write_results(results: EvalResults | RealTextResults, out_dir: str | Path) -> Path:
+    """Write `out_dir/results.json` atomically: the one writer of that file."""
     return write_json(dataclasses.asdict(results), Path(out_dir) / RESULTS_FILE)
 
 
-def read_results(path: str | Path) -> EvalResults:
-    """An `EvalResults` from a results.json (or the directory holding one); unknown keys go to details."""
+def read_results(path: str | Path, kind: type = EvalResults):
+    """A `kind` record (EvalResults or RealTextResults) from a results.json (or the directory holding
+    one); unknown keys go to details."""
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
@@ -190,6 +225,6 @@ def read_results(path: str | Path) -> EvalResults:
         raise ValueError(f"{p}: not a results file ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{p}: not a results file (top level is {type(data).__name__}, not an object)")
-    out = EvalResults()
+    out = kind()
     out.update(data)
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lmlm.config import save_config
 from lmlm.corpus import Record
+from lmlm.eval.results import RealTextResults
 from lmlm.pipeline.config import CorpusSplits, PipelineConfig, pretrain_config
 from lmlm.pipeline.runtime import StageTimer, ensure_ray, finished_models, open_store
 
@@ -99,25 +100,26 @@ ROWS = (("normalized perplexity", "ppl_normalized"), ("static perplexity", "ppl_
         ("loss on value tokens", "value_loss"))
 
 
-def print_summary(results: dict) -> None:
+def print_summary(results: RealTextResults) -> None:
     def f(v) -> str:
         return "-" if v is None or v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
-    print(f"\n{'metric (' + str(results.get('docs')) + ' evaluation documents)':48s} {'LMLM':>10s} {'standard':>10s} "
+    print(f"\n{'metric (' + str(results.docs) + ' evaluation documents)':48s} {'LMLM':>10s} {'standard':>10s} "
           f"{'lookups off':>11s}")
     for title, key in ROWS:
-        print(f"{title:48s} {f(results.get(key + '_lmlm')):>10s} {f(results.get(key + '_standard')):>10s}")
-    if "completion_n" in results:
-        print(f"{'completion exact match (' + str(results['completion_n']) + ' values)':48s} "
-              f"{f(results.get('completion_em_lmlm')):>10s} {f(results.get('completion_em_standard')):>10s} "
-              f"{f(results.get('completion_em_lmlm_db_off')):>11s}")
-    print(f"\nwall time {results.get('wall_s')} s; stages {json.dumps(results.get('stage_wall_s'))}")
+        print(f"{title:48s} {f(getattr(results, key + '_lmlm', None)):>10s} "
+              f"{f(getattr(results, key + '_standard', None)):>10s}")
+    if results.completion_n:
+        print(f"{'completion exact match (' + str(results.completion_n) + ' values)':48s} "
+              f"{f(results.completion_em_lmlm):>10s} {f(results.completion_em_standard):>10s} "
+              f"{f(results.completion_em_lmlm_db_off):>11s}")
+    print(f"\nwall time {results.wall_s} s; stages {json.dumps(results.stage_wall_s)}")
 
 
-def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
-    """The pipeline on an annotated corpus: corpus -> build_factstore ->
-    pretrain -> evaluate; results in run_dir/results.json."""
-    from lmlm.eval.results import write_json
+def run_corpus_pipeline(cfg: PipelineConfig) -> RealTextResults:
+    """The pipeline on an annotated corpus: corpus -> build_factstore -> pretrain -> evaluate; results
+    in run_dir/results.json."""
+    from lmlm.eval.results import read_results, write_results
 
     t0 = time.perf_counter()
     cfg.path().mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
 
     selected = set(cfg.stages)
     results_file = cfg.path("results.json")
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = read_results(results_file, RealTextResults) if results_file.is_file() else RealTextResults()
     train, held_out = timed("corpus", stage_corpus, cfg.corpus, cfg.path("corpus"))
     with open_store(cfg) as store:
         if "build_factstore" in selected:
@@ -135,11 +137,12 @@ def run_corpus_pipeline(cfg: PipelineConfig) -> dict:
         if "pretrain" in selected:
             ensure_ray(cfg)
             models = timed("pretrain", stage_pretrain, pretrain_config(cfg), train, cfg.path("pretrain"))
-        if "evaluate" in selected and models and "ppl_normalized_lmlm" not in results:
-            results = timed("evaluate", stage_evaluate, models, store, held_out, cfg.realtext)
-    results.update(wall_s=round(time.perf_counter() - t0, 1), stage_wall_s=timed.timings, start=cfg.pretrain.model,
-                   train_documents=len(train))
-    write_json(results, results_file)
+        if "evaluate" in selected and models and results.ppl_normalized_lmlm is None:
+            results = RealTextResults()
+            results.update(timed("evaluate", stage_evaluate, models, store, held_out, cfg.realtext))
+    results.update({"wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": timed.timings,
+                    "start": cfg.pretrain.model, "train_documents": len(train)})
+    write_results(results, cfg.path())
     print_summary(results)
     print(f"all numbers: {results_file}")
     return results
