@@ -88,12 +88,15 @@ def _batches(exs: list[tuple[list[int], int]], size: int, pad_id: int, rng: rand
     return batches
 
 
-def _lr_at(step: int, total: int, cfg: GenerativeTrainConfig) -> float:
-    warmup = min(cfg.warmup_steps, total // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+def _schedule(opt, total: int, cfg: GenerativeTrainConfig):
+    """Linear warm-up (at most a tenth of the steps), then cosine decay to a tenth of `lr`
+    (transformers' schedule, one step ahead so the first step already trains)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=min(cfg.warmup_steps, total // 10),
+                                                        num_training_steps=total + 1, min_lr_rate=0.1)
+    sched.step()
+    return sched
 
 
 def fit_generative(annotated: list[str], cfg: GenerativeTrainConfig | None = None, *, threads: int | None = 1,
@@ -135,18 +138,18 @@ def _fit(annotated: list[str], cfg: GenerativeTrainConfig, log) -> "GenerativeAn
         f"(precision {cfg.precision}; {cpu_features()['cpu_capability'] if device.type == 'cpu' else torch.cuda.get_device_name()})")
     model.to(device).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    sched = _schedule(opt, total, cfg)
     step, tokens, losses, batches = 0, 0, [], []
     while step < total:
         if not batches:
             batches = _batches(exs, cfg.batch_docs, tok.pad_token_id, rng)
         batch = {k: v.to(device) for k, v in batches.pop().items()}
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, total, cfg)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + int(batch["attention_mask"].sum())
         losses.append(loss.item())

@@ -216,6 +216,8 @@ def train_head(head: Head, states: list[torch.Tensor], y: torch.Tensor, cfg: Min
 def finetune(encoder, head: Head, tok, words: list[list[str]], tag_ids: list[list[int]], cfg: MiniLMTrainConfig,
              log=print) -> int:
     """Train `encoder` and `head` together on the seed documents' windows; returns the steps."""
+    from transformers import get_linear_schedule_with_warmup
+
     wins = [(ids, first, y[a:b]) for ws, y in zip(words, tag_ids)
             for a, b, ids, first in windows(tok, ws, cfg.max_tokens)]
     rng = random.Random(cfg.seed)
@@ -225,8 +227,9 @@ def finetune(encoder, head: Head, tok, words: list[list[str]], tag_ids: list[lis
     warmup = max(1, total_steps // 20)
     opt = torch.optim.AdamW([{"params": encoder.parameters(), "lr": cfg.encoder_lr},
                              {"params": head.parameters(), "lr": cfg.lr}])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / total_steps))
+    # linear warm-up, then linear decay (transformers' schedule, one step ahead: the first step trains)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=total_steps + 1)
+    sched.step()
     weight = _tag_weights(head.mlp[-1].out_features, cfg.span_weight)
     encoder.train()
     head.train()
