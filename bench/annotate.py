@@ -18,8 +18,9 @@ Keys `<kind>_f1_<set>[_exact]`; the headline `f1_synthetic` (exact) and `f1_held
 (entity+value) are the default annotator's (the tagger: AnnotateConfig/TrainAnnotatorConfig default).
 Speed (same documents, torch 1 thread per worker)
 - docs_per_s_loop: the tagger in a plain single-process loop (annotate + validate), the baseline;
-- docs_per_s_1_actor / _2_actors: run_annotation with a 1- and 2-actor pool (Parquet shards written,
-  fact-store loading off), measured from dataset creation to the last shard written;
+- docs_per_s_1_actor / _2_actors: run_annotation with a 1- and 2-actor pool (shards of 50 documents, the
+  pool's unit of work, written by the actors; fact-store loading off), measured from dataset creation to
+  the last shard written;
 - speedup_2_actors = 2 actors / 1 actor; overhead_vs_loop = 1-actor time / loop time - 1.
   `*_steady` figures leave out the time to the first result (actor start-up: process, imports, model);
 - minilm_docs_per_s_loop: the minilm annotator in the same loop (and in the full run all the
@@ -223,7 +224,7 @@ def speed(args, work: Path, model_dir: Path, minilm_dir: Path) -> dict:
     world = generate_world(WorldConfig(people=args.speed_docs, seed=2))
     texts = [d.text for d in world.documents]
     src = write_jsonl([Record(d.id, d.text, "", "world", {}) for d in world.documents], work / "speed.jsonl")
-    base = AnnotateConfig(input=str(src), trained_path=str(model_dir), batch_size=16, shard_docs=500,
+    base = AnnotateConfig(input=str(src), trained_path=str(model_dir), batch_size=16, shard_docs=50,
                           load_store=False, progress=False, threads_per_actor=1, num_cpus_per_actor=0.5)
     minilm_cfg = AnnotateConfig(**{**base.__dict__, "annotator": "minilm", "trained_path": str(minilm_dir),
                                    "limit": args.minilm_speed_docs})

@@ -152,11 +152,13 @@ def test_config_overrides_and_cli_registration():
 
 def test_read_inputs_reference_json_limit_and_chunks(lmlm_wiki, tmp_path):
     from lmlm.annotate import run_annotation
-    from lmlm.annotate.pipeline import read_inputs
+    from lmlm.annotate.inputs import input_files, read_shard, scan_file
 
-    cfg = AnnotateConfig(input=str(lmlm_wiki / "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"), limit=5,
-                         chunk_words=50, max_doc_bytes=900)
-    rows, rejects = read_inputs(cfg)
+    cfg = AnnotateConfig(input=str(lmlm_wiki / "squad-eval100_chatgpt_gpt4o-v7.1_cleaned.json"))
+    fs, files = input_files(cfg.input)
+    shards = scan_file(fs, *files[0], shard_docs=5)
+    assert len(shards) == 20 and [s["start"] for s in shards[:2]] == [0, 5]
+    rows, rejects = read_shard(fs, shards[0], max_doc_bytes=900, max_words=50)
     assert {r["doc_id"] for r in rows} | {r["id"] for r in rejects} == {f"squad-eval100_chatgpt_gpt4o-v7.1_cleaned:{i}"
                                                                         for i in range(5)}
     assert all(len(r["text"].split()) <= 50 for r in rows) and any(r["chunk"] > 0 for r in rows)
@@ -164,7 +166,7 @@ def test_read_inputs_reference_json_limit_and_chunks(lmlm_wiki, tmp_path):
     with pytest.raises(ValueError, match="persistent fact store"):
         run_annotation(AnnotateConfig(input=cfg.input, output_dir=str(tmp_path / "o"), load_store=True))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_inputs(AnnotateConfig(input=str(tmp_path / "missing.jsonl")))
+        input_files(str(tmp_path / "missing.jsonl"))
 
 
 TEXT = "Mara Quell was born in Lisbon. She works at Kesterly Mills as a weaver."

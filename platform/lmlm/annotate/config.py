@@ -46,9 +46,10 @@ class OpenAIAnnotatorConfig:
 
 @dataclass
 class AnnotateConfig:
-    # corpus to annotate: reference JSON ({"examples": [...]}), .jsonl, .parquet or a dir of shards
+    # corpus to annotate: reference JSON ({"examples": [...]}), .jsonl, .parquet, a directory or a glob of
+    # them; a local path or a URI (file://, s3://, gs://)
     input: str = ""
-    # where annotated/, rejected/, stats/ Parquet shards and loaded/ markers go (reused to resume)
+    # where the annotated/, rejected/, stats/ Parquet shards go (reused to resume)
     output_dir: str = "runs/annotate"
     # which annotator (lmlm.annotate.registry): "trained" (whichever kind `lmlm train-annotator` saved in
     # trained_path), a trained kind that trained_path must hold ("tagger", "minilm", "generative"), "hf"
@@ -74,7 +75,8 @@ class AnnotateConfig:
     batch_size: int = 16
     # torch intra-op threads in each actor (1 keeps actors from fighting over cores)
     threads_per_actor: int = 1
-    # documents per output shard (a shard is the unit of resume and of triple loading)
+    # input items per shard: the unit of resume and of an actor's work, fixed by an output dir's first run
+    # (which cuts smaller shards when the corpus gives fewer than 4 per actor)
     shard_docs: int = 500
     # bulk-load extracted triples into the fact store
     load_store: bool = True

@@ -20,6 +20,7 @@ from lmlm.annotate.evaluation import evaluate_annotator
 from lmlm.annotate.registry import trainable_kind
 from lmlm.annotate.saved import META
 from lmlm.config import from_dict, to_dict
+from lmlm.rayinit import init_ray
 
 
 def _train_loop(config: dict) -> None:
@@ -34,12 +35,10 @@ def _train_loop(config: dict) -> None:
 
 def train_with_ray(cfg: TrainAnnotatorConfig, log=print) -> Path:
     """Train in a one-worker Ray Train job; returns cfg.out_dir."""
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+    init_ray(cfg.ray_address)
     out = Path(cfg.out_dir).resolve()
     if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
         raise ValueError(f"train-annotator: out_dir {out} is a non-empty directory that holds no annotator")

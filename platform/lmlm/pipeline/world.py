@@ -25,9 +25,13 @@ from lmlm.pipeline.runtime import StageTimer, banner, ensure_ray, finished_model
 
 def stage_world(cfg: PipelineConfig):
     """Generate (or load) the world and the people never trained on; write the evaluation texts and
-    the annotator's seed documents. Returns (world, inserted)."""
+    the annotator's seed documents. Returns (world, inserted).
+
+    The inserted people: `inserted_people` new combinations of the world's first names and surnames
+    (in-pool), then as many named from lmlm.world_names' held-out distribution (out-of-pool)."""
     from lmlm.corpus import Record, write_corpus
     from lmlm.world import World, generate_world, rewrite_biographies, unseen_world
+    from lmlm.world_names import is_out_of_pool
 
     world_dir, inserted_dir = cfg.path("world"), cfg.path("inserted")
     if (world_dir / "documents.parquet").is_file():
@@ -38,10 +42,11 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
-    if (inserted_dir / "documents.parquet").is_file():
-        inserted = World.load(inserted_dir)
-    else:
-        inserted = unseen_world(world, cfg.inserted_people, seed=cfg.world.seed + 7919)
+    inserted = World.load(inserted_dir) if (inserted_dir / "documents.parquet").is_file() else None
+    if inserted is None or not any(is_out_of_pool(p.name) for p in inserted.people):
+        # (an inserted world saved before the out-of-pool people existed is remade: same in-pool people)
+        inserted = unseen_world(world, cfg.inserted_people, seed=cfg.world.seed + 7919,
+                                out_of_pool=cfg.inserted_people)
         inserted.save(inserted_dir)
         print(f"world: {len(inserted.people)} people in no training document (facts inserted after "
               f"training) -> {inserted_dir}")
@@ -53,8 +58,8 @@ def stage_world(cfg: PipelineConfig):
                                                             phrasings="train"),
         # ... and in novel sentences (only the relation cues are familiar)
         "novel.jsonl": lambda: rewrite_biographies(world, seed=3, people=cfg.heldout_people, phrasings="novel"),
-        # biographies of the inserted people, in held-out phrasings
-        "unseen.jsonl": lambda: inserted.documents,
+        # biographies of the in-pool inserted people, in held-out phrasings
+        "unseen.jsonl": lambda: [d for d in inserted.documents if not is_out_of_pool(d.meta["person"])],
         "seeds.jsonl": lambda: [Record(d.id, d.text, d.annotated_text, "world-seed", d.meta)
                                 for d in world.documents[: cfg.seed_docs]],
     }
@@ -84,13 +89,16 @@ def stage_annotate(cfg: PipelineConfig, store) -> dict:
 
 
 def stage_build_factstore(cfg: PipelineConfig, store) -> dict:
-    """Load every annotated shard not yet in the store (a no-op after `annotate` loaded them)."""
-    from lmlm.annotate.pipeline import annotator_id_for, load_pending
+    """Load the annotated shards into the store with the bulk loader's actors (Ray Data); a document
+    already in it writes nothing, so this is a no-op after `annotate` loaded them."""
+    from lmlm.annotate.pipeline import load_annotated
 
+    ensure_ray(cfg)
     acfg = annotate_config(cfg)
-    loaded, invalid = load_pending(Path(acfg.output_dir), store, annotator_id_for(acfg))
+    res = load_annotated(Path(acfg.output_dir), store, workers=acfg.num_actors, cpus_per_worker=acfg.num_cpus_per_actor)
     stats = store.stats()
-    print(f"build_factstore: {loaded} triples loaded now ({invalid} invalid); store: {json.dumps(stats)}")
+    print(f"build_factstore: {res['written']} triples loaded now from {res['documents']} documents "
+          f"({res['invalid']} invalid); store: {json.dumps(stats)}")
     return stats
 
 
@@ -154,16 +162,21 @@ def _ok(resp) -> dict:
 
 
 def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> dict:
-    """Knowledge insertion through the HTTP API, on a person no model was trained on: ask for a bio,
-    PUT their facts, ask again, DELETE them, ask a third time."""
+    """Knowledge insertion through the HTTP API, on a person no model was trained on and whose name
+    is out of the training pools (lmlm.world_names): ask for a bio, PUT their facts, ask again,
+    DELETE them, ask a third time."""
     import httpx
     from ray import serve
 
     from lmlm.netutil import free_port
     from lmlm.serve.app import ServeConfig, build_app
+    from lmlm.world_names import is_out_of_pool
 
     ensure_ray(cfg)
-    person = inserted.people[-1]  # beyond the evaluated ones: the store has never held their facts
+    # the last out-of-pool person (stage_world puts them last), beyond the evaluated ones: the store
+    # has never held their facts
+    person = inserted.people[-1]
+    out_of_pool = is_out_of_pool(person.name)
     store.delete_entity(person.name)  # left over from an interrupted run
     facts = [{"entity": person.name, "relation": r, "value": v} for r, v in person.attributes.items()]
     port = cfg.serve.port or free_port()
@@ -187,13 +200,15 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> di
                           _ok(http.post(f"{base}/v1/generate", json=body))))
     finally:
         serve.shutdown()
-    print(f"serve_demo: {person.name} appears in no training document; ground truth {json.dumps(person.attributes)}")
+    name_is = "out of the training pools" if out_of_pool else "a new combination of trained names"
+    print(f"serve_demo: {person.name} appears in no training document (the name is {name_is}); "
+          f"ground truth {json.dumps(person.attributes)}")
     for title, ans in steps:
         print(f"\n--- {title}\n{prompt}{ans['text']}")
         for lk in ans["lookups"]:
             score = "" if lk.get("score") is None else f", score {lk['score']:.3f}"
             print(f"    lookup ({lk['entity']!r}, {lk['relation']!r}) -> {lk['value']!r} [{lk['stage']}{score}]")
-    return {"person": person.name, "steps": [{"title": t, "answer": a} for t, a in steps]}
+    return {"person": person.name, "out_of_pool": out_of_pool, "steps": [{"title": t, "answer": a} for t, a in steps]}
 
 
 # ----------------------------------------------------------------------------------------------
