@@ -15,22 +15,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make the entries of directory `path` (creations, renames) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a file another library wrote (DeepSpeed, pyarrow) to disk."""
+    """Flush a file another library wrote (DeepSpeed, pyarrow), or a directory's entries (creations,
+    renames), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_file  # the same call makes a directory's entries durable
 
 
 def fsync_tree(path: str | os.PathLike) -> None:

@@ -105,17 +105,22 @@ def _record_or_skip(path: Path, n: int, item: Any) -> Record | SkippedLine:
         return SkippedLine(str(path), n, str(e), BAD_RECORD, str(own) if own is not None else default_id)
 
 
-def _iter_json(path: Path) -> Iterator[Record | SkippedLine]:
+def json_examples(raw: bytes, where: str) -> list:
+    """The examples of a JSON corpus file's bytes: the reference layout {"examples": [...]} or a list."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not valid UTF-8 ({e}); a JSONL corpus rejects bad lines only") from e
+        raise CorpusError(f"{where}: not valid UTF-8 ({e}); a JSONL corpus rejects bad lines only") from e
     except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        raise CorpusError(f"{where}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     examples = data.get("examples") if isinstance(data, dict) else data
     if not isinstance(examples, list):
-        raise CorpusError(f"{path}: expected {{'examples': [...]}} or a JSON list of records")
-    for i, example in enumerate(examples):
+        raise CorpusError(f"{where}: expected {{'examples': [...]}} or a JSON list of records")
+    return examples
+
+
+def _iter_json(path: Path) -> Iterator[Record | SkippedLine]:
+    for i, example in enumerate(json_examples(path.read_bytes(), str(path))):
         yield _record_or_skip(path, i, example)
 
 

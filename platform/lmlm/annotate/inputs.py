@@ -34,7 +34,7 @@ from typing import Iterator
 
 from lmlm.annotate.chunks import chunk_words
 from lmlm.corpus import (BAD_RECORD, BROKEN_JSON, INVALID_UTF8, CorpusError, Record, SkippedLine,
-                         record_from_dict)
+                         json_examples, record_from_dict)
 from lmlm.format import strip_lookups
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -141,17 +141,7 @@ def plan_shards(cfg, shard_docs: int):
 
 def _json_examples(filesystem, path: str) -> list:
     with filesystem.open_input_stream(path) as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not valid UTF-8 ({e}); a JSONL corpus rejects bad lines only") from e
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-    examples = data.get("examples") if isinstance(data, dict) else data
-    if not isinstance(examples, list):
-        raise CorpusError(f"{path}: expected {{'examples': [...]}} or a JSON list of records")
-    return examples
+        return json_examples(f.read(), path)
 
 
 def _parquet_rows(filesystem, path: str, start: int, count: int | None) -> tuple[list[dict], int]:
