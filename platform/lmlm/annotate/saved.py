@@ -11,6 +11,7 @@ fingerprint a digest of its seeds and settings (`seed_fingerprint`).
 """
 from __future__ import annotations
 
+import abc
 import json
 import zlib
 from pathlib import Path
@@ -74,9 +75,11 @@ class SavedAnnotator(Annotator):
         p = Path(path)
         return cls.from_files(p, read_meta(p, cls.kind, cls.files))
 
+    @abc.abstractmethod
     def save_files(self, out: Path) -> None:
-        raise NotImplementedError
+        """Write this kind's files (`files`) into `out`; annotator.json is written after them."""
 
     @classmethod
+    @abc.abstractmethod
     def from_files(cls, path: Path, meta: dict) -> "SavedAnnotator":
-        raise NotImplementedError
+        """The annotator saved in `path`, whose annotator.json holds `meta`."""
