@@ -2,6 +2,7 @@
 convergence, on one CUDA GPU. Each figure comes with its baseline measured in the same run.
 
     python bench/gpu.py                          # one CUDA GPU, under 8 min; last line: one JSON object
+    python bench/gpu.py --quick                  # the same shapes, few steps (under 60 s of GPU work + start-up)
     python bench/gpu.py --parts train,engine     # a subset (train, engine, wiki)
     python bench/gpu.py --device cpu --tiny      # the same code paths at toy sizes on a CPU (the tests)
 
@@ -54,14 +55,14 @@ def timed(fn, device):
     return out, time.perf_counter() - t
 
 
-def bench_train(device: torch.device, tiny: bool, compile_model: bool) -> dict:
+def bench_train(device: torch.device, tiny: bool, compile_model: bool, quick: bool = False) -> dict:
     from lmlm.train.config import PretrainConfig
     from lmlm.train.data import Packed
     from lmlm.train.mfu import mfu, peak_flops
     from lmlm.train.models import build_model, flops_per_token
     from lmlm.train.single import train_single
 
-    shape, seq, micro, vocab, steps = ("tiny", 64, 4, 512, 3) if tiny else ("llama2-176m", 1024, 16, 32000, 20)
+    shape, seq, micro, vocab, steps = ("tiny", 64, 4, 512, 3) if tiny else ("llama2-176m", 1024, 16, 32000, 6 if quick else 20)
     warm = 3
     rng = np.random.default_rng(0)
     rows = micro * (steps + warm)
@@ -86,14 +87,14 @@ def bench_train(device: torch.device, tiny: bool, compile_model: bool) -> dict:
     return out
 
 
-def bench_engine(device: torch.device, tiny: bool) -> dict:
+def bench_engine(device: torch.device, tiny: bool, quick: bool = False) -> dict:
     from lmlm.factstore import FactStore, FactStoreConfig
     from lmlm.generate import Engine, GenerationParams
     from lmlm.testing.tiny import PEOPLE, synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
     from lmlm.precision import inference_dtype
 
     tok = tiny_tokenizer(synthetic_texts(), vocab_size=2000)
-    hidden, layers, heads, new, rows = (64, 2, 4, 8, 4) if tiny else (1024, 12, 16, 128, 16)
+    hidden, layers, heads, new, rows = (64, 2, 4, 8, 4) if tiny else (1024, 12, 16, 32 if quick else 128, 16)
     model = tiny_model(len(tok), hidden=hidden, layers=layers, heads=heads, max_len=4096)
     model = model.to(device=device, dtype=inference_dtype("auto", device))
     prompts = [f"Tell me a bio of {p}. {p} is" for p in PEOPLE + PEOPLE[:4]][:rows]
@@ -126,7 +127,7 @@ def bench_engine(device: torch.device, tiny: bool) -> dict:
     return out
 
 
-def bench_wiki(device: torch.device, tiny: bool, out_dir: Path) -> dict:
+def bench_wiki(device: torch.device, tiny: bool, out_dir: Path, quick: bool = False) -> dict:
     from lmlm.factstore import FactStore
     from lmlm.pipeline.config import load, pretrain_config, store_config
     from lmlm.pipeline.corpus import stage_build_factstore, stage_corpus, stage_evaluate
@@ -140,6 +141,8 @@ def bench_wiki(device: torch.device, tiny: bool, out_dir: Path) -> dict:
         overrides += ["corpus.train_max_docs=24", "pretrain.model=tiny", "pretrain.seq_len=128",
                       "pretrain.micro_batch_size=4", "pretrain.epochs=1", "pretrain.precision=auto",
                       "realtext.max_docs=6", "realtext.completion=6", "realtext.batch_size=4"]
+    elif quick:  # the real recipe on a slice: 300 training documents, one pass, 30 evaluation documents
+        overrides += ["corpus.train_max_docs=300", "pretrain.epochs=1", "realtext.max_docs=30", "realtext.completion=60"]
     cfg = load(str(REPO / "jobs" / "configs" / "wiki-gpu.yaml"), overrides)
     train, held_out = stage_corpus(cfg.corpus, cfg.path("corpus"))
     base = resolve_start(pretrain_config(cfg), cfg.path("init"))  # the pretrained start with the lookup tokens
@@ -172,7 +175,8 @@ def main() -> int:
     ap.add_argument("--parts", default="train,engine,wiki", help="comma-separated: train, engine, wiki")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu with --tiny (tests)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes: checks the code paths, measures nothing")
-    ap.add_argument("--no-compile", action="store_true", help="train part without torch.compile")
+    ap.add_argument("--quick", action="store_true", help="the same shapes with few steps and a slice of the wiki recipe")
+    ap.add_argument("--no-compile", action="store_true", help="train part without torch.compile (--quick: never)")
     ap.add_argument("--out-dir", default="", help="where the wiki part writes (default: a temporary folder)")
     args = ap.parse_args()
     from lmlm.eval.results import json_safe
@@ -188,16 +192,17 @@ def main() -> int:
     if device.type != "cuda" and not args.tiny:
         ap.error("--device cpu measures nothing worth recording: add --tiny (or run on a GPU)")
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "tiny": args.tiny, "date": time.strftime("%Y-%m-%d")}
+              "torch": torch.__version__, "tiny": args.tiny, "quick": args.quick, "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         for part in parts:
             t = time.perf_counter()
             if part == "train":
-                result.update(bench_train(device, args.tiny, device.type == "cuda" and not args.no_compile))
+                result.update(bench_train(device, args.tiny, device.type == "cuda" and not (args.no_compile or args.quick),
+                                          args.quick))
             elif part == "engine":
-                result.update(bench_engine(device, args.tiny))
+                result.update(bench_engine(device, args.tiny, args.quick))
             else:
-                result.update(bench_wiki(device, args.tiny, Path(args.out_dir or tmp) / "wiki"))
+                result.update(bench_wiki(device, args.tiny, Path(args.out_dir or tmp) / "wiki", args.quick))
             result[f"{part}_wall_s"] = round(time.perf_counter() - t, 1)
     result["wall_s"] = round(time.perf_counter() - STARTED, 1)
     print(json.dumps(json_safe(result)))

@@ -28,6 +28,7 @@ def test_refuses_without_a_gpu():
     p = _run()
     assert p.returncode == 2 and "needs a CUDA GPU" in p.stderr
     assert _run("--device", "cpu").returncode == 2  # a CPU run without --tiny would record nothing real
+    assert _run("--quick").returncode == 2 and _run("--parts", "train,nope", "--device", "cpu", "--tiny").returncode == 2
 
 
 @pytest.mark.slow
