@@ -12,16 +12,16 @@ def register(subparsers) -> None:
 
 
 def _serve(args) -> int:
-    import ray
     from ray import serve
 
     from lmlm.config import load_config
+    from lmlm.rayinit import init_ray
 
     from .app import build_app
     from .config import ServeConfig
 
     cfg = load_config(ServeConfig, args.config, args.overrides)
-    ray.init(include_dashboard=False, ignore_reinit_error=True)
+    init_ray()
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(cfg), name="lmlm", route_prefix="/", blocking=True)
     return 0
