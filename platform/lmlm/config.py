@@ -22,6 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import pydantic
+import pydantic_core
 import yaml
 
 from lmlm import atomicfile
@@ -33,84 +35,81 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass; the message names the key."""
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(tp, type) and isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        vt = args[1] if len(args) == 2 else Any
-        return {k: _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
+# pydantic checks and converts (a TypeAdapter of the dataclass: sections from mappings, lists
+# from lists or tuples, __post_init__ run), made strict where YAML types must not be bent: a bool,
+# int or str field takes only that type (no "yes" or 1 -> True, "3" or 3.0 -> 3, 3 -> "3"), and a
+# float field any number or numeric string (YAML 1.1 reads `1e-3`, without a dot, as a string).
+_KEEP = {"default", "metadata", "expected", "keys_schema", "serialization"}  # values, not schemas to make strict
+_WANT = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number", "string_type": "a string",
+         "dataclass_type": "a mapping", "dict_type": "a mapping", "list_type": "a list", "tuple_type": "a list"}
 
 
-def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
-    """Build dataclass `cls` from a mapping, recursively; unknown keys are errors."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(fields))})")
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}.{name}" if prefix else name)
-              for name, value in data.items()}
+def _number(value: Any) -> Any:
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _strict(schema: Any) -> Any:
+    """pydantic core schema `schema` with scalars made strict and dataclasses refusing unknown keys."""
+    if isinstance(schema, (list, tuple)):
+        return type(schema)(_strict(s) for s in schema)
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _KEEP else _strict(v) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind in ("bool", "int", "str", "literal"):
+        out["strict"] = True
+    elif kind == "dataclass-args":
+        out["extra_behavior"] = "forbid"
+    elif kind == "float":
+        return pydantic_core.core_schema.no_info_before_validator_function(_number, {**out, "strict": True})
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(cls: type) -> pydantic_core.SchemaValidator:
+    return pydantic_core.SchemaValidator(_strict(pydantic.TypeAdapter(cls).core_schema))
+
+
+def _message(cls: type, err: Any) -> str:
+    """One pydantic error as a message that starts with the dotted key path."""
+    loc, value, kind = err["loc"], err.get("input"), err["type"]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind == "unexpected_keyword_argument":  # list the keys the section holding it knows
+        section = _dataclass_in(_type_at(cls, loc[:-1]))
+        known = sorted(f.name for f in dataclasses.fields(section) if f.init) if section else []
+        return f"unknown config key {key}" + (f" (known: {', '.join(known)})" if known else "")
+    if kind in _WANT:  # a wrong value is shown, a wrong section or list named by its type
+        got = type(value).__name__ if _WANT[kind] in ("a mapping", "a list") else repr(value)
+        return f"{key or cls.__name__}: expected {_WANT[kind]}, got {got}"
+    if kind == "literal_error":
+        tp = _type_at(cls, loc)  # Literal[...] or Optional[Literal[...]]; past a list, pydantic's wording
+        allowed = next((list(typing.get_args(a)) for a in (tp, *typing.get_args(tp))
+                        if typing.get_origin(a) is typing.Literal), err["ctx"]["expected"])
+        return f"{key}: {value!r} is not one of {allowed}"
+    if kind in ("value_error", "assertion_error"):  # raised by a __post_init__
+        return f"{key or cls.__name__}: {err['ctx']['error']}"
+    return f"{key or cls.__name__}: " + ("required, has no default" if kind.startswith("missing") else err["msg"])
+
+
+def _type_at(tp: Any, loc: Sequence) -> Any:
+    """The annotated type at key path `loc` below dataclass `tp` (None past a list or a mapping)."""
+    for part in loc:
+        section = _dataclass_in(tp)
+        tp = typing.get_type_hints(section).get(part) if section and isinstance(part, str) else None
+    return tp
+
+
+def from_dict(cls: type[T], data: dict) -> T:
+    """Build dataclass `cls` from a mapping, recursively; unknown keys and wrong types are errors naming the key."""
+    try:
+        return _validator(cls).validate_python(data)
+    except pydantic_core.ValidationError as e:
+        raise ConfigError("; ".join(dict.fromkeys(_message(cls, err) for err in e.errors()))) from None
+    except TypeError as e:  # a __post_init__'s own TypeError
+        raise ConfigError(f"{cls.__name__}: {e}") from e
 
 
 def to_dict(obj: Any) -> Any:
