@@ -11,7 +11,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from lmlm.format import Triple
-from lmlm.world import World, WorldConfig, generate_world, unseen_world
+from lmlm.world import FIRST_NAMES, SURNAMES, World, WorldConfig, generate_world, unseen_world
 from lmlm.world_names import (
     CULTURES,
     INITIALS,
@@ -19,8 +19,11 @@ from lmlm.world_names import (
     PARTICLE_CULTURES,
     TRAINING_WORDS,
     VIETNAMESE_MIDDLE,
+    HELDOUT_PARTS,
     clashes,
     draw_heldout_names,
+    draw_training_names,
+    near_heldout,
     fold,
     is_out_of_pool,
     name_parts,
@@ -70,6 +73,46 @@ def test_no_heldout_name_part_in_any_training_document(world):
     assert len(held) > 500
     assert not held & seen
     assert not any(clashes(p) for p in held)
+
+
+def test_generated_training_names_share_no_part_with_the_heldout_names():
+    """With generated names (the demo's recipe) the training documents hold words outside the pools,
+    and still no held-out name part: checked on the documents themselves."""
+    world = generate_world(WorldConfig(people=3000, generated_name_rate=0.5, **DEMO_LIKE))
+    seen = set()
+    for d in world.documents:
+        seen.update(words(d.text), words(d.annotated_text))
+    generated = [p.name for p in world.people if not set(name_parts(p.name)) <= TRAINING_WORDS]
+    assert 0.4 < len(generated) / len(world.people) < 0.6
+    assert not seen <= TRAINING_WORDS | {"dblookup"}  # the generated names are in the text
+    held = _pool_parts() | {p for n in draw_heldout_names(random.Random(1), 3000) for p in name_parts(n)}
+    assert HELDOUT_PARTS == _pool_parts()
+    assert not held & seen
+    # nor does a held-out part begin a generated name part of 4+ letters, or the reverse
+    long_seen = {w for n in generated for w in name_parts(n) if len(w) >= 4}
+    assert not any(h[:k] in long_seen for h in held for k in range(4, len(h) + 1))
+    assert not any(w[:k] in held for w in long_seen for k in range(4, len(w) + 1))
+    # the held-out names of the inserted people stay out of pool, the in-pool ones in it
+    both = unseen_world(world, 20, seed=7919, out_of_pool=20)
+    assert [is_out_of_pool(p.name) for p in both.people] == [False] * 20 + [True] * 20
+
+
+def test_generated_training_names_are_new_unambiguous_and_of_every_shape():
+    names = draw_training_names(random.Random(0), 4000)
+    assert names == draw_training_names(random.Random(0), 4000)  # a pure function of the RNG's state
+    parts = [fold(w) for n in names for w in n.replace("-", " ").split() if w[0].isupper() and not w.endswith(".")]
+    assert len(parts) == len(set(parts))  # no two names share a part (particles and initials aside)
+    unique = set(parts)
+    assert not any(p[:k] in unique for p in parts for k in range(1, len(p)))  # nor does one begin another
+    assert not any(near_heldout(p) for p in parts)
+    assert not set(parts) & {n.casefold() for n in (*FIRST_NAMES, *SURNAMES)}
+    assert any(" " not in n for n in names) and any("-" in n for n in names) and any("." in n for n in names)
+    assert any(len(n.split()) == 3 for n in names) and any(any(w.islower() for w in n.split()) for n in names)
+    assert 0.2 < sum(not n.isascii() for n in names) / len(names) < 0.8  # diacritics in many, not all
+    lengths = [len(p) for p in parts]
+    assert 4 <= sum(lengths) / len(lengths) <= 9  # name-like lengths
+    assert near_heldout("nguyen") and near_heldout("vokute") and near_heldout("zhangwei") and near_heldout("quis")
+    assert not near_heldout("flauxen")
 
 
 def test_drawn_names_are_distinct_unambiguous_and_of_every_shape():

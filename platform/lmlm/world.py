@@ -41,7 +41,7 @@ from lmlm.world_text import (  # noqa: F401  (the pools are part of this module'
     UNKNOWN_PHRASINGS,
     heldout_pair,
 )
-from lmlm.world_names import draw_heldout_names
+from lmlm.world_names import draw_heldout_names, draw_training_names
 
 
 @dataclass
@@ -57,6 +57,9 @@ class WorldConfig:
     # share of facts the world does not know: the biography says so ("her alma mater is unknown")
     # after a lookup that returns "unknown"; the person has no triple for them (at most 4 per person)
     unknown_fact_rate: float = 0.0
+    # share of names (people and spouses) drawn from lmlm.world_names' broad generated distribution
+    # instead of FIRST_NAMES x SURNAMES: names no prior predicts, so lookups learn to copy them
+    generated_name_rate: float = 0.0
 
 
 @dataclass
@@ -248,8 +251,15 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
         raise ValueError(f"unknown_fact_rate must be in [0, 0.5], got {cfg.unknown_fact_rate}")
     if cfg.phrasings not in ("train", "heldout", "novel"):
         raise ValueError(f"phrasings must be 'train', 'heldout' or 'novel', got {cfg.phrasings!r}")
+    if not 0.0 <= cfg.generated_name_rate <= 1.0:
+        raise ValueError(f"generated_name_rate must be in [0, 1], got {cfg.generated_name_rate}")
     rng = random.Random(cfg.seed)
     names = _draw_names(rng, 2 * cfg.people)
+    if cfg.generated_name_rate:  # a stream of its own: rate 0 leaves the world as it was
+        name_rng = random.Random(f"generated-names-{cfg.seed}")
+        slots = [i for i in range(len(names)) if name_rng.random() < cfg.generated_name_rate]
+        for i, name in zip(slots, draw_training_names(name_rng, len(slots))):
+            names[i] = name
     # the unknown facts have their own stream: rate 0 leaves the world as it was
     people, docs, cloze = _populate(cfg, rng, random.Random(f"unknown-{cfg.seed}"), names, f"world-{cfg.seed}")
     n_forget = round(cfg.people * cfg.forget_fraction)
@@ -289,13 +299,15 @@ def unseen_world(world: World, people: int, seed: int, out_of_pool: int = 0) -> 
     """`people` people absent from `world` (no name shared with its people or their spouses), with
     biographies in the held-out phrasings: knowledge no model trained on `world.documents` has seen.
 
-    They are new combinations of the world's own first names and surnames. `out_of_pool` more people
+    They are new combinations of the world's own first names and surnames (never generated names,
+    whatever `generated_name_rate` the world has). `out_of_pool` more people
     follow them, they and their spouses named from lmlm.world_names' held-out distribution: no part
     of their names is a word of any training document (`lmlm.world_names.is_out_of_pool`). They are
     drawn from streams of their own, so the first `people` are the same whatever `out_of_pool` is.
     """
     taken = {p.name for p in world.people} | {p.attributes.get("Spouse") for p in world.people}
-    cfg = dataclasses.replace(world.config, people=people + people // 5 + 10, seed=seed, phrasings="heldout")
+    cfg = dataclasses.replace(world.config, people=people + people // 5 + 10, seed=seed, phrasings="heldout",
+                              generated_name_rate=0.0)
     other = generate_world(cfg)
     keep = [p for p in other.people if p.name not in taken and p.attributes.get("Spouse") not in taken][:people]
     names = {p.name for p in keep}

@@ -13,6 +13,13 @@ the pools it was trained on. They come from cultures and shapes absent from thos
 - single-token names ("Sukarni"), initials ("T. K. Ramasamy");
 - generated pronounceable strings ("Vokuteli Zanamo").
 
+The training world can name a share of its people (`WorldConfig.generated_name_rate`) from a second,
+broad distribution (`draw_training_names`): random pronounceable strings over a wide alphabet with
+diacritics, in every shape above, so that a person's name cannot be predicted from a prior and the
+only way to write it into a lookup is to copy it. Those names share letters with the held-out ones,
+never a part: a generated part is redrawn when it (folded) is a held-out pool part, begins one or is
+begun by one (4+ letters), or could begin a held-out generated string.
+
 Contract (`draw_heldout_names`, checked by tests/test_world_names.py): every name part (the name split
 at whitespace and hyphens, "." stripped, lower-cased, diacritics folded) is no word that the
 training world can write (`TRAINING_WORDS`: every word of world_text's pools, pool pieces, sentence
@@ -174,6 +181,118 @@ def _generated(rng: random.Random) -> str:
 
 _BUILDERS = {"native": _native, "particle": _particle, "hyphenated": _hyphenated, "single": _single,
              "initials": _initials, "generated": _generated}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training names beyond the pools: every part its own random string (no two names share a part, and
+# no part begins another, so no name hides inside another).
+_T_ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "x", "y", "z", "")
+_T_CLUSTERS = ("ch", "sh", "th", "ph", "gh", "kh", "zh", "ng", "dr", "tr", "br", "kr", "gr", "pr", "st", "sk",
+               "bl", "kl", "fl", "vr", "ts", "dz", "sz", "cz", "qu")
+_T_VOWELS = ("a", "e", "i", "o", "u", "y")
+_T_DIPHTHONGS = ("ai", "au", "ei", "ie", "oa", "ou", "ua", "ae")
+_T_CODAS = ("n", "m", "r", "l", "s", "k", "t", "ng", "nd", "rt", "x", "z", "sh", "th")
+# letters a generated string may carry instead of a plain one (Latin-1, Latin Extended, Vietnamese)
+_ACCENTED = {"a": "áàâäãåāăąạảấầẩẫậắằẳẵặ", "e": "éèêëēėęěẹẻẽếềểễệ", "i": "íìîïīįıỉị",
+             "o": "óòôöõøōőơọỏốồổỗộớờởỡợ", "u": "úùûüūůűưụủứừửữự", "y": "ýÿỳỵỷỹ", "c": "çćč", "s": "şśš",
+             "z": "žźż", "n": "ñńň", "l": "ł", "d": "đďð", "g": "ğ", "r": "ř", "t": "ťþ"}
+TRAINING_PARTICLES = 80  # lowercase particles ("van der", "bin") drawn per call: an open class, copied too
+_T_INITIALS = tuple(c.upper() for c in "abcdefghijklmnopqrstuvwxyz" if c.upper() not in INITIALS)
+TRAINING_SHAPES = {"two": 0.45, "three": 0.15, "single": 0.1, "hyphenated": 0.1, "particle": 0.1, "initials": 0.1}
+_HELDOUT_SYLLABLE = "(?:kh|ts|ny|[bdgklmnprstvz])(?:ai|ou|[aeiou])"  # of a held-out generated word (_generated_word)
+_HELDOUT_GENERATED_PREFIX = re.compile(f"(?:{_HELDOUT_SYLLABLE})*(?:kh|ts|ny|[bdgklmnprstvz])?")  # begins one
+_HELDOUT_GENERATED = re.compile(f"(?:{_HELDOUT_SYLLABLE})+")  # could be one
+
+
+def _heldout_parts() -> frozenset[str]:
+    entries = [*MONONYMS, *VIETNAMESE_MIDDLE, *INITIALS]
+    for given, family, _ in CULTURES.values():
+        entries += [*given, *family]
+    for given, particles, family in PARTICLE_CULTURES.values():
+        entries += [*given, *particles, *family]
+    return frozenset(p for e in entries for p in name_parts(e))
+
+
+HELDOUT_PARTS = _heldout_parts()
+_HELDOUT_LONG = frozenset(p for p in HELDOUT_PARTS if len(p) >= 4)
+_HELDOUT_PREFIXES = frozenset(p[:k] for p in HELDOUT_PARTS for k in range(4, len(p) + 1))
+
+
+def near_heldout(part: str) -> bool:
+    """Whether a (folded) part is a held-out part, begins or is begun by one (4+ letters), could begin
+    a held-out generated string or begins with one: what a training name may never be."""
+    return (part in HELDOUT_PARTS or part in _HELDOUT_PREFIXES
+            or any(part[:k] in _HELDOUT_LONG or _HELDOUT_GENERATED.fullmatch(part[:k])
+                   for k in range(4, len(part) + 1))
+            or _HELDOUT_GENERATED_PREFIX.fullmatch(part) is not None)
+
+
+def _accent(rng: random.Random, s: str, rate: float) -> str:
+    return "".join(rng.choice(_ACCENTED[c]) if c in _ACCENTED and rng.random() < rate else c for c in s)
+
+
+class _PartDrawer:
+    """Random name parts, each new: not a training word, not near a held-out part, not a pool name,
+    and neither beginning nor begun by any part drawn before."""
+
+    def __init__(self, rng: random.Random, accent_rate: float) -> None:
+        self.rng, self.accent_rate = rng, accent_rate
+        self.parts: set[str] = {fold(n) for n in (*wt.FIRST_NAMES, *wt.SURNAMES)}
+        self.prefixes: set[str] = {p[:k] for p in self.parts for k in range(1, len(p) + 1)}
+
+    def _free(self, key: str) -> bool:
+        return (len(key) >= 3 and key not in TRAINING_WORDS and key not in self.prefixes
+                and not any(key[:k] in self.parts for k in range(1, len(key) + 1)) and not near_heldout(key))
+
+    def draw(self) -> str:
+        rng = self.rng
+        for _ in range(1000):
+            syllables = rng.choices((1, 2, 3), (0.2, 0.55, 0.25))[0]
+            plain = "".join(rng.choice(_T_CLUSTERS if rng.random() < 0.2 else _T_ONSETS)
+                            + rng.choice(_T_DIPHTHONGS if rng.random() < 0.2 else _T_VOWELS)
+                            + (rng.choice(_T_CODAS) if rng.random() < 0.35 else "") for _ in range(syllables))
+            word = _accent(rng, plain, self.accent_rate)
+            key = fold(word)
+            if self._free(key):
+                self.parts.add(key)
+                self.prefixes.update(key[:k] for k in range(1, len(key) + 1))
+                return word[0].upper() + word[1:]
+        raise ValueError("draw_training_names: no new name part found in 1000 draws")
+
+
+def _particles(rng: random.Random, n: int) -> list[str]:
+    """`n` distinct short lowercase words (2-4 letters) for particles: no training word, none near a
+    held-out part."""
+    out: set[str] = set()
+    while len(out) < n:
+        w = rng.choice(_T_ONSETS) + rng.choice(_T_VOWELS) + (rng.choice(_T_CODAS) if rng.random() < 0.5 else "")
+        if 2 <= len(w) <= 4 and w not in TRAINING_WORDS and not near_heldout(w):
+            out.add(w)
+    return sorted(out)
+
+
+def draw_training_names(rng: random.Random, n: int, accent_rate: float = 0.08) -> list[str]:
+    """`n` distinct generated names of the training distribution (module docstring), shapes drawn by
+    TRAINING_SHAPES; no part is shared with another name, a pool name or the held-out distribution.
+    A pure function of `rng`'s state."""
+    parts = _PartDrawer(rng, accent_rate)
+    particles = _particles(rng, TRAINING_PARTICLES)
+    shapes, weights = zip(*TRAINING_SHAPES.items())
+    out = []
+    for _ in range(n):
+        shape = rng.choices(shapes, weights)[0]
+        if shape == "single":
+            name = parts.draw()
+        elif shape == "hyphenated":
+            name = f"{parts.draw()} {parts.draw()}-{parts.draw()}"
+        elif shape == "particle":
+            name = f"{parts.draw()} {' '.join(rng.sample(particles, rng.choice((1, 1, 2))))} {parts.draw()}"
+        elif shape == "initials":
+            name = " ".join(f"{c}." for c in rng.sample(_T_INITIALS, rng.randint(1, 2))) + f" {parts.draw()}"
+        else:
+            name = " ".join(parts.draw() for _ in range(3 if shape == "three" else 2))
+        out.append(name)
+    return out
 
 
 def draw_heldout_names(rng: random.Random, n: int, taken: Iterable[str] = ()) -> list[str]:
