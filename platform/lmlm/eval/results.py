@@ -65,6 +65,9 @@ class EvalResults:
     precision_inserted_out_of_pool: Optional[float] = None  # LMLM, lookups on
     completion_em_inserted_out_of_pool: Optional[float] = None
     own_entity_lookup_rate_out_of_pool: Optional[float] = None
+    # with copy_entities on: the same people, the model spelling entities on its own
+    own_entity_lookup_rate_out_of_pool_uncopied: Optional[float] = None
+    precision_inserted_out_of_pool_uncopied: Optional[float] = None
     # share of the LMLM's lookups (bios of trained and inserted people) answered with another
     # stored person's fact
     wrong_entity_hit_rate: Optional[float] = None
@@ -162,6 +165,8 @@ ROWS = (
      "precision_inserted_out_of_pool", "completion_em_inserted_out_of_pool", None),
     ("own-entity lookup rate, inserted people, in-pool / out-of-pool names", "own_entity_lookup_rate_inserted",
      "own_entity_lookup_rate_out_of_pool", None),
+    ("out-of-pool names without copy_entities: own-entity lookup rate / precision",
+     "own_entity_lookup_rate_out_of_pool_uncopied", "precision_inserted_out_of_pool_uncopied", None),
     ("wrong-entity hit rate (lookups answered with another person's fact)", "wrong_entity_hit_rate", None, None),
     ("forget-set precision, before / after deletion", "forget_precision_before", "forget_precision_after", None),
     ("retain-set precision, before / after deletion", "retain_precision_before", "retain_precision_after", None),

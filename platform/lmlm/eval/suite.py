@@ -8,6 +8,7 @@ caller's store, dropped at the end: the caller's store is only read.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ DEFINITIONS = {
     "out_of_pool": "inserted people named from lmlm.world_names (other cultures and shapes): no part of their "
                    "names (split at whitespace and hyphens, case and diacritics folded) is a word of any "
                    "training document; evaluated with the LMLM, lookups on, on a copy of the store that also "
-                   "holds the in-pool inserted facts",
+                   "holds the in-pool inserted facts; with copy_entities every setting generates with the "
+                   "entity constrained to spellings in the text (lmlm.generate.copying), and *_uncopied the "
+                   "same out-of-pool people without it",
     "wrong_entity_hit_rate": "share of lookups (LMLM, lookups on, generated bios of trained, in-pool and "
                              "out-of-pool inserted people) that the store answered with a triple whose entity "
                              "is not the prompt's person (normalised key); unanswered lookups are no hits",
@@ -70,6 +73,7 @@ class EvalConfig:
     length_penalty_gamma: int = 10  # FActScore length penalty exp(1 - gamma/#facts)
     repetition_penalty: float = 1.2  # generation (reference default)
     max_lookups: int = 5  # lookups per generated sequence
+    copy_entities: bool = False  # lookup entities spelled as the text spells them (lmlm.generate.copying)
     n_perturbed: int = 4  # wrong answers per question for the truth ratio
     batch_size: int = 16  # prompts per generate call / sequences per scoring batch
     seed: int = 0  # people sampling and perturbations
@@ -292,6 +296,11 @@ def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, sto
         if held_out.people:
             with scratch_copy(store, "heldout") as copy:
                 oop = _insert_and_ask(copy, held_out, cfg, settings[:1])
+                if cfg.copy_entities:  # what the model spells on its own, for comparison
+                    free = _insert_and_ask(copy, held_out, dataclasses.replace(cfg, copy_entities=False), settings[:1])
+                    res.update({"precision_inserted_out_of_pool_uncopied": free["lmlm"]["precision"]["all"]["precision"],
+                                "own_entity_lookup_rate_out_of_pool_uncopied": free["lmlm"]["own_entity_lookup_rate"]})
+                    res.details["inserted_out_of_pool_uncopied"] = free
             res.update({"precision_inserted_out_of_pool": oop["lmlm"]["precision"]["all"]["precision"],
                         "completion_em_inserted_out_of_pool": oop["lmlm"]["completion_summary"]["em"],
                         "own_entity_lookup_rate_out_of_pool": oop["lmlm"]["own_entity_lookup_rate"]})

@@ -14,6 +14,7 @@ loop) while one thread calls `step`; everything else belongs to the stepping thr
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from lmlm.factstore import StoreUnavailable
 from lmlm.tokenizer import lookup_token_ids
 
 from .batch import DecodeBatch, Row, StepResult
+from .copying import EntityCopier
 from .params import GenerationParams, ParamsError
 from .state import GenerationResult, SequenceState
 
@@ -96,7 +98,13 @@ class Engine:
             raise ParamsError("prompt: must not be empty")
         if params.use_lookups and self.store is None:
             raise ParamsError("use_lookups: this engine has no fact store; pass use_lookups=False")
-        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode, self.encode, self.device)
+        return SequenceState(text, ids, params, self.token_ids, self.max_len, self.decode, self.encode, self.device,
+                             self.copier if params.copy_entities else None)
+
+    @functools.cached_property
+    def copier(self) -> EntityCopier:
+        """The tokenizer's byte tables for copied entities, built on the first request that asks."""
+        return EntityCopier(self.tokenizer)
 
     def answer_pending(self, states: Sequence[SequenceState]) -> None:
         """Answer every pending query: one `lookup_batch` call per distinct store policy (usually one).

@@ -34,6 +34,7 @@ class GenerationParams:
     max_entity_chars: int = 100          # a longer entity (or relation) is answered unknown, no store call
     stop: list[str] = field(default_factory=list)  # stop strings, searched in the display text
     use_lookups: bool = True             # False bans the four lookup tokens (database-off ablation)
+    copy_entities: bool = False          # a lookup's entity must be spelled as the text before it spells it
     fallback: Optional[Fallback] = None  # None: the store's default
     # fuzzy-match thresholds, each None for the store's default; the store refuses one its mode does not use
     entity_threshold: Optional[float] = None    # two_stage: least entity similarity
@@ -78,6 +79,7 @@ class GenerationParams:
         need(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "stop",
              "must be a list of non-empty strings")
         need(isinstance(self.use_lookups, bool), "use_lookups", "must be true or false")
+        need(isinstance(self.copy_entities, bool), "copy_entities", "must be true or false")
         need(self.fallback is None or self.fallback in FALLBACKS, "fallback", f"must be one of {list(FALLBACKS)} or null")
         for name in STORE_THRESHOLDS:
             v = getattr(self, name)

@@ -60,6 +60,14 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, states: Sequence, lo
                                  torch.tensor([p.repetition_penalty for p in params], device=device))
     bias = torch.tensor([states[i].lookup_bias() for i in free], dtype=x.dtype, device=device)
     x[:, lookup_ids.to(device)] += bias
+    for j, i in enumerate(free):  # copied entities (lmlm.generate.copying): other spellings ruled out
+        c = states[i].entity_constraint()
+        if c is not None:
+            keep = torch.full((x.shape[1],), NEG_INF, dtype=x.dtype, device=device)
+            keep[torch.tensor(c[0], dtype=torch.long, device=device)] = 0.0
+            if c[1]:
+                keep[lookup_ids[1]] = 0.0  # <|db_relationship|>, with its lookup bias
+            x[j] += keep
     for j, p in enumerate(params):
         if p.logit_bias:
             ids = torch.tensor(list(p.logit_bias.keys()), device=device)

@@ -79,7 +79,7 @@ def sanitize_value(value: str) -> str:
 class SequenceState:
     def __init__(self, prompt: str, prompt_ids: list[int], params: GenerationParams, token_ids: LookupTokenIds,
                  max_len: int, decode: Callable[[list[int]], str], encode: Callable[[str], list[int]],
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", copier: Optional[Any] = None):
         self.prompt, self.params, self.max_len = prompt, params, max_len
         self.decode, self.encode = decode, encode
         self.ent, self.rel, self.ret, self.end = token_ids.markers
@@ -97,6 +97,8 @@ class SequenceState:
         self.error: Optional[str] = None
         self.lookups_disabled = False
         self.pending: Optional[tuple[str, str]] = None
+        self.copier = copier if params.copy_entities and params.use_lookups else None  # an EntityCopier
+        self.copy_context = b""         # what an entity may copy, fixed when a block opens
         self.generator: Optional[torch.Generator] = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)  # on the logits' device: draws stay there
@@ -117,6 +119,7 @@ class SequenceState:
         kinds = [self.ids[i] for i in tail]
         if kinds == [self.ent]:
             self.mode, self.query_start = ENTITY, tail[0]
+            self._fix_copy_context()
         elif kinds == [self.ent, self.rel]:
             self.mode, self.query_start, self.rel_pos = RELATION, tail[0], tail[1]
         elif kinds == [self.ent, self.rel, self.ret] and tail[2] == len(self.ids) - 1:
@@ -137,6 +140,23 @@ class SequenceState:
             return [NEG_INF, p.lookup_bias if len(self.ids) - 1 > self.query_start else NEG_INF, NEG_INF, NEG_INF]
         return [NEG_INF, NEG_INF, p.lookup_bias if len(self.ids) - 1 > self.rel_pos else NEG_INF, NEG_INF]
 
+    def _fix_copy_context(self) -> None:
+        """The prompt and the values the store returned so far: what the user and the store wrote,
+        never the model's own prose (a name it misspelt there is not copied)."""
+        if self.copier is not None:
+            from .copying import SEPARATOR
+
+            self.copy_context = b"".join([self.copier.text(self.ids[: min(self.query_start, self.n_prompt)]),
+                                          *(SEPARATOR + b" " + rec.value.encode() for rec in self.lookups)])
+
+    def entity_constraint(self) -> Optional[tuple[list[int], bool]]:
+        """With copy_entities, inside an entity: (the ids that keep it a copy of the prompt or of a
+        returned value, whether the block may close here); None: no constraint this step."""
+        if self.copier is None or self.mode != ENTITY or self.forced:
+            return None
+        ids, may_end = self.copier.allowed(self.copy_context, self.copier.text(self.ids[self.query_start + 1:]))
+        return (ids, may_end) if ids or may_end else None  # nothing in the text fits: the model decides
+
     def next_forced(self) -> Optional[int]:
         return self.forced[0] if self.forced else None
 
@@ -156,6 +176,7 @@ class SequenceState:
         if self.mode == TEXT:
             if tok == self.ent:
                 self.mode, self.query_start = ENTITY, len(self.ids) - 1
+                self._fix_copy_context()
                 self.n_lookups += 1
                 self.n_lookup_tokens += 1
             elif injected:

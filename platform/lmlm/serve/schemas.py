@@ -19,8 +19,8 @@ from lmlm.generate.params import GenerationParams
 from .config import RequestLimits
 
 # Fields passed to GenerationParams under the same name when a request sets them.
-PASSED = ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "max_lookups",
-          "max_query_tokens", "fallback", "entity_threshold", "relation_threshold", "cosine_threshold")
+PASSED = ("temperature", "top_p", "top_k", "seed", "repetition_penalty", "use_lookups", "copy_entities",
+          "max_lookups", "max_query_tokens", "fallback", "entity_threshold", "relation_threshold", "cosine_threshold")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class GenerationFields(_Strict):
     repetition_penalty: Optional[float] = None
     logit_bias: Optional[dict[str, float]] = None   # OpenAI style: token id (as a string) -> bias
     use_lookups: Optional[bool] = None
+    copy_entities: Optional[bool] = None      # lookup entities spelled as in the text (lmlm.generate.copying)
     max_lookups: Optional[int] = None
     max_query_tokens: Optional[int] = None
     fallback: Optional[Fallback] = None
