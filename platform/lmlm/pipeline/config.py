@@ -44,6 +44,7 @@ class ServeDemoConfig:
     max_tokens: int = 64  # text tokens of the sample answer
     admin_token: str = "demo-admin-token"  # bearer token of /v1/facts in the demo app
     repetition_penalty: float = 1.0  # the reference's 1.2 also penalises copying the name into a query
+    copy_entities: bool = False  # lookup entities spelled as the prompt spells them (lmlm.generate.copying)
 
 
 @dataclass

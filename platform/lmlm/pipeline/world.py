@@ -184,7 +184,8 @@ def stage_serve_demo(cfg: PipelineConfig, model_dir: str, store, inserted) -> di
     app = build_app(ServeConfig(model_path=model_dir, store=dataclasses.replace(store_config(cfg), url=store.connection_url),
                                 admin_token=cfg.serve.admin_token, max_batch_size=8))
     prompt = f"Tell me a bio of {person.name}. {person.name} is"
-    body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens, "repetition_penalty": cfg.serve.repetition_penalty}
+    body = {"prompt": prompt, "max_tokens": cfg.serve.max_tokens, "repetition_penalty": cfg.serve.repetition_penalty,
+            "copy_entities": cfg.serve.copy_entities}
     steps = []
     try:
         serve.run(app, name="lmlm-demo", route_prefix="/")
