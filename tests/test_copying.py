@@ -49,6 +49,11 @@ def test_only_spellings_of_the_source_extend_an_entity(tok, copier):
     starts, end = _next(tok, copier, ctx, "")
     assert not end and all(s.strip()[:1].isupper() for s in starts if s.strip())
     assert any(s.strip().startswith("N") for s in starts) and not any(s.strip() in ("me", "a", "bio", "is") for s in starts)
+    # nor inside a name: "Thị" and "Thảo" follow a capitalised word
+    assert not any(s.strip().startswith("Th") for s in starts)
+    # a bare space opens no way to a lowercase word either
+    after_space, _ = _next(tok, copier, ctx, " ")
+    assert after_space and all(s[:1].isupper() for s in after_space)
 
 
 @pytest.mark.parametrize("ctx, cut, whole", [

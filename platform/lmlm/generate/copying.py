@@ -1,18 +1,18 @@
 """Copied entities: the entity of a lookup spelled exactly as the text before it spells it.
 
 With `GenerationParams.copy_entities`, a token inside `<|db_entity|> ... <|db_relationship|>` must
-extend the entity so far to a byte string that occurs in what the user and the store wrote (the
-prompt and the values earlier lookups returned; not the model's own prose), starting at a
-capitalised word or a number (not right after an initial); the block may close only where such an occurrence ends a word that no
-capitalised word, particle ("van der"), hyphenated part or initial's full stop continues: names
-are copied whole. A small model that knows which name to
-query but drops or doubles a letter of a name it has never seen ("Tulsi" for "Tulatsi") then writes
-the name as given. The model still chooses which name, and where it ends; only spellings absent
-from the source are ruled out. When nothing there fits (a prompt that names nobody), the model
-decides alone.
+extend the entity so far to a byte string that occurs in the prompt (what the user wrote; not the
+model's own prose, where it may have misspelt the name, nor a value the store returned), starting at
+a capitalised word or a number that begins a name (not right after a capitalised word or an
+initial); the block may close only where such an occurrence ends a word that no capitalised word,
+particle ("van der"), hyphenated part or initial's full stop continues: names are copied whole. A
+small model that knows which name to query but drops or doubles a letter of a name it has never
+seen ("Tulsi" for "Tulatsi") then writes the name as given. The model still chooses which name;
+only spellings absent from the prompt are ruled out. When nothing there fits (a prompt that names
+nobody), the model decides alone.
 
 Matching runs on bytes (byte-level BPE splits one accented letter over two tokens), against the
-source's bytes fixed when the block opens, so a step costs a few dictionary lookups per occurrence.
+prompt's bytes, so a step costs a few dictionary lookups per occurrence.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def token_bytes(tokenizer) -> list[bytes]:
 _INITIAL_BEFORE = re.compile(rb"(?:^|[^\w\x80-\xff])[A-Z]\. ?$")  # "... B. " right before a position
 
 
+_NAME_BEFORE = re.compile(rb"(?:^|[^\w\x80-\xff])[A-Z](?:[\w\x80-\xff])*[ -]$")  # "Alaric " before "Gormby"
 _PARTICLES_THEN_NAME = re.compile(r" (?:[^\W\d_A-Z]{1,3} ){1,2}[A-Z]")  # " van der Dijk", " bin Rashid"
 
 
@@ -92,10 +93,10 @@ class EntityCopier:
     def _starts(self, context: bytes, entity: bytes) -> list[int]:
         """Where a copy of `entity` may sit in `context`: occurrences whose first word byte starts a
         word (an empty entity: every word start, with or without the space before it)."""
-        def word_start(p: int) -> bool:  # context[p] begins a capitalised word (or a number), not after an initial
+        def word_start(p: int) -> bool:  # context[p] begins a capitalised word (or a number) that begins a name
             first = context[p:p + 4].decode("utf-8", "ignore")[:1]
             return ((first.isupper() or first.isdigit()) and (p == 0 or not _word_byte(context[p - 1]))
-                    and not _INITIAL_BEFORE.search(context[max(0, p - 4):p]))
+                    and not _INITIAL_BEFORE.search(context[max(0, p - 4):p]) and not _NAME_BEFORE.search(context[max(0, p - 64):p]))
 
         if not entity:
             return [p for p in range(len(context))
@@ -103,7 +104,7 @@ class EntityCopier:
         lead = len(entity) - len(entity.lstrip(b" "))
         out, at = [], context.find(entity)
         while at >= 0:
-            if lead == len(entity) or word_start(at + lead):
+            if word_start(at + lead):  # a space alone is no start: a capitalised word must follow
                 out.append(at)
             at = context.find(entity, at + 1)
         return out

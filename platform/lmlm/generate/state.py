@@ -98,7 +98,7 @@ class SequenceState:
         self.lookups_disabled = False
         self.pending: Optional[tuple[str, str]] = None
         self.copier = copier if params.copy_entities and params.use_lookups else None  # an EntityCopier
-        self.copy_context = b""         # what an entity may copy, fixed when a block opens
+        self.copy_context = b""         # what an entity may copy (the prompt's bytes)
         self.generator: Optional[torch.Generator] = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)  # on the logits' device: draws stay there
@@ -141,17 +141,14 @@ class SequenceState:
         return [NEG_INF, NEG_INF, p.lookup_bias if len(self.ids) - 1 > self.rel_pos else NEG_INF, NEG_INF]
 
     def _fix_copy_context(self) -> None:
-        """The prompt and the values the store returned so far: what the user and the store wrote,
-        never the model's own prose (a name it misspelt there is not copied)."""
+        """The prompt: what the user wrote, never the model's own prose (a name it misspelt there is
+        not copied) nor a value the store returned (a spouse's name is no subject of the prompt)."""
         if self.copier is not None:
-            from .copying import SEPARATOR
-
-            self.copy_context = b"".join([self.copier.text(self.ids[: min(self.query_start, self.n_prompt)]),
-                                          *(SEPARATOR + b" " + rec.value.encode() for rec in self.lookups)])
+            self.copy_context = self.copier.text(self.ids[: min(self.query_start, self.n_prompt)])
 
     def entity_constraint(self) -> Optional[tuple[list[int], bool]]:
-        """With copy_entities, inside an entity: (the ids that keep it a copy of the prompt or of a
-        returned value, whether the block may close here); None: no constraint this step."""
+        """With copy_entities, inside an entity: (the ids that keep it a copy of a name in the prompt,
+        whether the block may close here); None: no constraint this step."""
         if self.copier is None or self.mode != ENTITY or self.forced:
             return None
         ids, may_end = self.copier.allowed(self.copy_context, self.copier.text(self.ids[self.query_start + 1:]))
