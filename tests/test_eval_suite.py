@@ -6,6 +6,7 @@ that the report files exist.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -184,3 +185,43 @@ def test_lmlm_eval_command_with_a_retain_model(setup, capsys):
 def test_lmlm_eval_command_rejects_missing_models():
     with pytest.raises(ValueError, match="lmlm_model"):
         _eval_command(["--set", "standard_model=x"])
+
+
+def test_evaluation_in_ray_workers_matches_the_driver(setup, ray_cluster):
+    """eval.workers > 0: generation and perplexity run in Ray actors that load the model directories
+    and open the (copied) store by URL; the numbers are the in-process ones. With copy_entities the
+    out-of-pool people are also measured without it."""
+    from lmlm.eval.remote import attach_workers
+    from lmlm.eval.scoring import load_model
+    from lmlm.eval.suite import EvalConfig, run_evaluation
+    from lmlm.factstore import FactStore, FactStoreConfig
+    from lmlm.world import unseen_world
+
+    world, dirs, root = setup
+    inserted = unseen_world(world, 2, seed=99, out_of_pool=2)
+    cfg = EvalConfig(max_forget_people=2, max_retain_people=2, max_inserted_people=2, bio_max_new_tokens=24,
+                     cloze_max_new_tokens=8, max_lookups=2, n_perturbed=2, batch_size=3, ppl_max_docs=6,
+                     wiki_max_docs=2, copy_entities=True)
+    keys = ("precision_lmlm", "precision_standard", "completion_em_lmlm", "own_entity_lookup_rate",
+            "own_entity_lookup_rate_inserted", "own_entity_lookup_rate_out_of_pool",
+            "own_entity_lookup_rate_out_of_pool_uncopied", "precision_inserted_out_of_pool_uncopied",
+            "forget_precision_after", "wrong_entity_hit_rate")
+    got = {}
+    with FactStore.open(FactStoreConfig()) as store:
+        store.add_triples(world.triples(), annotator="world-gold")
+        for workers in (0, 2):
+            res = run_evaluation(dataclasses.replace(cfg, workers=workers), str(dirs["lmlm"]), str(dirs["standard"]),
+                                 store, world, root / f"workers-{workers}", inserted)
+            got[workers] = res
+        assert not list(store.r.scan_iter(match="{lmlm.eval*"))
+    for k in keys:
+        assert getattr(got[2], k) == getattr(got[0], k), k
+    assert got[0].own_entity_lookup_rate_out_of_pool_uncopied is not None
+    for k in ("ppl_normalized_lmlm", "ppl_normalized_standard", "value_loss_lmlm"):
+        assert getattr(got[2], k) == pytest.approx(getattr(got[0], k), rel=1e-5), k
+    # models given in memory cannot be loaded by workers: refused, naming the setting
+    em = load_model(dirs["lmlm"], "lmlm")
+    em.path = None
+    with pytest.raises(ValueError, match="eval.workers"):
+        with attach_workers(dataclasses.replace(cfg, workers=1), em):
+            pass

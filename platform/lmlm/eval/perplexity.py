@@ -119,6 +119,11 @@ def evaluate_pair(lmlm_model, standard_model, tokenizer, documents: Sequence[str
     model on the lookup-free text. Flat keys for reports plus both full reports."""
     lm = evaluate_perplexity(lmlm_model, tokenizer, documents, "lmlm", max_len, batch_size)
     std = evaluate_perplexity(standard_model, standard_tokenizer or tokenizer, documents, "standard", max_len, batch_size)
+    return pair_summary(lm, std)
+
+
+def pair_summary(lm: PerplexityReport, std: PerplexityReport) -> dict:
+    """evaluate_pair's flat keys and both reports, from the two models' reports."""
     return {"ppl_normalized_lmlm": lm.normalized_ppl, "ppl_static_lmlm": lm.static_ppl,
             "ppl_standard": std.normalized_ppl, "value_loss_lmlm": lm.value_loss,
             "value_loss_standard": std.value_loss, "entity_loss_lmlm": lm.entity_loss,

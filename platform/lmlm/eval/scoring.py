@@ -11,7 +11,7 @@ import time
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -30,6 +30,8 @@ class EvalModel:
     model: Any  # transformers PreTrainedModel
     tokenizer: Any  # transformers PreTrainedTokenizerFast
     kind: str  # "lmlm" | "standard"
+    path: Optional[str] = None  # the directory it was loaded from (what Ray workers load)
+    workers: Any = None  # an eval.remote.EvalWorkers that generates and scores for it (None: here)
 
     def __post_init__(self) -> None:
         if self.kind not in ("lmlm", "standard"):
@@ -65,7 +67,7 @@ def load_model(path: str | Path, kind: str, name: str | None = None, device: str
     tokenizer = AutoTokenizer.from_pretrained(p)
     model = AutoModelForCausalLM.from_pretrained(p, dtype=inference_dtype("auto", where)).to(where)
     model.eval()
-    return EvalModel(name or kind, model, tokenizer, kind)
+    return EvalModel(name or kind, model, tokenizer, kind, str(p))
 
 
 def lookup_context(prompt: str, entity: str, relation: str, value: str | None) -> str:
@@ -121,6 +123,8 @@ def _generate(em: EvalModel, store: Any, prompts: list[str], cfg: Any, max_new_t
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0,
                               repetition_penalty=cfg.repetition_penalty, max_lookups=cfg.max_lookups,
                               use_lookups=use_lookups, copy_entities=getattr(cfg, "copy_entities", False))
+    if em.workers is not None:  # Ray actors (lmlm.eval.remote): batches round-robin, merged in order
+        return em.workers.generate(em.kind, prompts, params, store if use_lookups else None, cfg.batch_size)
     out: list[Any] = []
     label = f"evaluate: generating ({em.kind}, lookups {'on' if use_lookups else 'off'}, {max_new_tokens} tokens)"
     t0 = last = time.perf_counter()

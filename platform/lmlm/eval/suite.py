@@ -74,6 +74,9 @@ class EvalConfig:
     repetition_penalty: float = 1.2  # generation (reference default)
     max_lookups: int = 5  # lookups per generated sequence
     copy_entities: bool = False  # lookup entities spelled as the text spells them (lmlm.generate.copying)
+    workers: int = 0  # Ray actors that generate and compute perplexity (lmlm.eval.remote); 0: this process
+    worker_cpus: float = 1.0  # CPUs per actor
+    worker_gpus: Optional[float] = None  # GPUs per actor (None: 1 when the cluster has GPUs, else 0)
     n_perturbed: int = 4  # wrong answers per question for the truth ratio
     batch_size: int = 16  # prompts per generate call / sequences per scoring batch
     seed: int = 0  # people sampling and perturbations
@@ -112,7 +115,11 @@ def _as_model(m: Any, kind: str) -> EvalModel:
 
 
 def _perplexity(lmlm: EvalModel, standard: EvalModel, docs: list[str], batch_size: int) -> dict:
-    from lmlm.eval.perplexity import evaluate_pair
+    from lmlm.eval.perplexity import evaluate_pair, pair_summary
+
+    if lmlm.workers is not None:
+        reports = lmlm.workers.perplexity(["lmlm", "standard"], docs, None, batch_size)
+        return pair_summary(reports["lmlm"], reports["standard"])
 
     return evaluate_pair(lmlm.model, standard.model, lmlm.tokenizer, docs, batch_size=batch_size,
                          standard_tokenizer=standard.tokenizer)
@@ -203,8 +210,11 @@ def run_evaluation(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any
     `inserted`: a World of people no model was trained on; their triples are added to the copy here
     (knowledge insertion) and they are evaluated like the trained people.
     """
-    with scratch_copy(store, "eval") as scratch:
-        return _evaluate(cfg, lmlm_model_dir, standard_model_dir, scratch, world, out_dir, inserted)
+    from lmlm.eval.remote import attach_workers
+
+    lmlm, standard = _as_model(lmlm_model_dir, "lmlm"), _as_model(standard_model_dir, "standard")
+    with scratch_copy(store, "eval") as scratch, attach_workers(cfg, lmlm, standard):
+        return _evaluate(cfg, lmlm, standard, scratch, world, out_dir, inserted)
 
 
 def _evaluate(cfg: EvalConfig, lmlm_model_dir: Any, standard_model_dir: Any, store: Any, world: Any,

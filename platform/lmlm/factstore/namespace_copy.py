@@ -24,7 +24,9 @@ def copy_namespace(source: FactStore, namespace: str) -> FactStore:
     same settings)."""
     if namespace == source.cfg.namespace:
         raise ValueError(f"copy_namespace: the copy's namespace {namespace!r} is the source's")
-    copy = FactStore(dataclasses.replace(source.cfg, namespace=namespace), source.r, embedder=source.embedder)
+    # the source's connection URL (password included), so another process can open the copy by its config
+    copy = FactStore(dataclasses.replace(source.cfg, namespace=namespace, url=source.connection_url, data_dir=None),
+                     source.r, embedder=source.embedder)
     copy.flush()
     for src, dst in zip(source.layout.parts, copy.layout.parts):
         names = source._read(lambda: list(source.r.scan_iter(match=f"{src.tag}:*", count=1000)))
