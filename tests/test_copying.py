@@ -8,7 +8,7 @@ import torch
 from lmlm.factstore import FactStore, FactStoreConfig
 from lmlm.format import Triple
 from lmlm.generate import Engine, GenerationParams, ParamsError, reference_generate
-from lmlm.generate.copying import EntityCopier, token_bytes
+from lmlm.generate.copying import EntityCopier, copy_source, token_bytes
 from lmlm.testing.tiny import synthetic_texts, synthetic_triples, tiny_model, tiny_tokenizer
 
 NAMES = ["Nguyễn Thị Thảo", "Joost van der Dijk", "M. B. Korkmaz", "Golnar Sadeghi-Hákonardóttir", "Þórdís"]
@@ -25,7 +25,7 @@ def copier(tok):
 
 
 def _next(tok, copier, context: str, entity: str) -> tuple[set[str], bool]:
-    ids, may_end = copier.allowed(copier.text(tok.encode(context)), entity.encode())
+    ids, may_end = copier.allowed(copy_source(copier.text(tok.encode(context))), entity.encode())
     return {tok.decode([i]) for i in ids}, may_end
 
 

@@ -119,12 +119,12 @@ def _generate(em: EvalModel, store: Any, prompts: list[str], cfg: Any, max_new_t
               use_lookups: bool) -> list[Any]:
     from lmlm.generate import Engine, GenerationParams
 
-    engine = Engine(em.model, em.tokenizer, store if use_lookups else None)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0,
                               repetition_penalty=cfg.repetition_penalty, max_lookups=cfg.max_lookups,
                               use_lookups=use_lookups, copy_entities=getattr(cfg, "copy_entities", False))
     if em.workers is not None:  # Ray actors (lmlm.eval.remote): batches round-robin, merged in order
         return em.workers.generate(em.kind, prompts, params, store if use_lookups else None, cfg.batch_size)
+    engine = Engine(em.model, em.tokenizer, store if use_lookups else None)
     out: list[Any] = []
     label = f"evaluate: generating ({em.kind}, lookups {'on' if use_lookups else 'off'}, {max_new_tokens} tokens)"
     t0 = last = time.perf_counter()

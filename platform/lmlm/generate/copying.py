@@ -12,12 +12,13 @@ only spellings absent from the prompt are ruled out. When nothing there fits (a 
 nobody), the model decides alone.
 
 Matching runs on bytes (byte-level BPE splits one accented letter over two tokens), against the
-prompt's bytes, so a step costs a few dictionary lookups per occurrence.
+prompt's bytes and the places where a name begins, both fixed when a block opens (`copy_source`), so
+a step costs a few dictionary lookups per occurrence.
 """
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 SEPARATOR = b"\x00"  # the bytes of a special token: no match runs across one
 
@@ -76,6 +77,24 @@ def _word_byte(b: int) -> bool:
     return b >= 0x80 or chr(b).isalnum()
 
 
+class CopySource(NamedTuple):
+    """What entities may copy: its bytes, and the offsets where a name begins (computed once)."""
+
+    text: bytes
+    starts: frozenset[int]
+
+
+def copy_source(text: bytes) -> CopySource:
+    """`text` with the offsets of its capitalised words (or numbers) that begin a name: not inside a
+    word, not right after a capitalised word ("Gormby" of "Alaric Gormby") or an initial."""
+    def begins_name(p: int) -> bool:
+        first = text[p:p + 4].decode("utf-8", "ignore")[:1]
+        return ((first.isupper() or first.isdigit()) and (p == 0 or not _word_byte(text[p - 1]))
+                and not _INITIAL_BEFORE.search(text[max(0, p - 4):p]) and not _NAME_BEFORE.search(text[max(0, p - 64):p]))
+
+    return CopySource(text, frozenset(p for p in range(len(text)) if begins_name(p)))
+
+
 class EntityCopier:
     """Which tokens may come next in a copied entity, for one tokenizer (built once per engine)."""
 
@@ -90,32 +109,27 @@ class EntityCopier:
     def text(self, ids: Sequence[int]) -> bytes:
         return b"".join(self.bytes_of[i] if 0 <= i < len(self.bytes_of) else SEPARATOR for i in ids)
 
-    def _starts(self, context: bytes, entity: bytes) -> list[int]:
-        """Where a copy of `entity` may sit in `context`: occurrences whose first word byte starts a
-        word (an empty entity: every word start, with or without the space before it)."""
-        def word_start(p: int) -> bool:  # context[p] begins a capitalised word (or a number) that begins a name
-            first = context[p:p + 4].decode("utf-8", "ignore")[:1]
-            return ((first.isupper() or first.isdigit()) and (p == 0 or not _word_byte(context[p - 1]))
-                    and not _INITIAL_BEFORE.search(context[max(0, p - 4):p]) and not _NAME_BEFORE.search(context[max(0, p - 64):p]))
-
+    def _starts(self, source: "CopySource", entity: bytes) -> list[int]:
+        """Where a copy of `entity` may sit in the source: occurrences whose first word is where a name
+        begins (an empty entity: every such place, with or without the space before it)."""
+        text, starts = source
         if not entity:
-            return [p for p in range(len(context))
-                    if word_start(p) or (context[p:p + 1] == b" " and word_start(p + 1))]
+            return sorted(starts | {p - 1 for p in starts if text[p - 1:p] == b" "})
         lead = len(entity) - len(entity.lstrip(b" "))
-        out, at = [], context.find(entity)
+        out, at = [], text.find(entity)
         while at >= 0:
-            if word_start(at + lead):  # a space alone is no start: a capitalised word must follow
+            if at + lead in starts:  # a space alone is no start: a capitalised word must follow
                 out.append(at)
-            at = context.find(entity, at + 1)
+            at = text.find(entity, at + 1)
         return out
 
-    def allowed(self, context: bytes, entity: bytes) -> tuple[list[int], bool]:
-        """(ids that extend `entity` to a text occurring in `context` from a word start, whether the
-        entity may end here: some occurrence is followed by a byte outside a word, or the end)."""
+    def allowed(self, source: "CopySource", entity: bytes) -> tuple[list[int], bool]:
+        """(ids that extend `entity` to a text of `source` from where a name begins, whether the entity
+        may end here: some occurrence is followed by a byte outside a word, or the end, and no more name)."""
         ids: set[int] = set()
         may_end = False
-        for at in self._starts(context, entity):
-            rest = context[at + len(entity): at + len(entity) + self.longest]
+        for at in self._starts(source, entity):
+            rest = source.text[at + len(entity): at + len(entity) + self.longest]
             if entity.strip() and (not rest or not _word_byte(rest[0])) and not _continues_name(entity, rest):
                 may_end = True
             for k in range(1, len(rest) + 1):

@@ -98,7 +98,7 @@ class SequenceState:
         self.lookups_disabled = False
         self.pending: Optional[tuple[str, str]] = None
         self.copier = copier if params.copy_entities and params.use_lookups else None  # an EntityCopier
-        self.copy_context = b""         # what an entity may copy (the prompt's bytes)
+        self.copy_source = None         # what an entity may copy (copying.CopySource of the prompt)
         self.generator: Optional[torch.Generator] = None
         if not params.greedy:
             self.generator = torch.Generator(device=device)  # on the logits' device: draws stay there
@@ -144,14 +144,16 @@ class SequenceState:
         """The prompt: what the user wrote, never the model's own prose (a name it misspelt there is
         not copied) nor a value the store returned (a spouse's name is no subject of the prompt)."""
         if self.copier is not None:
-            self.copy_context = self.copier.text(self.ids[: min(self.query_start, self.n_prompt)])
+            from .copying import copy_source
+
+            self.copy_source = copy_source(self.copier.text(self.ids[: min(self.query_start, self.n_prompt)]))
 
     def entity_constraint(self) -> Optional[tuple[list[int], bool]]:
         """With copy_entities, inside an entity: (the ids that keep it a copy of a name in the prompt,
         whether the block may close here); None: no constraint this step."""
         if self.copier is None or self.mode != ENTITY or self.forced:
             return None
-        ids, may_end = self.copier.allowed(self.copy_context, self.copier.text(self.ids[self.query_start + 1:]))
+        ids, may_end = self.copier.allowed(self.copy_source, self.copier.text(self.ids[self.query_start + 1:]))
         return (ids, may_end) if ids or may_end else None  # nothing in the text fits: the model decides
 
     def next_forced(self) -> Optional[int]:
