@@ -20,7 +20,7 @@ def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
     """The result of a run in `cfg.run_dir` that reached its last step (None: not finished): `max_steps`,
     or with `max_steps: 0` the steps of `epochs` passes, as the run resolved them from its data (its
     metrics say so), when it ran with the same `epochs`."""
-    result = read_result(cfg.run_dir, cfg.variant, cfg.tokenizer_path)
+    result = read_result(cfg.run_dir, cfg.variant, cfg.tokenizer_path, cfg.storage)
     if result.checkpoint_dir is None:
         return None
     target = cfg.max_steps
@@ -55,7 +55,8 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
         runs[RETAIN] = ("lmlm", retain_documents)
     results = {}
     for name, (variant, docs) in runs.items():
-        cfg = dataclasses.replace(base, variant=variant, run_dir=str(out / name), tokenizer_path=tok_dir)
+        cfg = dataclasses.replace(base, variant=variant, run_dir=str(out / name), tokenizer_path=tok_dir,
+                                  storage=f"{base.storage.rstrip('/')}/{name}" if base.storage else "")
         done = finished_run(cfg)
         if done is not None:
             print(f"pretrain[{name}]: finished run in {cfg.run_dir}", flush=True)

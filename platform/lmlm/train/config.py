@@ -9,6 +9,10 @@ from typing import Literal
 class PretrainConfig:
     variant: Literal["lmlm", "standard"] = "lmlm"  # lmlm: value tokens out of the loss; standard: lookups stripped
     run_dir: str = "runs/pretrain"  # checkpoints, metrics.jsonl/.csv, tensorboard/, tokenizer; a rerun resumes here
+    # "" : every node reads and writes run_dir (one machine or a shared mount). A folder or URI
+    # (file:///..., s3://bucket/run, gs://...): the run's checkpoints, logs, tokenizer and start
+    # weights live there, and run_dir only holds the driver's own files (lmlm.train.runstore)
+    storage: str = ""
     # --- data (documents may also be passed to run_pretraining directly)
     data_path: str = ""  # corpus file/dir read by lmlm.corpus.read_corpus (annotated_text, else text)
     world_people: int = 0  # > 0: train on the documents of a synthetic world of this many people
@@ -65,5 +69,5 @@ class PretrainConfig:
 # Fields a resumed run may change: they do not change the trained model or the data order.
 # Every other field must equal the one saved with the checkpoint (lmlm.train.loop.check_resume_config).
 # max_steps/epochs continue a run further; the cosine schedule then stretches to the new last step.
-RESUMABLE = frozenset({"run_dir", "max_steps", "epochs", "gradient_checkpointing", "cpus_per_worker", "ray_address",
+RESUMABLE = frozenset({"run_dir", "storage", "max_steps", "epochs", "gradient_checkpointing", "cpus_per_worker", "ray_address",
                        "log_every", "checkpoint_every", "keep_checkpoints", "max_failures", "peak_tflops"})

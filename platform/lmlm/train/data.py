@@ -119,7 +119,9 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int):
 def _load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    from lmlm.storage import local_dir
+
+    return AutoTokenizer.from_pretrained(local_dir(path))  # a URI: this node's copy of it
 
 
 def _pack_batch(batch: dict, tokenizer_dir: str, variant: str, seq_len: int, column: str) -> dict:

@@ -10,7 +10,9 @@ a resumed run reads exactly the rows the interrupted one would have. The learnin
 `transformers.get_cosine_with_min_lr_schedule_with_warmup` (linear warmup from 0, cosine down to
 lr x min_lr_ratio at the last step).
 
-The run directory (checkpoints, metrics, TensorBoard events, progress) is `lmlm.train.rundir`.
+The run directory (checkpoints, metrics, TensorBoard events, progress) is `lmlm.train.rundir`; where
+workers find it, the run directory on a shared disk or storage named by URI (`storage`), is
+`lmlm.train.runstore`.
 
     result = run_pretraining(load_config(PretrainConfig, "pretrain.yaml"))
     result.hf_dir  # AutoModelForCausalLM.from_pretrained(result.hf_dir)
@@ -19,39 +21,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from lmlm.atomicfile import fsync_dir, fsync_tree, write_json
 from lmlm.config import from_dict, save_config, to_dict
 from lmlm.rayinit import init_ray
 from lmlm.train.config import RESUMABLE, PretrainConfig
 from lmlm.train.mfu import mfu, peak_flops
 from lmlm.train.masks import TRAIN_GROUPS, counted_mask, masked_nll
 from lmlm.train.steps import lr_scheduler, make_optimizer, total_steps, uses_bf16
-from lmlm.train.rundir import (ATTEMPTS_JSONL, COMPLETE_FILE, STATE_FILE, TMP_PREFIX, MetricsLog, ProgressPrinter,
-                               append_line, checkpoint_name, checkpoint_problem, complete_checkpoints, file_sizes,
-                               latest_checkpoint, marked_checkpoints, move_aside, prune_checkpoints, read_jsonl,
-                               read_metrics)
+from lmlm.storage import Storage, local_dir
+from lmlm.train.rundir import ATTEMPTS_JSONL, STATE_FILE, MetricsLog, ProgressPrinter, append_line
+from lmlm.train.runstore import PretrainResult, SharedRunDir, read_result, run_place
 
 SHUFFLE_BUFFER_ROWS = 1024  # a rank's rows are reshuffled each epoch within windows of this many
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
-
-
-@dataclass
-class PretrainResult:
-    run_dir: str  # the run directory
-    variant: str  # "lmlm" or "standard"
-    final_step: int  # optimizer steps completed
-    checkpoint_dir: str | None  # latest checkpoint: DeepSpeed state of every rank + hf/ + train_state.json
-    hf_dir: str | None  # HF export in that checkpoint (model + tokenizer), loadable by from_pretrained
-    tokenizer_dir: str  # the tokenizer used
-    metrics: list[dict] = field(default_factory=list)  # rows of metrics.jsonl, by step
-    attempts: list[dict] = field(default_factory=list)  # rows of attempts.jsonl: each start's step
 
 
 def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
@@ -97,8 +83,10 @@ def _train_func(config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")  # this rank's equal part of the packed rows
     steps, per_epoch = total_steps(cfg, config["n_rows"], world)
-    tokenizer = AutoTokenizer.from_pretrained(config["tokenizer_dir"])
-    model = build_model(cfg.model, len(tokenizer), cfg.seq_len, seed=cfg.seed, tokenizer=tokenizer)
+    place = run_place(run_dir, cfg.storage, rank)
+    tokenizer = AutoTokenizer.from_pretrained(local_dir(config["tokenizer_dir"]))
+    start = local_dir(config["start"])  # a preset name, a directory, or a URI in the run's storage
+    model = build_model(start, len(tokenizer), cfg.seq_len, seed=cfg.seed, tokenizer=tokenizer)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = make_optimizer(model, cfg)
@@ -108,15 +96,17 @@ def _train_func(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg, bf16))
 
-    # Checkpoints live in run_dir (not in Ray's checkpoint store): after a worker failure Ray Train
-    # restarts this function and it resumes from the newest complete one, as a rerun does.
-    step, corrupt = resume(engine, cfg, run_dir, rank)
+    # Checkpoints live in the run's place (not in Ray's checkpoint store): after a worker failure Ray
+    # Train restarts this function and it resumes from the newest complete one, as a rerun does.
+    step, corrupt = resume(engine, cfg, place, rank)
     start_step = step
     log = None
     if rank == 0:
-        log = MetricsLog(run_dir, step)  # drops rows a crashed attempt logged past this step
-        append_line(run_dir / ATTEMPTS_JSONL, {"start_step": step, "steps": steps, "world_size": world,
-                                                 "time": time.time(), "corrupt": corrupt})
+        place.open_logs()
+        log = MetricsLog(place.workdir, step)  # drops rows a crashed attempt logged past this step
+        append_line(place.workdir / ATTEMPTS_JSONL, {"start_step": step, "steps": steps, "world_size": world,
+                                                       "time": time.time(), "corrupt": corrupt})
+        place.sync_logs()
     t_start = time.perf_counter()
 
     # loss sum, count, then sum/count per kind group (masked_nll); kept on the device (no host sync per step)
@@ -143,9 +133,9 @@ def _train_func(config: dict) -> None:
         step += 1
 
         if (fail_at := config.get("fail_at_step")) and step == fail_at and rank == min(1, world - 1):
-            marker = run_dir / f".failed_at_step_{fail_at}"
-            if not marker.exists():
-                marker.write_text(f"rank {rank} exited at step {step}\n")
+            marks, marker = Storage(cfg.storage or run_dir), f".failed_at_step_{fail_at}"
+            if not marks.is_file(marker):
+                marks.write_text(marker, f"rank {rank} exited at step {step}\n")
                 os._exit(1)
 
         do_ckpt = step % cfg.checkpoint_every == 0 or step == steps
@@ -167,12 +157,14 @@ def _train_func(config: dict) -> None:
             metrics[f"{name}_loss"] = s / c if c else float("nan")
         if log is not None:
             log.log(metrics)
+            place.sync_logs()
         if do_ckpt:
-            _save_checkpoint(engine, tokenizer, cfg, run_dir, step, rank, world, micro[0][0][:2].numpy())
+            _save_checkpoint(engine, tokenizer, cfg, place, step, rank, world, micro[0][0][:2].numpy())
         ray.train.report(metrics)
         t_last, tokens_since = time.perf_counter(), 0
     if log is not None:
         log.close()
+        place.sync_logs(tensorboard=True)
 
 
 def micro_batches(shard, cfg: PretrainConfig, start_step: int, per_epoch: int):
@@ -195,17 +187,20 @@ def micro_batches(shard, cfg: PretrainConfig, start_step: int, per_epoch: int):
         epoch, skip = epoch + 1, 0
 
 
-def resume(engine, cfg: PretrainConfig, run_dir: Path, rank: int) -> tuple[int, list[dict]]:
+def resume(engine, cfg: PretrainConfig, place, rank: int) -> tuple[int, list[dict]]:
     """Load the newest complete checkpoint that loads on every rank (every rank calls this); return
     its step (0: none) and, on rank 0, the ones that failed (`checkpoint_problem` or a DeepSpeed
-    error), which rank 0 moved aside. A config that differs from the saved one raises."""
+    error), which rank 0 moved aside. `place`: a SharedRunDir or StoredRun (a path: the run directory).
+    A config that differs from the saved one raises."""
     import torch.distributed as dist
 
+    place = SharedRunDir(place) if isinstance(place, (str, Path)) else place
     corrupt = []
-    while found := marked_checkpoints(run_dir):
-        step, d = found[-1]
-        problem = checkpoint_problem(d)
+    while found := place.checkpoints():
+        step, ckpt = found[-1]
+        problem = place.problem(ckpt)
         if problem is None:
+            d = place.fetch(ckpt)
             check_resume_config(d, cfg)  # the same verdict on every rank: all of them raise
             problem = _load_checkpoint(engine, d)
         problems = [None] * dist.get_world_size()
@@ -214,10 +209,11 @@ def resume(engine, cfg: PretrainConfig, run_dir: Path, rank: int) -> tuple[int, 
             return step, corrupt
         error = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
         if rank == 0:
-            moved = move_aside(d)
-            print(f"checkpoint {d} could not be loaded ({error}): moved to {moved.name}; trying the previous one",
+            moved = place.set_aside(ckpt)
+            name = Path(ckpt).name
+            print(f"checkpoint {name} could not be loaded ({error}): moved to {moved}; trying the previous one",
                   file=sys.stderr, flush=True)
-            corrupt.append({"checkpoint": d.name, "error": error, "moved_to": moved.name})
+            corrupt.append({"checkpoint": name, "error": error, "moved_to": moved})
         dist.barrier()  # every rank lists the checkpoints again after the rename
     return 0, corrupt
 
@@ -235,52 +231,41 @@ def _load_checkpoint(engine, d: Path) -> str | None:
     return None if path is not None else "DeepSpeed found no state in it"
 
 
-def check_resume_config(ckpt: Path, cfg: PretrainConfig) -> None:
-    """Raise when `cfg` differs from the config saved with checkpoint `ckpt` in a field that changes
-    the trained model or the data order (any field outside `RESUMABLE`), naming old and new values."""
-    saved = json.loads((ckpt / STATE_FILE).read_text()).get("config") or {}
+def check_resume_config(ckpt, cfg: PretrainConfig, state: dict | None = None) -> None:
+    """Raise when `cfg` differs from the config saved with checkpoint `ckpt` (its `state`, else read
+    from its directory) in a field that changes the trained model or the data order (any field
+    outside `RESUMABLE`), naming old and new values."""
+    ckpt = Path(ckpt)
+    saved = (state if state is not None else json.loads((ckpt / STATE_FILE).read_text())).get("config") or {}
     now = to_dict(cfg)
     diff = {k: (saved[k], now[k]) for k in now if k in saved and k not in RESUMABLE and saved[k] != now[k]}
     if diff:
         changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
-        raise ValueError(f"run_dir {ckpt.parent}: cannot resume {ckpt.name} with a different training setup "
-                         f"({changes}); set these back as saved, or use a new run_dir")
+        where = f"storage {cfg.storage}" if cfg.storage else f"run_dir {ckpt.parent}"
+        raise ValueError(f"{where}: cannot resume {ckpt.name} with a different training setup "
+                         f"({changes}); set these back as saved, or use a new {where.split()[0]}")
 
 
-def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, run_dir: Path, step: int, rank: int, world: int,
+def _save_checkpoint(engine, tokenizer, cfg: PretrainConfig, place, step: int, rank: int, world: int,
                      probe_ids, wait_s: float = 120.0) -> None:
-    """Write checkpoint_NNNNNNN atomically (every rank calls this).
+    """Write checkpoint_NNNNNNN (every rank calls this) into `place` (a SharedRunDir or StoredRun; a
+    path: the run directory).
 
-    Each rank writes its DeepSpeed state into `.tmp-checkpoint_NNNNNNN/`, fsyncs it and then writes
-    a `rank_R.done` marker; rank 0 adds the HF export, the step and an export probe, waits until
-    every rank's marker is there, writes `complete.json` (listing every file's size), renames the
-    directory into place, fsyncs the run directory and prunes old checkpoints.
+    Each rank writes its DeepSpeed state into the place's temporary directory and marks it done;
+    rank 0 adds the HF export, the step and an export probe, waits until every rank's marker is
+    there and commits: `complete.json` (every file's size) last, then prunes old checkpoints.
     """
     import torch.distributed as dist
 
-    final = run_dir / checkpoint_name(step)
-    out = run_dir / f"{TMP_PREFIX}{final.name}"
-    if rank == 0:
-        shutil.rmtree(out, ignore_errors=True)  # left by an attempt that crashed while saving
-        out.mkdir(parents=True)
+    if isinstance(place, (str, Path)):
+        place = SharedRunDir(place)
+    out = place.begin_save(step, rank)
     dist.barrier()
     _write_rank_files(engine, tokenizer, cfg, out, step, rank, probe_ids)
-    # DeepSpeed's save ends with a barrier: ds/ holds every rank's state, and syncing it covers this rank's
-    fsync_tree(out if rank == 0 else out / "ds")
-    write_json(out / f"rank_{rank}.done", {"rank": rank, "step": step})
+    place.rank_done(out, step, rank)
     dist.barrier()
     if rank == 0:
-        deadline = time.monotonic() + wait_s  # a shared file system may show other ranks' files late
-        while missing := [r for r in range(world) if not (out / f"rank_{r}.done").is_file()]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"checkpoint {out}: ranks {missing} wrote no files within {wait_s:.0f} s")
-            time.sleep(0.5)
-        write_json(out / COMPLETE_FILE, {"step": step, "world_size": world, "files": file_sizes(out)})
-        if final.exists():  # an incomplete directory of an older layout: never resumed from
-            shutil.rmtree(final)
-        os.replace(out, final)
-        fsync_dir(run_dir)
-        prune_checkpoints(run_dir, cfg.keep_checkpoints)
+        place.commit(out, step, world, cfg.keep_checkpoints, wait_s)
     dist.barrier()
 
 
@@ -330,8 +315,16 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_start(cfg, run_dir / "init")
-    if (ckpt := latest_checkpoint(run_dir)) is not None:
-        check_resume_config(ckpt, cfg)  # before Ray starts: a clear error, not a failed trainer
+    place = run_place(run_dir, cfg.storage)
+    if found := place.checkpoints():  # before Ray starts: a clear error, not a failed trainer
+        try:
+            state = place.state(found[-1][1])
+        except (OSError, ValueError):
+            state = None  # damaged: the workers' resume sets it aside
+        if state is not None:
+            check_resume_config(found[-1][1], cfg, state)
+    # what workers load: in storage when the run has one, as the directories the driver prepared
+    start = place.publish_input(cfg.model, "init") if Path(cfg.model).is_dir() else cfg.model
     init_ray(cfg.ray_address or None)
     if documents is None:
         documents = load_documents(cfg.data_path, cfg.world_people, cfg.world_seed)
@@ -342,38 +335,30 @@ def run_pretraining(cfg: PretrainConfig, documents=None, tokenizer=None, progres
         texts_for_tok = texts or []
     tokenizer, tok_dir = prepare_tokenizer(texts_for_tok, run_dir / "tokenizer", cfg.vocab_size,
                                            cfg.tokenizer_path, tokenizer)
-    packed = packed_dataset(documents_dataset(documents), tok_dir, cfg.variant, cfg.seq_len, seed=cfg.seed)
+    tok_location = place.publish_input(tok_dir, "tokenizer")
+    packed = packed_dataset(documents_dataset(documents), tok_location, cfg.variant, cfg.seq_len, seed=cfg.seed)
     n_rows = packed.count()
     total_steps(cfg, n_rows, cfg.num_workers)  # too few rows for one step: a clear error before any worker starts
     save_config(cfg, run_dir / "pretrain_config.yaml")
 
     trainer = TorchTrainer(
         _train_func,
-        train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "tokenizer_dir": str(tok_dir),
-                           "n_rows": n_rows, "fail_at_step": _fail_at_step},
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": str(run_dir), "tokenizer_dir": tok_location,
+                           "start": start, "n_rows": n_rows, "fail_at_step": _fail_at_step},
         datasets={"train": packed}, dataset_config=split_config(),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        run_config=RunConfig(name=run_dir.name, storage_path=str(run_dir.parent),
+        run_config=RunConfig(name=run_dir.name, storage_path=cfg.storage or str(run_dir.parent),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     if progress:
         # label: the run's directory name when it names the variant (lmlm-retain), else the variant
-        with ProgressPrinter(run_dir, run_dir.name if run_dir.name.startswith(cfg.variant) else cfg.variant):
+        with ProgressPrinter(Storage(cfg.storage) if cfg.storage else run_dir,
+                             run_dir.name if run_dir.name.startswith(cfg.variant) else cfg.variant):
             result = trainer.fit()
     else:
         result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"pretraining {run_dir} failed: {result.error}") from result.error
-    return read_result(run_dir, cfg.variant, tok_dir)
-
-
-def read_result(run_dir, variant: str, tokenizer_dir) -> PretrainResult:
-    """What a run directory holds now: its newest complete checkpoint (step 0 and no export when
-    there is none), its metrics and its attempts."""
-    found = complete_checkpoints(run_dir)
-    step, ckpt = found[-1] if found else (0, None)
-    return PretrainResult(str(run_dir), variant, step, str(ckpt) if ckpt else None,
-                          str(ckpt / "hf") if ckpt else None, str(tokenizer_dir), read_metrics(run_dir),
-                          read_jsonl(Path(run_dir) / ATTEMPTS_JSONL))
+    return read_result(run_dir, cfg.variant, tok_dir, cfg.storage)

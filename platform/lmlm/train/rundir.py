@@ -179,16 +179,19 @@ def _link_or_copy(src: str, dst: str) -> None:
 def read_jsonl(p: Path) -> list[dict]:
     """Rows of a JSON-lines log; a torn last line (no newline yet: a crash mid-write) is ignored."""
     p = Path(p)
-    if not p.exists():
-        return []
-    lines = p.read_text().split("\n")
+    return parse_jsonl(p.read_text(), str(p)) if p.exists() else []
+
+
+def parse_jsonl(text: str, where: str) -> list[dict]:
+    """`read_jsonl` of a log's text (read from `where`)."""
+    lines = text.split("\n")
     rows = []
     for i, line in enumerate(lines[:-1]):  # lines[-1] is "" or the unterminated (torn) tail
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{p}: line {i + 1} is not JSON ({e})") from None
+                raise ValueError(f"{where}: line {i + 1} is not JSON ({e})") from None
     return rows
 
 
@@ -272,18 +275,18 @@ class ProgressPrinter:
     """Follows a run's metrics.jsonl and attempts.jsonl from the driver and prints a progress line
     per new row (flushed), so progress shows even when workers' stdout is not forwarded."""
 
-    def __init__(self, run_dir, name: str = "", interval: float = 1.0, out=None):
-        self.run_dir, self.name, self.interval = Path(run_dir), name, interval
+    def __init__(self, run, name: str = "", interval: float = 1.0, out=None):
+        """`run`: the run directory, or the `lmlm.storage.Storage` the run keeps its logs in."""
+        self.run, self.name, self.interval = run, name, interval
         self.out = out or sys.stdout
-        self.n_attempts = len(read_jsonl(self.run_dir / ATTEMPTS_JSONL))
+        self.n_attempts = len(self._read(ATTEMPTS_JSONL))
         self.last_step = float("inf")  # print nothing until this run's first attempt starts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmlm-progress", daemon=True)
 
     def poll(self) -> None:
         try:
-            attempts = read_jsonl(self.run_dir / ATTEMPTS_JSONL)
-            rows = read_metrics(self.run_dir)
+            attempts, rows = self._read(ATTEMPTS_JSONL), self._read(METRICS_JSONL)
         except (OSError, ValueError):
             return  # being rewritten: try again at the next poll
         for a in attempts[self.n_attempts:]:
@@ -299,6 +302,11 @@ class ProgressPrinter:
             if r["step"] > self.last_step:
                 self._print(progress_line(r, self.name))
                 self.last_step = r["step"]
+
+    def _read(self, name: str) -> list[dict]:
+        if isinstance(self.run, (str, os.PathLike)):
+            return read_jsonl(Path(self.run) / name)
+        return parse_jsonl(self.run.read_text(name), self.run.uri_of(name)) if self.run.is_file(name) else []
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)

@@ -1,0 +1,197 @@
+"""Run storage named by URI: the one place every node of a cluster reads and writes a run's files.
+
+A `Storage` is a directory on any pyarrow filesystem, named by a local path or a URI (`file:///`,
+`s3://bucket/prefix`, `gs://...`; credentials come from the environment as pyarrow reads them).
+Nodes share nothing else: a worker that needs a directory (a tokenizer, start weights) takes a
+node-local copy of it with `node_copy`, which downloads it once per node and content.
+
+    store = Storage("s3://bucket/runs/demo")
+    store.upload(local_dir, "tokenizer")
+    tokenizer_dir = node_copy(store.uri_of("tokenizer"))   # on any node
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+NODE_CACHE_ENV = "LMLM_NODE_CACHE"  # where node_copy keeps its copies (default: <tmp>/lmlm-node-cache)
+COPY_MARKER = ".lmlm-copy-complete"
+
+
+def is_uri(location: str) -> bool:
+    """A URI with a scheme (`file:///x`, `s3://b/x`), not a plain path (`runs/x`, `C:\\x`)."""
+    return len(urlparse(str(location)).scheme) > 1
+
+
+class Storage:
+    """A directory on a pyarrow filesystem. Paths given to its methods are relative to it ("a/b")."""
+
+    def __init__(self, location: str | os.PathLike):
+        from pyarrow import fs as pafs
+
+        location = str(location)
+        if not location:
+            raise ValueError("storage: empty location (give a folder or a URI such as s3://bucket/run)")
+        if not is_uri(location):
+            location = str(Path(location).resolve())
+        try:
+            self.fs, root = pafs.FileSystem.from_uri(location)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"storage {location!r}: not a folder or URI pyarrow can open ({e})") from None
+        self.root = root.rstrip("/") or "/"
+        self.uri = location.rstrip("/")
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    def path(self, rel: str = "") -> str:
+        return f"{self.root}/{rel}".rstrip("/") if rel else self.root
+
+    def uri_of(self, rel: str) -> str:
+        return f"{self.uri}/{rel}"
+
+    def child(self, rel: str) -> "Storage":
+        return Storage(self.uri_of(rel))
+
+    # -- inspection ----------------------------------------------------------------------------
+    def _info(self, rel: str):
+        return self.fs.get_file_info(self.path(rel))
+
+    def is_file(self, rel: str) -> bool:
+        from pyarrow import fs as pafs
+
+        return self._info(rel).type == pafs.FileType.File
+
+    def is_dir(self, rel: str = "") -> bool:
+        from pyarrow import fs as pafs
+
+        return self._info(rel).type == pafs.FileType.Directory
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """Names of the entries directly under `rel` (none when it does not exist), sorted."""
+        from pyarrow import fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(i.base_name for i in infos)
+
+    def file_sizes(self, rel: str = "") -> dict[str, int]:
+        """{path relative to `rel`: size} of every file under `rel` (recursively)."""
+        from pyarrow import fs as pafs
+
+        base = self.path(rel)
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {i.path[len(base) + 1:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    # -- reading and writing -------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a whole file. On a local filesystem it is written under a temporary name and renamed
+        into place; object stores make a single PUT visible whole."""
+        if self.is_local:
+            from lmlm.atomicfile import write_bytes
+
+            write_bytes(self.path(rel), data)
+            return
+        self.fs.create_dir(self.path(rel).rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(self.path(rel)) as f:
+            f.write(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def upload(self, local_dir: str | os.PathLike, rel: str) -> None:
+        """Copy the files under the local directory `local_dir` to `rel` (files already there with
+        other names stay)."""
+        from pyarrow import fs as pafs
+
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+        self.fs.create_dir(self.path(rel), recursive=True)
+        pafs.copy_files(str(local_dir.resolve()), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs, use_threads=True)
+
+    def upload_file(self, local: str | os.PathLike, rel: str) -> None:
+        self.write_bytes(rel, Path(local).read_bytes())
+
+    def download(self, rel: str, local_dir: str | os.PathLike, keep=None) -> Path:
+        """Copy every file under `rel` into `local_dir` (created); `keep(relpath) -> bool` selects."""
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        files = self.file_sizes(rel)
+        if not files and not self.is_dir(rel):
+            raise FileNotFoundError(f"storage {self.uri_of(rel)}: no such directory")
+        for name in files:
+            if keep is not None and not keep(name):
+                continue
+            dest = local_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(f"{self.path(rel)}/{name}") as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+        return local_dir
+
+    def delete(self, rel: str) -> None:
+        """Remove the file or directory `rel` (nothing when it is not there)."""
+        from pyarrow import fs as pafs
+
+        info = self._info(rel)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path(rel))
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(self.path(rel))
+
+    def move(self, rel: str, new_rel: str) -> None:
+        """Rename a directory: atomic on a local filesystem; elsewhere a copy, then the delete."""
+        if self.is_local:
+            os.rename(self.path(rel), self.path(new_rel))
+            return
+        from pyarrow import fs as pafs
+
+        pafs.copy_files(self.path(rel), self.path(new_rel), source_filesystem=self.fs, destination_filesystem=self.fs)
+        self.delete(rel)
+
+
+def local_dir(location: str) -> str:
+    """A directory this process can read: a URI's node copy (`node_copy`), a plain path as it is
+    (a plain path is on a disk every reader sees)."""
+    return node_copy(location) if is_uri(location) else str(location)
+
+
+def node_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """A local directory with the files of the storage directory `location` (a folder or URI).
+
+    The copy is made once per node and content (the cache key is the location and every file's
+    name and size), under a temporary name renamed into place, so workers sharing a node share it
+    and a half-made copy is never used. `cache_dir`: default `$LMLM_NODE_CACHE` or `<tmp>/lmlm-node-cache`.
+    """
+    store = Storage(location)
+    sizes = store.file_sizes()
+    if not sizes:
+        raise FileNotFoundError(f"{location}: no such directory in storage, or it is empty")
+    key = hashlib.sha1(repr((store.uri, sorted(sizes.items()))).encode()).hexdigest()[:20]
+    root = Path(cache_dir or os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "lmlm-node-cache")
+    dest = root / f"{Path(store.root).name}-{key}"
+    if (dest / COPY_MARKER).is_file():
+        return str(dest)
+    tmp = root / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
+    store.download("", tmp)
+    (tmp / COPY_MARKER).write_text(store.uri + "\n")
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another worker on this node finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / COPY_MARKER).is_file():
+            raise
+    return str(dest)

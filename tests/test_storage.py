@@ -1,0 +1,157 @@
+"""Run storage by URI (lmlm.storage), and pretraining on several nodes that share nothing but it.
+
+The multi-node test starts a Ray cluster of a CPU-less head and two 3-CPU nodes (room for one 2-CPU
+train worker each, so the two ranks run on different nodes), each node in a
+working directory of its own, and runs the driver in a mount namespace of its own where its run
+directory is a private tmpfs: a worker that opened a path only the driver holds finds nothing
+there (the driver proves that first), so the run passes only when every file a worker reads or
+writes goes through the storage URI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmlm.storage import Storage, is_uri, local_dir, node_copy
+
+
+def test_storage_by_path_and_by_uri_is_the_same_folder(tmp_path):
+    by_uri, by_path = Storage(f"file://{tmp_path}/s"), Storage(tmp_path / "s")
+    by_uri.write_text("a/b.json", '{"x": 1}')
+    assert by_path.read_text("a/b.json") == '{"x": 1}' and by_path.is_file("a/b.json") and by_path.is_dir("a")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "w.bin").write_bytes(b"123")
+    (src / "c.txt").write_text("c")
+    by_uri.upload(src, "dir")
+    assert by_path.file_sizes("dir") == {"c.txt": 1, "sub/w.bin": 3}
+    assert by_uri.listdir() == ["a", "dir"] and by_uri.listdir("missing") == []
+    by_uri.move("dir", "moved")
+    assert by_path.listdir() == ["a", "moved"]
+    by_uri.delete("moved")
+    by_uri.delete("never-there")
+    assert by_path.listdir() == ["a"]
+    assert is_uri("s3://b/x") and is_uri("file:///x") and not is_uri("runs/x") and not is_uri("/abs/x")
+
+
+def test_bad_storage_names_the_location():
+    with pytest.raises(ValueError, match="storage 'nosuchscheme://x/y': not a folder or URI"):
+        Storage("nosuchscheme://x/y")
+    with pytest.raises(ValueError, match="storage: empty location"):
+        Storage("")
+
+
+def test_node_copy_is_made_once_per_content(tmp_path):
+    store = Storage(f"file://{tmp_path}/s")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text("v1")
+    store.upload(src, "tok")
+    cache = tmp_path / "cache"
+    first = node_copy(store.uri_of("tok"), cache)
+    assert Path(first, "tokenizer.json").read_text() == "v1"
+    assert node_copy(store.uri_of("tok"), cache) == first  # the same content: the same copy
+    (src / "tokenizer.json").write_text("v2!")
+    store.upload(src, "tok")
+    second = node_copy(store.uri_of("tok"), cache)
+    assert second != first and Path(second, "tokenizer.json").read_text() == "v2!"
+    assert local_dir(str(src)) == str(src)  # a plain path is read where it is
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        node_copy(store.uri_of("missing"), cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# Several nodes, separate working directories, storage named only by URI
+
+DRIVER = textwrap.dedent('''
+    import json, os, sys
+    import ray
+    from lmlm.train.config import PretrainConfig
+    from lmlm.train.loop import run_pretraining
+
+    address, run_dir, storage, max_steps, out = sys.argv[1:6]
+    secret = os.path.join(run_dir, "driver-only.txt")
+    os.makedirs(run_dir, exist_ok=True)
+    open(secret, "w").write("only the driver sees this")
+    ray.init(address=address, log_to_driver=False)
+    seen = ray.get([ray.remote(num_cpus=1)(lambda p: (os.path.exists(p), os.getcwd())).remote(secret)
+                    for _ in range(2)])
+    cfg = PretrainConfig(model="tiny", storage=storage, run_dir=run_dir, world_people=40, vocab_size=600,
+                         seq_len=64, micro_batch_size=2, max_steps=int(max_steps), warmup_steps=1,
+                         checkpoint_every=2, log_every=1, num_workers=2, cpus_per_worker=2)
+    result = run_pretraining(cfg, progress=False)
+    json.dump({"seen": seen, "final_step": result.final_step, "hf_dir": result.hf_dir,
+               "attempts": result.attempts, "steps": [m["step"] for m in result.metrics],
+               "hf_files": sorted(os.listdir(result.hf_dir)), "driver_files": sorted(os.listdir(run_dir))},
+              open(out, "w"))
+''')
+
+
+def _private_mounts_work() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
+    if not _private_mounts_work():
+        pytest.skip("needs `unshare -m` (root or user namespaces) to hide the driver's files from the nodes")
+    from ray.cluster_utils import Cluster
+
+    storage = f"file://{tmp_path}/storage"
+    run_dir = tmp_path / "driver-run"  # in the driver's namespace a tmpfs: the nodes see an empty folder
+    run_dir.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    home = os.getcwd()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for i in range(2):  # each node's raylet and workers run in a directory of their own
+            node_cwd = tmp_path / f"node{i}"
+            node_cwd.mkdir()
+            os.chdir(node_cwd)
+            try:
+                cluster.add_node(num_cpus=3)  # one 2-CPU train worker per node, a CPU for Ray Data
+            finally:
+                os.chdir(home)
+        cluster.wait_for_nodes()
+
+        def drive(max_steps: int) -> dict:
+            out = tmp_path / f"out-{max_steps}.json"
+            cmd = (f"mount -t tmpfs lmlm-driver {run_dir} && exec {sys.executable} {script} "
+                   f"{cluster.address} {run_dir} {storage} {max_steps} {out}")
+            res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd],
+                                 capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            assert res.returncode == 0, f"driver failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+            return json.loads(out.read_text())
+
+        first = drive(4)
+        # the nodes could not see the driver's file, and ran in their own directories
+        assert [s[0] for s in first["seen"]] == [False, False], first["seen"]
+        assert all(Path(s[1]).name.startswith("node") for s in first["seen"]), first["seen"]
+        assert not any(run_dir.iterdir()), "the driver's run_dir leaked onto the shared disk"
+        assert first["final_step"] == 4 and first["steps"] == [1, 2, 3, 4]
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(first["hf_files"])
+        # the driver's copies: the final export and the logs (its own tokenizer and config beside them)
+        assert {"from-storage", "metrics.jsonl", "attempts.jsonl", "tokenizer"} <= set(first["driver_files"])
+
+        store = Storage(storage)
+        names = store.listdir()
+        assert "checkpoint_0000004" in names and "tokenizer" in names and "metrics.jsonl" in names, names
+        complete = json.loads(store.read_text("checkpoint_0000004/complete.json"))
+        assert complete["world_size"] == 2
+        ranks = sorted(f for f in complete["files"] if "zero_pp_rank_" in f)
+        assert len(ranks) == 2, ranks  # both ranks' optimizer states, each uploaded from its own node
+
+        second = drive(6)  # a new driver resumes from the storage alone
+        assert second["final_step"] == 6 and [a["start_step"] for a in second["attempts"]] == [0, 4]
+        assert second["steps"] == [1, 2, 3, 4, 5, 6]
+    finally:
+        cluster.shutdown()
