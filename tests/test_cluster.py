@@ -27,7 +27,7 @@ RUNTIME_ENV_PROBE = textwrap.dedent('''
 
     def probe():
         import lmlm, lmlm.format
-        return {"lmlm": os.path.dirname(lmlm.format.__file__), "cwd": os.getcwd(),
+        return {"lmlm": os.path.dirname(lmlm.__file__), "cwd": os.getcwd(),
                 "offline": os.environ.get("HF_HUB_OFFLINE"),
                 "jobs_dir": os.path.isdir("jobs"), "infra_dir": os.path.isdir("infra"),
                 "block": lmlm.format.render_block(lmlm.format.Triple("Ada", "Birth City", "London"))}
