@@ -2,6 +2,7 @@
 corpus pipeline end to end, and the pretrained start."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -117,6 +118,40 @@ def test_corpus_splits_must_not_overlap(world_docs, tmp_path):
         CorpusSplits(train=[str(train)])
     with pytest.raises(ValueError, match="not a file"):
         stage_corpus(CorpusSplits(train=[str(tmp_path / "absent.json")], eval=[str(held_out)]), tmp_path / "out")
+
+
+def test_streamed_splits_are_read_by_workers_in_file_order(ray_cluster, world_docs, tmp_path):
+    """Every format of a split, read by Ray Data's workers: the documents in file order, their
+    facts, the first N with train_max_docs, and an overlap with the evaluation split refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmlm.format import strip_lookups
+    from lmlm.pipeline import corpus
+    from lmlm.pipeline.corpus import CorpusSplits, stage_corpus_dataset
+
+    docs = world_docs[1:]
+    assert len(docs) >= 5
+    a = _reference_file(tmp_path / "a.json", docs[:2])
+    b = tmp_path / "b.jsonl"
+    b.write_text("".join(json.dumps({"id": f"b{i}", "annotated_text": t}) + "\n\n" for i, t in enumerate(docs[2:4])))
+    c = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": ["c0"], "annotated_text": docs[4:5]}), c)
+    held_out = _reference_file(tmp_path / "eval.json", world_docs[:1])
+    splits = CorpusSplits(train=[str(a), str(b), str(c)], eval=[str(held_out)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(corpus, "SHARD_DOCS", 2)  # several shards per file
+        train, held, n = stage_corpus_dataset(splits)
+        rows = train.take_all()
+        assert n == 5 and [r["annotated_text"] for r in rows] == docs[:5]
+        assert [r["id"] for r in rows][2:] == ["b0", "b1", "c0"]
+        assert rows[3]["text"] == strip_lookups(docs[3])  # the plain text of a record that has none
+        assert [len(json.loads(r["triples"])) for r in rows] == [len(document_triples([d], ["x"])[0]) for d in docs[:5]]
+        assert len(held) == 1 and held[0]["annotated_text"] == world_docs[0]
+        first, _, n = stage_corpus_dataset(dataclasses.replace(splits, train_max_docs=3))
+        assert n == 3 and [r["annotated_text"] for r in first.take_all()] == docs[:3]
+        with pytest.raises(ValueError, match="corpus: 2 evaluation documents also appear"):
+            stage_corpus_dataset(dataclasses.replace(splits, eval=[str(a)], train=[str(a), str(b)]))
 
 
 @pytest.mark.slow

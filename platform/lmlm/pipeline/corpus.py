@@ -8,9 +8,15 @@ the facts of every annotated document, evaluation documents included (the evalua
 docs/method.md §7: the LMLM is tested on looking facts up, not on knowing them). Both models train
 on the training split only, from the same start (a pretrained model or from scratch), and are
 measured on the held-out split with lmlm.eval.realtext. Results go to `run_dir/results.json`.
+
+The training split streams: the driver lists the files, Ray tasks cut them into shards, Ray Data's
+workers read them (`split_dataset`), load their facts into the store (factstore.bulk) and pack them
+for the trainers; the driver holds counts and the (small) evaluation split. `stage_corpus` reads
+both splits in one process instead, for harnesses without Ray (bench/gpu.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -45,6 +51,75 @@ def read_split(splits: CorpusSplits, which: str) -> list[Record]:
     return records
 
 
+SHARD_DOCS = 500  # documents per read task of a split
+
+
+def _shard_documents(shard: dict) -> list[dict]:
+    """The annotated documents of one shard (in a Ray worker): {id, text, annotated_text, triples, annotator}."""
+    from pyarrow import fs
+
+    from lmlm.annotate.inputs import plain_text, shard_items
+    from lmlm.format import to_special
+
+    out = []
+    for item in shard_items(fs.LocalFileSystem(), shard):
+        if not isinstance(item, Record):
+            raise ValueError(f"corpus: {item}")
+        if item.annotated_text.strip():
+            triples = to_special(item.annotated_text).triples
+            out.append({"id": item.id, "text": plain_text(item), "annotated_text": item.annotated_text,
+                        "triples": json.dumps([[t.entity, t.relation, t.value] for t in triples]),
+                        "annotator": "corpus"})
+    return out
+
+
+def split_dataset(splits: CorpusSplits, which: str):
+    """The `which` split's annotated documents as a Ray Dataset, in file order (`_shard_documents`'s
+    columns): Ray tasks scan the files into shards of SHARD_DOCS, workers read them."""
+    import ray
+    from pyarrow import fs
+    from ray.data import DataContext
+
+    from lmlm.annotate.inputs import scan_file
+
+    DataContext.get_current().execution_options.preserve_order = True  # `train_max_docs`: the first N
+    scan = ray.remote(scan_file)
+    local = fs.LocalFileSystem()
+    shards = [s for part in ray.get([scan.remote(local, str(p), p.name, SHARD_DOCS)
+                                     for p in split_files(splits, which)]) for s in part]
+    return ray.data.from_items(shards, override_num_blocks=max(1, len(shards))).flat_map(_shard_documents)
+
+
+def _split_counts(batch: dict, eval_texts: frozenset) -> dict:
+    return {"docs": [len(batch["id"])], "lookups": [sum(len(json.loads(t)) for t in batch["triples"])],
+            "overlap": [sum(str(t) in eval_texts for t in batch["text"])]}
+
+
+def stage_corpus_dataset(splits: CorpusSplits):
+    """(training split as a Ray Dataset, evaluation records, training documents): the evaluation
+    split is read here (it is small: it is evaluated here); the training split is checked by the
+    workers in one pass (documents, lookups, overlap with the evaluation split), never read here."""
+    held = split_dataset(splits, "eval").take_all()
+    if not held:
+        raise ValueError("corpus.eval: the files hold no annotated document")
+    train = split_dataset(splits, "train")
+    if splits.train_max_docs:
+        train = train.limit(splits.train_max_docs)
+    counts = {"docs": 0, "lookups": 0, "overlap": 0}
+    for b in train.map_batches(_split_counts, batch_format="numpy", batch_size=SHARD_DOCS,
+                               fn_kwargs={"eval_texts": frozenset(r["text"] for r in held)}).iter_batches(
+                                   batch_size=None, batch_format="numpy"):
+        for k in counts:
+            counts[k] += int(b[k].sum())
+    if not counts["docs"]:
+        raise ValueError("corpus.train: the files hold no annotated document")
+    if counts["overlap"]:
+        raise ValueError(f"corpus: {counts['overlap']} evaluation documents also appear in the training split")
+    print(f"corpus: {counts['docs']} training documents ({counts['lookups']} lookups, read by Ray Data's "
+          f"workers), {len(held)} evaluation documents", flush=True)
+    return train, held, counts["docs"]
+
+
 def stage_corpus(splits: CorpusSplits, out_dir: Path) -> tuple[list[Record], list[Record]]:
     """(train, eval) records; their annotated texts are also written to out_dir/{train,eval}.jsonl."""
     from lmlm.corpus import write_corpus
@@ -64,6 +139,23 @@ def stage_corpus(splits: CorpusSplits, out_dir: Path) -> tuple[list[Record], lis
     return train, held_out
 
 
+def stage_load_split_facts(store, train, held: list[dict], batch_id: str, workers: int = 2) -> dict:
+    """Load the facts of every document of both splits through factstore.bulk's loader actors
+    (exactly once per document: a rerun writes nothing)."""
+    import ray
+
+    from lmlm.factstore.bulk import load_dataset
+
+    cols = ["id", "triples", "annotator"]
+    ds = train.select_columns(cols).union(ray.data.from_items([{k: r[k] for k in cols} for r in held]))
+    counts = load_dataset(ds, dataclasses.replace(store.cfg, url=store.connection_url), batch_id=batch_id,
+                          workers=workers, batch_docs=256, cpus_per_worker=0.5)
+    loaded = {"loaded": counts["written"], "replayed": counts["replayed"], "invalid": counts["invalid"]}
+    print(f"build_factstore: {json.dumps(loaded)} from {counts['documents']} documents; "
+          f"store: {json.dumps(store.stats())}")
+    return loaded
+
+
 def stage_build_factstore(store, records: list[Record], batch_id: str) -> dict:
     """Load the facts of every document, exactly once (a rerun with the same `batch_id` writes nothing)."""
     from lmlm.eval.realtext import load_corpus_facts
@@ -74,11 +166,13 @@ def stage_build_factstore(store, records: list[Record], batch_id: str) -> dict:
     return loaded
 
 
-def stage_pretrain(pretrain, train: list[Record], out_dir: Path) -> dict[str, str]:
-    """Train the LMLM and the standard model (PretrainConfig `pretrain`) on the training split."""
+def stage_pretrain(pretrain, train, out_dir: Path) -> dict[str, str]:
+    """Train the LMLM and the standard model (PretrainConfig `pretrain`) on the training split
+    (records, or a Ray Dataset with an `annotated_text` column, streamed to the trainers)."""
     from lmlm.train.compare import train_both
 
-    results = train_both(pretrain, [r.annotated_text for r in train], out_dir)
+    docs = [r.annotated_text for r in train] if isinstance(train, list) else train.select_columns(["annotated_text"])
+    results = train_both(pretrain, docs, out_dir)
     for variant, r in results.items():
         last = r.metrics[-1] if r.metrics else {}
         print(f"pretrain[{variant}]: step {r.final_step}, last metrics "
@@ -129,19 +223,20 @@ def run_corpus_pipeline(cfg: PipelineConfig) -> RealTextResults:
     selected = set(cfg.stages)
     results_file = cfg.path("results.json")
     results = read_results(results_file, RealTextResults) if results_file.is_file() else RealTextResults()
-    train, held_out = timed("corpus", stage_corpus, cfg.corpus, cfg.path("corpus"))
+    ensure_ray(cfg)
+    train, held, n_train = timed("corpus", stage_corpus_dataset, cfg.corpus)
+    held_out = [Record(r["id"], r["text"], r["annotated_text"]) for r in held]
     with open_store(cfg) as store:
         if "build_factstore" in selected:
-            timed("build_factstore", stage_build_factstore, store, train + held_out, "corpus")
+            timed("build_factstore", stage_load_split_facts, store, train, held, "corpus")
         models = finished_models(cfg)
         if "pretrain" in selected:
-            ensure_ray(cfg)
             models = timed("pretrain", stage_pretrain, pretrain_config(cfg), train, cfg.path("pretrain"))
         if "evaluate" in selected and models and results.ppl_normalized_lmlm is None:
             results = RealTextResults()
             results.update(timed("evaluate", stage_evaluate, models, store, held_out, cfg.realtext))
     results.update({"wall_s": round(time.perf_counter() - t0, 1), "stage_wall_s": timed.timings,
-                    "start": cfg.pretrain.model, "train_documents": len(train)})
+                    "start": cfg.pretrain.model, "train_documents": n_train})
     write_results(results, cfg.path())
     print_summary(results)
     print(f"all numbers: {results_file}")
