@@ -3,7 +3,6 @@ models a run has finished (config.py resolves the stage configs; world.py and co
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
@@ -36,12 +35,11 @@ def ensure_ray(cfg: PipelineConfig) -> None:
 
 def finished_models(cfg: PipelineConfig) -> dict[str, str]:
     """HF dirs of the finished pretraining runs (LMLM and standard), or {} when either is missing."""
-    from lmlm.train.compare import finished_run
+    from lmlm.train.compare import finished_run, run_config
 
     dirs = {}
     for variant in ("lmlm", "standard"):
-        done = finished_run(dataclasses.replace(cfg.pretrain, variant=variant,
-                                                run_dir=str(cfg.path("pretrain", variant))))
+        done = finished_run(run_config(cfg.pretrain, variant, cfg.path("pretrain")))
         if done is None:
             return {}
         dirs[variant] = done.hf_dir

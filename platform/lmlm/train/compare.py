@@ -16,6 +16,14 @@ from lmlm.train.rundir import STATE_FILE
 RETAIN = "lmlm-retain"  # the LMLM trained without the forget split's documents (TOFU's reference)
 
 
+def run_config(base: PretrainConfig, name: str, out_dir, **changes) -> PretrainConfig:
+    """The config of run `name` ("lmlm", "standard" or RETAIN) of a comparison in `out_dir`: its own
+    run directory, and its own folder of `base.storage` when the runs keep their files there."""
+    return dataclasses.replace(base, variant="standard" if name == "standard" else "lmlm",
+                               run_dir=str(Path(out_dir) / name),
+                               storage=f"{base.storage.rstrip('/')}/{name}" if base.storage else "", **changes)
+
+
 def finished_run(cfg: PretrainConfig) -> PretrainResult | None:
     """The result of a run in `cfg.run_dir` that reached its last step (None: not finished): `max_steps`,
     or with `max_steps: 0` the steps of `epochs` passes, as the run resolved them from its data (its
@@ -55,8 +63,7 @@ def train_both(base: PretrainConfig, documents, out_dir, tokenizer=None,
         runs[RETAIN] = ("lmlm", retain_documents)
     results = {}
     for name, (variant, docs) in runs.items():
-        cfg = dataclasses.replace(base, variant=variant, run_dir=str(out / name), tokenizer_path=tok_dir,
-                                  storage=f"{base.storage.rstrip('/')}/{name}" if base.storage else "")
+        cfg = run_config(base, name, out, tokenizer_path=tok_dir)
         done = finished_run(cfg)
         if done is not None:
             print(f"pretrain[{name}]: finished run in {cfg.run_dir}", flush=True)
