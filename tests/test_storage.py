@@ -67,6 +67,44 @@ def test_node_copy_is_made_once_per_content(tmp_path):
         node_copy(store.uri_of("missing"), cache)
 
 
+def test_model_dir_by_uri_takes_a_node_copy_of_the_newest_export(tmp_path, monkeypatch):
+    from lmlm.train.runstore import model_dir
+
+    monkeypatch.setenv("LMLM_NODE_CACHE", str(tmp_path / "cache"))
+    store = Storage(f"file://{tmp_path}/run")
+    for step in (2, 4):
+        name = f"checkpoint_{step:07d}"
+        store.write_text(f"{name}/hf/config.json", json.dumps({"step": step}))
+        store.write_text(f"{name}/train_state.json", json.dumps({"step": step}))
+        store.write_text(f"{name}/complete.json", json.dumps({"step": step, "files": store.file_sizes(name)}))
+    store.write_text("checkpoint_0000006/hf/config.json", "{}")  # never completed: not a candidate
+    got = model_dir(store.uri)
+    assert json.loads((got / "config.json").read_text()) == {"step": 4} and str(got).startswith(str(tmp_path / "cache"))
+    assert json.loads((model_dir(store.uri_of("checkpoint_0000002/hf")) / "config.json").read_text()) == {"step": 2}
+    with pytest.raises(FileNotFoundError, match="model directory file://.*/nothing: no config.json"):
+        model_dir(f"file://{tmp_path}/nothing")
+
+
+def test_serving_and_evaluation_load_a_model_named_by_uri(tiny_tokenizer, tmp_path, monkeypatch):
+    from lmlm.eval.scoring import load_model
+    from lmlm.serve.loaders import model_from_dir, tokenizer_from_dir
+    from lmlm.train.models import build_model
+
+    monkeypatch.setenv("LMLM_NODE_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "model"
+    build_model("tiny", len(tiny_tokenizer), 64, seed=0).save_pretrained(local)
+    tiny_tokenizer.save_pretrained(local)
+    store = Storage(f"file://{tmp_path}/storage")
+    store.upload(local, "model")
+    uri = store.uri_of("model")
+    model, tok = model_from_dir(uri, device="cpu"), tokenizer_from_dir(uri)
+    assert model.config.vocab_size == len(tok) == len(tiny_tokenizer)
+    evaluated = load_model(uri, "lmlm", device="cpu")
+    assert evaluated.path == uri  # Ray workers get the URI, not this node's copy
+    with pytest.raises(FileNotFoundError, match="model_path: file://.*/absent is not a checkpoint directory"):
+        model_from_dir(store.uri_of("absent"), device="cpu")
+
+
 # ------------------------------------------------------------------------------------------------
 # Several nodes, separate working directories, storage named only by URI
 

@@ -42,32 +42,30 @@ PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a long generation
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A saved model directory, or a pretraining run directory (its latest complete checkpoint's `hf/`)."""
-    from lmlm.train.rundir import latest_checkpoint
+    """A saved model directory, or a pretraining run (its latest complete checkpoint's `hf/`), by
+    local path or storage URI (`lmlm.train.runstore.model_dir`)."""
+    from lmlm.train.runstore import model_dir
 
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    ckpt = latest_checkpoint(p)
-    if ckpt is not None and (ckpt / "hf" / "config.json").is_file():
-        return ckpt / "hf"
-    raise FileNotFoundError(f"model directory {p}: no config.json, and no checkpoint_*/hf export inside")
+    return model_dir(path)
 
 
 def load_model(path: str | Path, kind: str, name: str | None = None, device: str = "auto") -> EvalModel:
-    """A model directory written by `save_pretrained` (with its tokenizer in the same directory), on
+    """A model directory written by `save_pretrained` (with its tokenizer in the same directory), or
+    a run, by path or storage URI (`resolve_model_dir`), on
     `device` (auto: the GPU when there is one) in the inference precision of lmlm.precision
     (bfloat16 on a bf16 GPU, float32 on a CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmlm.precision import device_of, inference_dtype
+    from lmlm.storage import is_uri
 
     p = resolve_model_dir(path)
     where = device_of(device)
     tokenizer = AutoTokenizer.from_pretrained(p)
     model = AutoModelForCausalLM.from_pretrained(p, dtype=inference_dtype("auto", where)).to(where)
     model.eval()
-    return EvalModel(name or kind, model, tokenizer, kind, str(p))
+    # a URI stays the model's name: Ray workers on other nodes take their own copies of it
+    return EvalModel(name or kind, model, tokenizer, kind, str(path) if is_uri(str(path)) else str(p))
 
 
 def lookup_context(prompt: str, entity: str, relation: str, value: str | None) -> str:

@@ -5,7 +5,6 @@ the replicas; `build_app` defaults to the `default_*_loader`s of its `ServeConfi
 """
 from __future__ import annotations
 
-import os
 
 from lmlm.factstore.config import FactStoreConfig
 
@@ -20,8 +19,12 @@ def model_from_dir(path: str, dtype: str = "auto", device: str = "auto"):
 
     from lmlm.precision import device_of, inference_dtype
 
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model_path: {path} is not a checkpoint directory; train a model or set model_path")
+    from lmlm.train.runstore import model_dir
+
+    try:
+        path = str(model_dir(path))  # a URI: this node's copy
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model_path: {path} is not a checkpoint directory; train a model or set model_path") from None
     where = device_of(device)
     if where.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} asked for, but this replica sees no CUDA GPU "
@@ -33,6 +36,13 @@ def model_from_dir(path: str, dtype: str = "auto", device: str = "auto"):
 def tokenizer_from_dir(path: str):
     from transformers import AutoTokenizer
 
+    from lmlm.storage import local_dir
+    from lmlm.train.runstore import model_dir
+
+    try:
+        path = str(model_dir(path))  # a model or run directory, by path or URI
+    except FileNotFoundError:
+        path = local_dir(path)  # a tokenizer directory alone
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlm.atomicfile import fsync_dir, fsync_tree, write_json, write_text
-from lmlm.storage import Storage, node_copy
+from lmlm.storage import Storage, is_uri, node_copy
 from lmlm.train.rundir import (ATTEMPTS_JSONL, CHECKPOINT_PREFIX, COMPLETE_FILE, CORRUPT_PREFIX, METRICS_CSV,
                                METRICS_JSONL, STATE_FILE, TENSORBOARD_DIR, TMP_PREFIX, checkpoint_name,
                                checkpoint_problem, complete_checkpoints, file_sizes, marked_checkpoints, move_aside,
@@ -269,3 +269,25 @@ def read_result(run_dir, variant: str, tokenizer_dir, storage: str = "") -> Pret
                          for f in (METRICS_JSONL, ATTEMPTS_JSONL))
     return PretrainResult(str(run_dir), variant, step, str(ckpt) if ckpt else None,
                           str(ckpt / "hf") if ckpt else None, str(tokenizer_dir), metrics, attempts)
+
+
+def model_dir(location) -> Path:
+    """A local model directory (with `config.json`) for `location`: a model directory, or a run
+    (its newest complete checkpoint's `hf/`), each a local path or a URI in storage (copied to
+    this node once: `lmlm.storage.node_copy`). Raises FileNotFoundError naming `location`."""
+    location = str(location)
+    if not is_uri(location):
+        p = Path(location)
+        if (p / "config.json").is_file():
+            return p
+        found = complete_checkpoints(p)
+        if found and (found[-1][1] / "hf" / "config.json").is_file():
+            return found[-1][1] / "hf"
+    else:
+        store = Storage(location)
+        if store.is_file("config.json"):
+            return Path(node_copy(location))
+        found = StoredRun(store, None).checkpoints()
+        if found and store.is_file(f"{found[-1][1]}/hf/config.json"):
+            return Path(node_copy(store.uri_of(f"{found[-1][1]}/hf")))
+    raise FileNotFoundError(f"model directory {location}: no config.json, and no checkpoint_*/hf export inside")
