@@ -157,6 +157,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: under 60 s on 2 cores")
     ap.add_argument("--parts", default="pack,load")
+    ap.add_argument("--triples", type=int, default=0, help="triples of the load part (default 1,000,000; quick 2,000)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -173,7 +174,7 @@ def main() -> None:
             # --quick skips the old path at 10x (one driver less): its growth is the full run's
             result.update(bench_pack(Path(tmp), 300 if args.quick else 10_000, current_large=not args.quick))
         if "load" in args.parts:
-            result.update(bench_load(2_000 if args.quick else 1_000_000))
+            result.update(bench_load(args.triples or (2_000 if args.quick else 1_000_000)))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result))
 

@@ -194,3 +194,20 @@ def test_anchoring_keeps_the_document_word_for_word():
     row = annotate_rows(FixedOutput({TEXT: reworded + " [dblookup('Mara Quell', 'Trade') -> "}), ["m"], [TEXT])[0]
     assert row["annotated_text"] == faithful and json.loads(row["dropped"]) == {"truncated": 1}
     assert row["lookups"] == 2 and strip_lookups(row["special_text"]) == TEXT
+
+
+def test_a_trained_annotator_named_by_storage_uri_loads_from_a_node_copy(tagger, world_docs, tmp_path, monkeypatch):
+    from lmlm.annotate.config import AnnotateConfig
+    from lmlm.annotate.registry import annotator_id_for, load_trained
+    from lmlm.storage import Storage
+
+    monkeypatch.setenv("LMLM_NODE_CACHE", str(tmp_path / "cache"))
+    store = Storage(f"file://{tmp_path}/storage")
+    store.upload(tagger.save(tmp_path / "local"), "annotator")
+    uri = store.uri_of("annotator")
+    loaded = load_trained(uri, kind="tagger")
+    doc = strip_lookups(world_docs[60])
+    assert loaded.annotate([doc]) == tagger.annotate([doc])
+    assert annotator_id_for(AnnotateConfig(trained_path=uri)) == annotator_id_for(
+        AnnotateConfig(trained_path=str(tmp_path / "local")))
+    assert any((tmp_path / "cache").iterdir())  # loaded from this node's copy

@@ -7,11 +7,13 @@
 
 Kinds trained here (tagger, minilm, generative) are saved in a directory whose annotator.json names
 the kind (saved.py); `annotator: trained` loads whichever kind it holds, `annotator: <kind>` refuses
-any other. Adding a kind: its module in kinds/ and a row in KINDS (and its name in the `Literal`s
+any other. `trained_path` may be a storage URI: each process that loads it takes a node copy
+(lmlm.storage.node_copy). Adding a kind: its module in kinds/ and a row in KINDS (and its name in the `Literal`s
 of config.py, which the config loader checks).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +27,7 @@ from lmlm.annotate.kinds.openai import OpenAIAnnotator, openai_annotator_id
 from lmlm.annotate.kinds.tagger import TaggerAnnotator, fit_tagger
 from lmlm.annotate.saved import SavedAnnotator, read_meta
 from lmlm.annotate.threads import use_threads
+from lmlm.storage import is_uri, local_dir
 
 Train = Callable[[list[str], TrainAnnotatorConfig, Callable[[str], None]], SavedAnnotator]
 
@@ -85,8 +88,14 @@ def kind_of(cfg: AnnotateConfig) -> str:
     return found
 
 
+def _on_this_node(cfg: AnnotateConfig) -> AnnotateConfig:
+    """`cfg` with a `trained_path` URI replaced by this node's copy of it."""
+    return dataclasses.replace(cfg, trained_path=local_dir(cfg.trained_path)) if is_uri(cfg.trained_path) else cfg
+
+
 def build_annotator(cfg: AnnotateConfig, num_threads: int | None = None) -> Annotator:
     """The annotator `cfg.annotator` names, ready to call, with `num_threads` torch threads."""
+    cfg = _on_this_node(cfg)
     kind = kind_of(cfg)
     use_threads(num_threads)
     return KINDS[kind].load(cfg)
@@ -94,7 +103,10 @@ def build_annotator(cfg: AnnotateConfig, num_threads: int | None = None) -> Anno
 
 def annotator_id_for(cfg: AnnotateConfig) -> str:
     """The provenance label of `cfg`'s annotator (cfg.annotator_id, else the kind's), without loading it."""
-    return cfg.annotator_id or KINDS[kind_of(cfg)].describe(cfg)
+    if cfg.annotator_id:
+        return cfg.annotator_id
+    cfg = _on_this_node(cfg)
+    return KINDS[kind_of(cfg)].describe(cfg)
 
 
 def load_trained(path: str | Path, num_threads: int | None = None, kind: str | None = None) -> Annotator:
