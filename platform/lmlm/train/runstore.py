@@ -13,6 +13,9 @@ save one in three steps; keep the logs), so the loop reads the same for both:
   checkpoint listed (object stores have no rename). A resume checks the sizes in storage and
   takes a copy per node. Rank 0's metrics, attempts and TensorBoard events are uploaded after
   each logged row.
+
+What a run holds, for its driver and readers: `read_result` (a `PretrainResult`) and `model_dir`
+(the model directory of a path or URI: a model, or a run's newest export).
 """
 from __future__ import annotations
 
