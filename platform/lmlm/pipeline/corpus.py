@@ -139,15 +139,14 @@ def stage_corpus(splits: CorpusSplits, out_dir: Path) -> tuple[list[Record], lis
     return train, held_out
 
 
-def stage_load_split_facts(store, train, held: list[dict], batch_id: str, workers: int = 2) -> dict:
-    """Load the facts of every document of both splits through factstore.bulk's loader actors
-    (exactly once per document: a rerun writes nothing)."""
-    import ray
-
+def stage_load_split_facts(store, train, splits: CorpusSplits, batch_id: str, workers: int = 2) -> dict:
+    """Load the facts of every document of both splits (`train`: the training split's Dataset)
+    through factstore.bulk's loader actors, which read them from the workers' blocks (exactly once
+    per document: a rerun writes nothing)."""
     from lmlm.factstore.bulk import load_dataset
 
     cols = ["id", "triples", "annotator"]
-    ds = train.select_columns(cols).union(ray.data.from_items([{k: r[k] for k in cols} for r in held]))
+    ds = train.select_columns(cols).union(split_dataset(splits, "eval").select_columns(cols))
     counts = load_dataset(ds, dataclasses.replace(store.cfg, url=store.connection_url), batch_id=batch_id,
                           workers=workers, batch_docs=256, cpus_per_worker=0.5)
     loaded = {"loaded": counts["written"], "replayed": counts["replayed"], "invalid": counts["invalid"]}
@@ -228,7 +227,7 @@ def run_corpus_pipeline(cfg: PipelineConfig) -> RealTextResults:
     held_out = [Record(r["id"], r["text"], r["annotated_text"]) for r in held]
     with open_store(cfg) as store:
         if "build_factstore" in selected:
-            timed("build_factstore", stage_load_split_facts, store, train, held, "corpus")
+            timed("build_factstore", stage_load_split_facts, store, train, cfg.corpus, "corpus")
         models = finished_models(cfg)
         if "pretrain" in selected:
             models = timed("pretrain", stage_pretrain, pretrain_config(cfg), train, cfg.path("pretrain"))
