@@ -114,12 +114,17 @@ def checkpoint_problem(d: Path) -> str | None:
         return f"{COMPLETE_FILE} is unreadable ({e})"
     if _state(d) is None:
         return f"{STATE_FILE} is missing or unreadable"
-    for rel, size in files.items():
-        p = d / rel
-        if not p.is_file():
+    return size_problem(files, file_sizes(d))
+
+
+def size_problem(listed: dict[str, int], there: dict[str, int]) -> str | None:
+    """The first file `complete.json` lists (`listed`: path -> size) that is missing from `there`
+    (the files present: path -> size) or of another size; None when all are as saved."""
+    for rel, size in listed.items():
+        if rel not in there:
             return f"{rel} is missing"
-        if p.stat().st_size != size:
-            return f"{rel} has {p.stat().st_size} bytes, {size} when saved"
+        if there[rel] != size:
+            return f"{rel} has {there[rel]} bytes, {size} when saved"
     return None
 
 

@@ -33,7 +33,7 @@ from lmlm.storage import Storage, is_uri, node_copy
 from lmlm.train.rundir import (ATTEMPTS_JSONL, CHECKPOINT_PREFIX, COMPLETE_FILE, CORRUPT_PREFIX, METRICS_CSV,
                                METRICS_JSONL, STATE_FILE, TENSORBOARD_DIR, TMP_PREFIX, checkpoint_name,
                                checkpoint_problem, complete_checkpoints, file_sizes, marked_checkpoints, move_aside,
-                               parse_jsonl, prune_checkpoints, read_jsonl, read_metrics)
+                               parse_jsonl, prune_checkpoints, read_jsonl, read_metrics, size_problem)
 
 LOG_FILES = (METRICS_JSONL, METRICS_CSV, ATTEMPTS_JSONL)
 
@@ -149,13 +149,7 @@ class StoredRun:
             int(json.loads(self.store.read_text(f"{name}/{STATE_FILE}"))["step"])
         except (OSError, ValueError, KeyError, TypeError):
             return f"{STATE_FILE} is missing or unreadable"
-        there = self.store.file_sizes(name)
-        for rel, size in listed.items():
-            if rel not in there:
-                return f"{rel} is missing"
-            if there[rel] != size:
-                return f"{rel} has {there[rel]} bytes, {size} when saved"
-        return None
+        return size_problem(listed, self.store.file_sizes(name))
 
     def fetch(self, name: str) -> Path:
         """A copy on this node (made once for the ranks it holds): DeepSpeed reads every rank's state."""
