@@ -9,7 +9,7 @@ import pytest
 from lmlm.annotate import AnnotateConfig, Annotator, TaggerAnnotator, evaluate_annotator, fit_tagger, score_triples
 from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.chunks import chunk_words, word_cut
-from lmlm.annotate.pipeline import annotate_rows
+from lmlm.annotate.shards import annotate_rows
 from lmlm.annotate.alignment import align
 from lmlm.config import load_config
 from lmlm.format import Triple, extract_triples, strip_lookups

@@ -76,14 +76,13 @@ def test_openai_annotator_retries_then_records_each_failure(chat_server, chat_pr
     assert res[5] == (None, "http_401") and ChatHandler.calls["DENIED doc"] == 1  # no retry on 401
     with pytest.raises(AnnotatorError, match="http_500"):
         ann.annotate(["ALWAYS500 again"])
-    ann.close()
 
 
 def test_openai_endpoint_and_key_from_environment(chat_server, chat_prompt, monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_BASE_URL", chat_server)
     monkeypatch.setenv("MY_KEY", "sk-test")
     ann = OpenAIAnnotator(OpenAIAnnotatorConfig(api_key_env="MY_KEY", timeout_s=2, prompt_path=chat_prompt))
-    assert ann.client.headers["Authorization"] == "Bearer sk-test"
+    assert ann.headers["Authorization"] == "Bearer sk-test"
     assert extract_triples(ann.annotate(["x"])[0])
     monkeypatch.delenv("OPENAI_BASE_URL")
     with pytest.raises(ValueError, match="no endpoint"):
@@ -156,7 +155,6 @@ def test_empty_prompt_path_is_the_builtin_prompt(chat_server, tiny_chat_model, m
     ann = _openai(chat_server, "")
     assert ann.template == default_prompt() and ann.template[0]["role"] == "system"
     assert extract_triples(ann.annotate(["Mara Quell was born in Lisbon."])[0])[0].value == "Lisbon"
-    ann.close()
     hf = HFAnnotator(HFAnnotatorConfig(model_path=str(tiny_chat_model), device="cpu"))
     prompt = hf.render("Mara Quell was born in Lisbon.")
     assert prompt.startswith("<|im_start|>system\nYou annotate documents") and "[INSERT_TEXT]" not in prompt

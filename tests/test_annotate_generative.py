@@ -11,7 +11,8 @@ import pytest
 from lmlm.annotate import AnnotateConfig, TrainAnnotatorConfig, load_trained
 from lmlm.annotate.config import GenerativeTrainConfig
 from lmlm.annotate.kinds.generative import GenerativeAnnotator, fit_generative
-from lmlm.annotate.pipeline import annotate_rows, run_annotation
+from lmlm.annotate.pipeline import run_annotation
+from lmlm.annotate.shards import annotate_rows
 from lmlm.annotate.train_job import train_annotator
 from lmlm.cli import main as lmlm_main
 from lmlm.corpus import Record, write_jsonl

@@ -35,7 +35,8 @@ class OpenAIAnnotatorConfig:
     prompt_path: str = ""  # annotation prompt (JSON chat messages); "": as HFAnnotatorConfig.prompt_path
     max_tokens: int = 2048  # completion tokens per document
     temperature: float = 0.0  # sampling temperature (0: greedy)
-    concurrency: int = 8  # requests in flight at once
+    concurrency: int = 8  # requests in flight at once (per actor over a corpus: the HTTP processor's batch size)
+    qps: int = 0  # over a corpus, requests per second per actor at most (0: no limit)
     max_retries: int = 3  # retries after the first try, for timeouts, connection errors, 429 and 5xx
     # first backoff in seconds; doubles each retry, capped at backoff_max_s, then times a random 0.5-1
     # (tenacity's exponential wait plus random-exponential wait, each over half the range)

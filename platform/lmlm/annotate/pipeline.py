@@ -11,20 +11,8 @@ time. The actor reads its shard, rejects empty / oversized / undecodable documen
 `lmlm.format.to_special`, writes the shard and returns one row of counts. The driver holds counts
 and shard descriptors, never documents:
 
-    output_dir/annotated/<shard>.parquet   id, doc_id, chunk, source, text, annotated_text (legacy),
-                                           special_text, annotator, triples (JSON [[e, r, v], ...])
-    output_dir/rejected/<shard>.parquet    id, doc_id, source, reason, detail
-    output_dir/stats/<shard>.parquet       id, doc_id, status, reason, lookups, dropped (JSON), words, chars,
-                                           worker (host:pid of the actor)
-    output_dir/layout.json                 the shard size, fixed by the first run (`plan`)
-    output_dir/summary.json                the last run's summary
-
-Resume, per shard: each file appears whole (lmlm.atomicfile) and the stats file is written last, so a
-shard with stats is finished and a rerun annotates none of its documents again, and a shard without
-is redone (its files replaced). Documents whose annotator call failed (endpoint errors, timeouts) are
-not finished: the next run retries them in a new attempt of their shard, `<shard>-r<n>`, which holds
-only them (the earlier reject rows stay in rejected/ and stats/). An output directory of the earlier
-layout (shards `part-<run>-<n>`) resumes by the ids its stats hold.
+The files and per-shard resume are shards.py's; an `openai` annotator runs in Ray Data's HTTP request
+processor instead of the actor pool (processor.py), over the same shards and files.
 
 Loading: the annotated rows of finished shards are read with Ray Data and written by factstore.bulk's
 loader actors under the batch scope "annotated": each document's triples are a unit named by its
@@ -35,102 +23,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
 
-from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.config import AnnotateConfig
-from lmlm.annotate.inputs import plan_shards, read_shard
-from lmlm.annotate.registry import annotator_id_for, build_annotator
-from lmlm.atomicfile import replacing, write_json
+from lmlm.annotate.inputs import plan_shards
+from lmlm.annotate.processor import processor_dataset
+from lmlm.annotate.registry import annotator_id_for, build_annotator, kind_of
+from lmlm.annotate.shards import ANNOTATED, REJECTED, STATS, annotate_rows, close_shard, open_shard
+from lmlm.atomicfile import write_json
 from lmlm.config import from_dict, to_dict
-from lmlm.format import to_special
 from lmlm.rayinit import init_ray
-
-ANNOTATED, REJECTED, STATS = "annotated", "rejected", "stats"
-LEGACY = re.compile(r"part-\d{8}-\d{6}-[0-9a-f]{6}-\d{5}\.parquet")  # shards of the layout before per-shard resume
-
-
-def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
-    """Annotate, validate and convert; one result dict per input (status ok or rejected). A model that
-    changed the text around its calls gets its calls anchored in the input (anchor.py)."""
-    out = []
-    for rid, text, (ann, err) in zip(ids, texts, annotator.annotate_safe(texts)):
-        res = {"id": rid, "status": "ok", "reason": "", "annotated_text": "", "special_text": "",
-               "lookups": 0, "dropped": "{}", "triples": "[]"}
-        if ann is None:
-            res.update(status="rejected", reason="annotator_error", detail=err or "")
-        elif not ann.strip():
-            res.update(status="rejected", reason="empty_output", detail="the annotator returned no text")
-        else:
-            parsed = to_special(ann)
-            dropped = parsed.drop_counts()  # the output's own invalid calls, before anchoring
-            anchored = anchor_calls(text, ann)  # the input word for word, plus the output's valid calls
-            if anchored is not ann:
-                ann, parsed = anchored, to_special(anchored)
-            res.update(annotated_text=ann, special_text=parsed.text, lookups=len(parsed.lookups),
-                       dropped=json.dumps(dropped),
-                       triples=json.dumps([[t.entity, t.relation, t.value] for t in parsed.triples]))
-        res.setdefault("detail", "")
-        out.append(res)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Shard files and resume
-
-
-def _write_table(rows: list[dict], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with replacing(path) as tmp:  # a shard appears whole or not at all
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-
-
-def attempt_name(shard: str, n: int) -> str:
-    return shard if n == 0 else f"{shard}-r{n}"
-
-
-def finished_attempts(out: Path, shard: str) -> list[str]:
-    """The attempts of `shard` that finished (a stats file), in order: shard, shard-r1, ..."""
-    n = 0
-    while (out / STATS / f"{attempt_name(shard, n)}.parquet").is_file():
-        n += 1
-    return [attempt_name(shard, i) for i in range(n)]
-
-
-def finished_ids(stats_files: Iterable[Path]) -> set[str]:
-    """Ids these stats files finished; a document whose annotator call failed is not finished."""
-    import pyarrow.parquet as pq
-
-    done = set()
-    for p in stats_files:
-        t = pq.read_table(p, columns=["id", "reason"])
-        done.update(i for i, r in zip(t["id"].to_pylist(), t["reason"].to_pylist()) if r != "annotator_error")
-    return done
-
-
-def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], annotator_id: str,
-                worker: str) -> None:
-    ok = [{k: r[k] for k in ("id", "doc_id", "chunk", "source", "text", "annotated_text", "special_text",
-                             "triples")} | {"annotator": annotator_id} for r in results if r["status"] == "ok"]
-    bad = rejects + [{"id": r["id"], "doc_id": r["doc_id"], "source": r["source"], "reason": r["reason"],
-                      "detail": r.get("detail", "")} for r in results if r["status"] != "ok"]
-    stats = [{"id": r["id"], "doc_id": r["doc_id"], "status": r["status"], "reason": r["reason"],
-              "lookups": r["lookups"], "dropped": r["dropped"], "words": len(r["text"].split()),
-              "chars": len(r["text"]), "worker": worker} for r in results]
-    stats += [{"id": r["id"], "doc_id": r["doc_id"], "status": "rejected", "reason": r["reason"], "lookups": 0,
-               "dropped": "{}", "words": 0, "chars": 0, "worker": worker} for r in rejects]
-    for sub, table in ((ANNOTATED, ok), (REJECTED, bad)):
-        if table:
-            _write_table(table, out / sub / f"{name}.parquet")
-        else:  # what a killed try of this attempt left
-            (out / sub / f"{name}.parquet").unlink(missing_ok=True)
-    _write_table(stats, out / STATS / f"{name}.parquet")  # last: marks the shard finished
 
 
 def plan(cfg: AnnotateConfig, out: Path, log=print):
@@ -167,7 +71,6 @@ class AnnotateActor:
         self.out, self.fs, self.annotator_id = Path(self.cfg.output_dir), filesystem, annotator_id
         self.annotator = build_annotator(self.cfg, num_threads=self.cfg.threads_per_actor)
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
-        self.legacy = finished_ids(p for p in sorted((self.out / STATS).glob("part-*")) if LEGACY.fullmatch(p.name))
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -175,27 +78,14 @@ class AnnotateActor:
         return pa.Table.from_pylist([self.run_shard(shard) for shard in batch.to_pylist()])
 
     def run_shard(self, shard: dict) -> dict:
-        before = finished_attempts(self.out, shard["shard"])
-        done = finished_ids(self.out / STATS / f"{a}.parquet" for a in before) | self.legacy
-        rows, rejects = read_shard(self.fs, shard, self.cfg.max_doc_bytes, self.cfg.chunk_words)
-        todo = [r for r in rows if r["id"] not in done]
-        rejects = [r for r in rejects if r["id"] not in done]
+        name, finished, todo, rejects = open_shard(self.cfg, self.fs, shard)
         results = []
         for b in range(0, len(todo), self.cfg.batch_size):
             batch = todo[b:b + self.cfg.batch_size]
             res = annotate_rows(self.annotator, [r["id"] for r in batch], [r["text"] for r in batch])
             results += [row | r for row, r in zip(batch, res)]
-        name = attempt_name(shard["shard"], len(before)) if results or rejects else ""
-        if name:
-            write_shard(self.out, name, results, rejects, self.annotator_id, self.worker)
-        ok = [r for r in results if r["status"] == "ok"]
-        dropped: Counter = Counter()
-        for r in ok:
-            dropped.update(json.loads(r["dropped"]))
-        reasons = Counter(r["reason"] for r in [*rejects, *results] if r.get("status") != "ok")
-        return {"shard": name, "worker": self.worker, "todo": len(todo), "finished": len(rows) - len(todo),
-                "input_rejects": len(rejects), "annotated": len(ok), "lookups": sum(r["lookups"] for r in ok),
-                "reasons": json.dumps(reasons), "dropped": json.dumps(dropped)}
+        return close_shard(self.out, name, results, rejects, finished, self.annotator_id, self.worker,
+                           Counter({self.worker: len(results)}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,11 +93,14 @@ class AnnotateActor:
 
 
 def build_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator_id: str):
-    """The Ray Dataset of per-shard count rows (lazy): shards -> actor pool of AnnotateActor."""
+    """The Ray Dataset of per-shard count rows (lazy): shards -> actor pool of AnnotateActor, or
+    Ray Data's HTTP request processor for an `openai` annotator (processor.py)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = cfg.progress
+    if kind_of(cfg) == "openai":
+        return processor_dataset(cfg, shards, filesystem, annotator_id)
     ds = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096))
     # one shard in flight per actor: a shard is seconds of work, and the pool stays balanced
     return ds.map_batches(AnnotateActor, batch_size=1, batch_format="pyarrow",
@@ -270,8 +163,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         n["shards_written"] += bool(c["shard"])
         reasons.update(json.loads(c["reasons"]))
         dropped.update(json.loads(c["dropped"]))
-        if c["todo"]:
-            workers[c["worker"]] += c["todo"]
+        workers.update(json.loads(c["workers"]))
         if c["shard"]:
             elapsed = time.time() - t_annot
             log(f"annotate: shard {c['shard']} written ({i}/{len(shards)} shards), {n['todo']} documents annotated, "
@@ -297,7 +189,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         "rejected": sum(reasons.values()), "rejects_by_reason": dict(sorted(reasons.items())),
         "dropped_calls_by_reason": dict(sorted(dropped.items())), "triples_loaded": loaded.get("written", 0),
         "triples_invalid": loaded.get("invalid", 0), "annotator": annotator_id, "num_actors": cfg.num_actors,
-        "docs_per_worker": sorted(workers.values(), reverse=True),
+        "docs_per_worker": sorted((v for v in workers.values() if v), reverse=True),
         "seconds": round(time.time() - t0, 3), "annotate_seconds": round(t_annot, 3),
         "first_result_s": round(t_first or 0.0, 3),
         "docs_per_s": round(n["todo"] / t_annot, 2) if n["todo"] and t_annot > 0 else 0.0,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmlm.annotate.chunks import chunk_words
 from lmlm.annotate.inputs import document_problem, plain_text
-from lmlm.annotate.pipeline import annotate_rows
+from lmlm.annotate.shards import annotate_rows
 from lmlm.annotate.registry import load_trained
 from lmlm.atomicfile import replacing
 from lmlm.corpus import SkippedLine, iter_corpus
