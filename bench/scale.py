@@ -11,6 +11,12 @@ pack: synthetic annotated documents in Parquet shards, packed into training rows
   - stream: Ray Data reads the shards and packs them in workers, rows stay in the object store
     (train.data.packed_dataset); the driver holds block references and counts.
   `driver_peak_rss_growth` = stream's peak RSS at 10x over 1x (goal <= 1.2); docs/s of both at 1x.
+annotate: plain synthetic documents (JSONL) annotated by a trained tagger through run_annotation with
+  one actor (shards written by the actor, store loading off), at 1x and 10x, each in a fresh driver:
+  `annotate_driver_peak_rss_growth` = its peak RSS at 10x over 1x (the driver holds counts, never
+  documents; goal <= 1.2); `steady_overhead_vs_loop` = the plain loop's docs/s (the same annotator and
+  validation in one process, pipeline.annotate_loop, on the 1x documents) over the actor's docs/s
+  after its first shard at 10x, minus 1 (goal <= 0.10).
 load: triples of synthetic documents loaded through factstore.bulk.load_dataset with 1 and 2 loader
   actors into a private Redis 8 (`load_speedup_2_workers`), and the projected time of the
   reference's 54.6M triples on 32 workers from the measured per-worker rate (linear: each worker
@@ -77,6 +83,64 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
     seconds = time.perf_counter() - t
     return {"docs": docs, "rows": rows, "seconds": round(seconds, 2), "docs_per_s": round(docs / seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def write_plain_corpus(out: Path, docs: int) -> Path:
+    """`docs` plain biographies (a synthetic world's, repeated under new ids) in one JSONL file."""
+    from lmlm.world import WorldConfig, generate_world
+
+    texts = [d.text for d in generate_world(WorldConfig(people=300, seed=6)).documents]
+    with out.open("w") as f:
+        for i in range(docs):
+            f.write(json.dumps({"id": f"doc-{i}", "text": texts[i % len(texts)]}) + "\n")
+    return out
+
+
+def child_annotate(corpus: Path, mode: str, tagger_dir: str) -> dict:
+    """One measured driver: annotate `corpus` through run_annotation (stream, one actor) or in a plain
+    loop (loop); returns docs/s (stream: also after the first shard) and the peak RSS."""
+    from lmlm.annotate import AnnotateConfig
+    from lmlm.annotate.pipeline import annotate_loop, run_annotation
+    from lmlm.rayinit import init_ray
+
+    cfg = AnnotateConfig(input=str(corpus), output_dir=str(corpus.with_suffix(".out")), trained_path=tagger_dir,
+                         num_actors=1, num_cpus_per_actor=1.0, shard_docs=1000, load_store=False, progress=False)
+    if mode == "loop":
+        texts = [json.loads(line)["text"] for line in corpus.open()]
+        t = time.perf_counter()
+        annotate_loop(cfg, texts)
+        out = {"docs": len(texts), "docs_per_s": round(len(texts) / (time.perf_counter() - t), 1)}
+    else:
+        init_ray()
+        s = run_annotation(cfg, log=lambda line: None)
+        steady = s["annotate_seconds"] - s["first_result_s"]
+        first = min(json.loads((Path(cfg.output_dir) / "layout.json").read_text())["shard_docs"], s["annotated"])
+        out = {"docs": s["annotated"], "docs_per_s": s["docs_per_s"],
+               "steady_docs_per_s": round((s["annotated"] - first) / steady, 1) if steady > 0 else 0.0}
+    return out | {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def bench_annotate(tmp: Path, small: int) -> dict:
+    from lmlm.annotate import fit_tagger
+    from lmlm.world import WorldConfig, generate_world
+
+    seeds = [d.annotated_text for d in generate_world(WorldConfig(people=100, seed=6)).documents]
+    tagger = str(fit_tagger(seeds, epochs=3, log=lambda line: None).save(tmp / "tagger"))
+    out = {"annotate_docs_small": small, "annotate_docs_large": 10 * small}
+    for size in (small, 10 * small):
+        r = run_child("annotate", str(write_plain_corpus(tmp / f"plain-{size}.jsonl", size)), "stream", tagger)
+        print(f"annotate stream {size} docs: {r}", flush=True)
+        out[f"annotate_stream_{size}_peak_rss_mb"] = r["peak_rss_mb"]
+        out[f"annotate_stream_{size}_docs_per_s"] = r["docs_per_s"]
+        out[f"annotate_stream_{size}_steady_docs_per_s"] = r["steady_docs_per_s"]
+    loop = run_child("annotate", str(tmp / f"plain-{small}.jsonl"), "loop", tagger)
+    print(f"annotate loop {small} docs: {loop}", flush=True)
+    out["annotate_loop_docs_per_s"] = loop["docs_per_s"]
+    out["annotate_driver_peak_rss_growth"] = round(out[f"annotate_stream_{10 * small}_peak_rss_mb"]
+                                                   / out[f"annotate_stream_{small}_peak_rss_mb"], 3)
+    out["steady_overhead_vs_loop"] = round(loop["docs_per_s"] / out[f"annotate_stream_{10 * small}_steady_docs_per_s"]
+                                           - 1, 3)
+    return out
 
 
 def run_child(*args: str) -> dict:
@@ -151,12 +215,13 @@ def bench_load(triples: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, what, corpus, mode, tok_dir = sys.argv
-        print(json.dumps(child_pack(Path(corpus), mode, tok_dir)))
+        _, _, what, corpus, mode, model_dir = sys.argv
+        child = child_pack if what == "pack" else child_annotate
+        print(json.dumps(child(Path(corpus), mode, model_dir)))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: under 60 s on 2 cores")
-    ap.add_argument("--parts", default="pack,load")
+    ap.add_argument("--parts", default="pack,annotate,load")
     ap.add_argument("--triples", type=int, default=0, help="triples of the load part (default 1,000,000; quick 2,000)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -173,6 +238,8 @@ def main() -> None:
         if "pack" in args.parts:
             # --quick skips the old path at 10x (one driver less): its growth is the full run's
             result.update(bench_pack(Path(tmp), 300 if args.quick else 10_000, current_large=not args.quick))
+        if "annotate" in args.parts:
+            result.update(bench_annotate(Path(tmp), 200 if args.quick else 10_000))
         if "load" in args.parts:
             result.update(bench_load(args.triples or (2_000 if args.quick else 1_000_000)))
     result["wall_s"] = round(time.perf_counter() - t0, 1)

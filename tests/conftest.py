@@ -80,3 +80,30 @@ def tiny_tokenizer(tmp_path_factory):
 
 # Fact-store fixtures (`redis_server`, `fact_store`, `fact_store_factory`): see tests/fixtures_factstore.py.
 pytest_plugins = ["fixtures_factstore"]
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory):
+    """A one-layer Llama with a chat template and a tokenizer that knows the default prompt's words."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmlm.annotate.prompt import default_prompt
+    from lmlm.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("chat")
+    texts = [m["content"] for m in default_prompt()] * 3 + \
+        ["Mara Quell was born in Lisbon and works as a potter. <|im_start|> <|im_end|> assistant user system"] * 20
+    tok = train_tokenizer(texts, vocab_size=400)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(out))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(str(out))
+    return out

@@ -105,31 +105,6 @@ def test_openai_unreachable_endpoint_is_a_recorded_failure(chat_prompt):
 
 # --------------------------------------------------------------------------------------------
 
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from lmlm.tokenizer import train_tokenizer
-
-    out = tmp_path_factory.mktemp("chat")
-    texts = [m["content"] for m in default_prompt()] * 3 + \
-        ["Mara Quell was born in Lisbon and works as a potter. <|im_start|> <|im_end|> assistant user system"] * 20
-    tok = train_tokenizer(texts, vocab_size=400)
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(str(out))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(str(out))
-    return out
-
-
 def test_hf_annotator_keeps_the_chat_template_and_chunks_at_words(tiny_chat_model, chat_prompt):
     cfg = HFAnnotatorConfig(model_path=str(tiny_chat_model), prompt_path=chat_prompt,
                             max_new_tokens=6, max_prompt_tokens=400, batch_size=2, device="cpu")

@@ -96,3 +96,78 @@ def test_http_processor_annotates_a_corpus_and_keeps_failures_per_document(ray_c
     # the shard of the two empty inputs was written whole, with nothing sent; retries went to -r1
     stats = sorted(p.stem for p in (out / "stats").glob("*.parquet"))
     assert len(stats) == 5 and sum(s.endswith("-r1") for s in stats) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The vLLM engine processor: built and checked here; the engine needs vLLM and a GPU
+
+
+def _vllm_cfg(model_dir, prompt, **vllm) -> AnnotateConfig:
+    from lmlm.annotate.config import HFAnnotatorConfig, VLLMAnnotatorConfig
+
+    return AnnotateConfig(annotator="hf", num_actors=2, batch_size=8, load_store=False,
+                          hf=HFAnnotatorConfig(model_path=str(model_dir), prompt_path=prompt, max_new_tokens=300),
+                          vllm=VLLMAnnotatorConfig(enabled=True, max_model_len=2048, **vllm))
+
+
+def test_vllm_processor_runs_the_model_with_the_annotators_prompt_and_validation(ray_cluster, tiny_chat_model,
+                                                                                  chat_prompt, tmp_path):
+    from lmlm.annotate.processor import DOC, MARKER, _result, _vllm_reply, vllm_backend
+    from lmlm.annotate.prompt import build_messages, load_prompt
+
+    backend = vllm_backend(_vllm_cfg(tiny_chat_model, chat_prompt), "hf")
+    proc = backend.processor
+    assert proc.list_stage_names() == ["ChatTemplateStage", "TokenizeStage", "vLLMEngineStage", "DetokenizeStage"]
+    c = proc.config
+    assert (c.model_source, c.batch_size, c.concurrency, c.should_continue_on_error) == (str(tiny_chat_model), 8, 2, True)
+    assert {k: c.engine_kwargs[k] for k in ("max_model_len", "tensor_parallel_size")} == {"max_model_len": 2048,
+                                                                                         "tensor_parallel_size": 1}
+    row = {"shard": "s", "attempt": "s", "expected": 3, "kind": DOC, "id": "d1", "doc_id": "d1", "chunk": 0,
+           "source": "t", "text": "Doc 1 says w1", "reason": "", "detail": "", "finished": 0}
+    request = proc.preprocess(row)["__data"]  # what Ray Data's chat template stage receives
+    assert request["messages"] == build_messages(load_prompt(chat_prompt), "Doc 1 says w1")
+    assert request["sampling_params"] == {"temperature": 0.0, "max_tokens": 300}
+    assert proc.preprocess(row | {"kind": MARKER})["__data"]["sampling_params"]["max_tokens"] == 1
+
+    # the engine stage's output rows, as ray.data.llm documents them: generated_text, __inference_error__
+    ok = _result(request | {"generated_text": "Doc 1 says [dblookup('Doc', 'Says') -> w1] w1",
+                            "__inference_error__": ""}, _vllm_reply)
+    assert ok["status"] == "ok" and json.loads(ok["triples"]) == [["Doc", "Says", "w1"]]
+    assert ok["annotated_text"].startswith("Doc 1 says") and ok["shard"] == "s"
+    failed = _result(request | {"generated_text": "", "__inference_error__": "ValueError: prompt too long"},
+                     _vllm_reply)
+    assert (failed["status"], failed["reason"], failed["detail"]) == ("rejected", "annotator_error",
+                                                                      "vllm: ValueError: prompt too long")
+
+
+def test_vllm_processor_with_a_lora_adapter_and_its_refusals(ray_cluster, tiny_chat_model, chat_prompt, tmp_path):
+    import importlib.util
+
+    from lmlm.annotate.processor import DOC, processor_dataset, vllm_backend
+
+    adapter = tmp_path / "adapters" / "squad-v1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
+    proc = vllm_backend(_vllm_cfg(tiny_chat_model, chat_prompt, lora_adapter=str(adapter)), "hf").processor
+    assert proc.config.engine_kwargs["enable_lora"] and proc.config.engine_kwargs["max_lora_rank"] == 8
+    assert proc.config.dynamic_lora_loading_path == str(adapter.parent)
+    row = {"kind": DOC, "text": "x", "shard": "s"}
+    assert proc.preprocess(row)["__data"]["model"] == "squad-v1"  # each request asks for the adapter
+
+    with pytest.raises(ValueError, match="not a PEFT LoRA adapter directory"):
+        vllm_backend(_vllm_cfg(tiny_chat_model, chat_prompt, lora_adapter=str(tmp_path)), "hf")
+    with pytest.raises(ValueError, match="generative or hf annotator, not 'tagger'"):
+        vllm_backend(_vllm_cfg(tiny_chat_model, chat_prompt), "tagger")
+    if importlib.util.find_spec("vllm") is None:  # this machine: the job refuses before any actor starts
+        with pytest.raises(RuntimeError, match=r"pip install 'lmlm\[vllm\]'"):
+            processor_dataset(_vllm_cfg(tiny_chat_model, chat_prompt), [], None, "hf:x", "hf")
+
+
+def test_vllm_settings_of_a_trained_generative_directory(tmp_path):
+    from lmlm.annotate.processor import vllm_settings
+
+    prompt = [{"role": "system", "content": "Copy the text with calls."}]
+    (tmp_path / "annotator.json").write_text(json.dumps({"kind": "generative", "prompt": prompt,
+                                                         "train": {"max_new_tokens": 768}}))
+    cfg = AnnotateConfig(annotator="generative", trained_path=f"file://{tmp_path}")
+    assert vllm_settings(cfg, "generative") == (str(tmp_path), prompt, 768)

@@ -46,6 +46,22 @@ class OpenAIAnnotatorConfig:
 
 
 @dataclass
+class VLLMAnnotatorConfig:
+    """Ray Data's vLLM engine processor for a model annotator over a corpus (the `vllm` extra, GPUs):
+    `generative` (a trained directory) or `hf` (hf.model_path), one engine per actor (num_actors)."""
+
+    enabled: bool = False  # run the generative / hf annotator through vLLM instead of transformers in actors
+    tensor_parallel_size: int = 1  # GPUs per engine
+    max_model_len: int = 4096  # prompt + output tokens per document piece (pieces: chunk_words)
+    gpu_memory_utilization: float = 0.9
+    max_concurrent_batches: int = 4  # batches of batch_size documents in flight per engine
+    accelerator_type: str = ""  # e.g. "H100": engines only on that GPU type ("": any GPU)
+    # a PEFT LoRA adapter directory to annotate with, over the model (its parent folder is vLLM's
+    # dynamic LoRA path, its name the model each request asks for); "": the model as it is
+    lora_adapter: str = ""
+
+
+@dataclass
 class AnnotateConfig:
     # corpus to annotate: reference JSON ({"examples": [...]}), .jsonl, .parquet, a directory or a glob of
     # them; a local path or a URI (file://, s3://, gs://)
@@ -60,6 +76,7 @@ class AnnotateConfig:
     trained_path: str = "runs/annotator"
     hf: HFAnnotatorConfig = field(default_factory=HFAnnotatorConfig)
     openai: OpenAIAnnotatorConfig = field(default_factory=OpenAIAnnotatorConfig)
+    vllm: VLLMAnnotatorConfig = field(default_factory=VLLMAnnotatorConfig)
     # provenance label stored with every triple; "" -> derived from the annotator (e.g. trained:1a2b3c4d)
     annotator_id: str = ""
     # documents above this many UTF-8 bytes are rejected ("too_large")

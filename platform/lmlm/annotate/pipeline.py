@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lmlm.annotate.config import AnnotateConfig
 from lmlm.annotate.inputs import plan_shards
-from lmlm.annotate.processor import processor_dataset
+from lmlm.annotate.processor import processor_dataset, uses_processor
 from lmlm.annotate.registry import annotator_id_for, build_annotator, kind_of
 from lmlm.annotate.shards import ANNOTATED, REJECTED, STATS, annotate_rows, close_shard, open_shard
 from lmlm.atomicfile import write_json
@@ -94,13 +94,14 @@ class AnnotateActor:
 
 def build_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator_id: str):
     """The Ray Dataset of per-shard count rows (lazy): shards -> actor pool of AnnotateActor, or
-    Ray Data's HTTP request processor for an `openai` annotator (processor.py)."""
+    a ray.data.llm processor for an `openai` annotator, or with vllm.enabled (processor.py)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = cfg.progress
-    if kind_of(cfg) == "openai":
-        return processor_dataset(cfg, shards, filesystem, annotator_id)
+    kind = kind_of(cfg)
+    if uses_processor(cfg, kind):
+        return processor_dataset(cfg, shards, filesystem, annotator_id, kind)
     ds = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096))
     # one shard in flight per actor: a shard is seconds of work, and the pool stays balanced
     return ds.map_batches(AnnotateActor, batch_size=1, batch_format="pyarrow",

@@ -1,36 +1,48 @@
-"""Corpus annotation through Ray Data's LLM processors (ray.data.llm): how the `openai` kind runs.
+"""Corpus annotation through Ray Data's LLM processors (ray.data.llm), for the annotators that are
+models behind an engine:
 
-    processor_dataset(cfg, shards, filesystem, annotator_id) -> Dataset of per-shard count rows (lazy)
+- `openai` (any OpenAI-compatible endpoint): the HTTP request processor, `num_actors` actors with
+  `openai.concurrency` requests in flight each (kinds.openai.StageSession), paced at `openai.qps`;
+- `generative` or `hf` with `vllm.enabled` (GPUs, the `vllm` extra): the vLLM engine processor, one
+  engine per actor, the model's chat template and tokenizer applied in Ray Data's own stages.
+  Built and checked on CPU here (tests/test_annotate_processor.py); the engine itself has not run.
 
-    shards -> shard_rows         Ray tasks: each shard's input items that no finished attempt holds
-                                 (shards.open_shard), one row each, plus the shard's marker row
-           -> HTTP processor     ray.data.llm.HttpRequestProcessorConfig: `num_actors` actors, each with
-                                 `openai.concurrency` rows in flight (kinds.openai.StageSession), paced at
-                                 `openai.qps`; postprocess validates and converts each document
-                                 (shards.annotation_result) in Ray tasks
-           -> ShardWriter        one actor: gathers each shard attempt's rows and writes it whole, as the
-                                 actor-pool path does (shards.close_shard), one row of counts per shard
+    processor_dataset(cfg, shards, filesystem, annotator_id, kind) -> Dataset of per-shard count rows (lazy)
 
-The shards, their attempts, the files and per-shard resume are shards.py's; only the
-annotating moves into the processor. Every row of an attempt carries how many rows the attempt has
+    shards -> shard_rows   Ray tasks: each shard's input items that no finished attempt holds
+                           (shards.open_shard), one row each, plus the shard's marker row
+           -> processor    the backend above
+           -> _result      Ray tasks: each document validated, converted and anchored
+                           (shards.annotation_result), as every annotator's output is
+           -> ShardWriter  one actor: gathers each shard attempt's rows and writes it whole, as the
+                           actor-pool path does (shards.close_shard); one row of counts per shard
+
+The shards, their attempts, the files and per-shard resume are shards.py's; the prompt (prompt.py),
+the pieces (`chunk_words`), anchoring and validation are those of every annotator: only the model
+call moves into the processor. Every row of an attempt carries how many rows the attempt has
 (`expected`), so the writer knows when an attempt is whole; the marker row makes every shard send at
-least one row (a shard already finished still reports its count) and is never sent to the endpoint,
-nor is a rejected input. A document whose requests keep failing comes back with its reason and
-becomes a reject, as in every path, so one document never fails a Ray task.
+least one row (a shard already finished still reports its count). A document whose call keeps
+failing comes back with its reason and becomes a reject, as in every path, never a failed Ray task.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import os
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from lmlm.annotate.config import AnnotateConfig, OpenAIAnnotatorConfig
+from lmlm.annotate.kinds.generative import prompt_messages
 from lmlm.annotate.kinds.openai import StageSession, endpoint, request_body
+from lmlm.annotate.prompt import build_messages, load_prompt
+from lmlm.annotate.saved import read_meta
 from lmlm.annotate.shards import annotation_result, close_shard, open_shard
-from lmlm.annotate.prompt import load_prompt
 from lmlm.config import from_dict, to_dict
+from lmlm.storage import is_uri, local_dir
 
 DOC, REJECT, MARKER = "doc", "reject", "marker"
 _ROW = {"shard": "", "attempt": "", "expected": 0, "kind": DOC, "id": "", "doc_id": "", "chunk": 0, "source": "",
@@ -53,20 +65,38 @@ def shard_rows(batch, cfg: dict, filesystem):
     return pa.Table.from_pylist(out)
 
 
-def _payload(row: dict) -> dict:
+def _result(row: dict, reply) -> dict:
+    """A processed row in the writer's schema; `reply(row)` -> (output, failure reason, worker) of a document."""
+    out = {k: row[k] for k in _ROW}
+    if row["kind"] != DOC:
+        return out | {"worker": "", "status": "rejected" if row["kind"] == REJECT else MARKER, "annotated_text": "",
+                      "special_text": "", "lookups": 0, "dropped": "{}", "triples": "[]"}
+    output, failure, worker = reply(row)
+    return out | {"worker": worker} | annotation_result(row["id"], row["text"], output, failure)
+
+
+def _unchanged(row: dict) -> dict:
+    return row
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    processor: Callable  # a ray.data.llm Processor: Dataset -> Dataset
+    reply: Callable[[dict], tuple]  # a processed document row -> (output, failure reason, worker)
+
+
+# --------------------------------------------------------------------------------------------
+# An OpenAI-compatible endpoint: the HTTP request processor
+
+
+def _http_payload(row: dict) -> dict:
     # the chat request is built in the session (it holds the prompt); the row only says what to send
     return {"payload": {"text": row["text"], "send": row["kind"] == DOC}}
 
 
-def _result(row: dict) -> dict:
-    reply = row["http_response"]
-    base = {k: row[k] for k in _ROW} | {"worker": reply["worker"] if row["kind"] == DOC else ""}
-    if row["kind"] != DOC:
-        return base | {"status": "rejected" if row["kind"] == REJECT else MARKER, "annotated_text": "",
-                       "special_text": "", "lookups": 0, "dropped": "{}", "triples": "[]"}
-    res = annotation_result(row["id"], row["text"], reply["content"] if not reply["error"] else None,
-                            reply["error"] or None)
-    return base | res
+def _http_reply(row: dict) -> tuple:
+    r = row["http_response"]
+    return (None if r["error"] else r["content"]), (r["error"] or None), r["worker"]
 
 
 @dataclasses.dataclass
@@ -81,6 +111,82 @@ class SessionFactory:
         if self.template is None:
             self.template = load_prompt(self.cfg.prompt_path)
         return StageSession(self.cfg, partial(request_body, self.cfg, self.template))
+
+
+def http_backend(cfg: AnnotateConfig) -> Backend:
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    oc, n = cfg.openai, cfg.num_actors
+    url, headers = endpoint(oc)  # fails here, in the driver, when no endpoint is set
+    return Backend(build_processor(
+        HttpRequestProcessorConfig(
+            url=url, headers=headers, qps=oc.qps or None, max_retries=0,  # retries are the session's
+            batch_size=oc.concurrency, concurrency=n, session_factory=SessionFactory(oc),
+            http_request_stage={"concurrency": (n, n), "num_cpus": cfg.num_cpus_per_actor}),
+        preprocess=_http_payload, postprocess=_unchanged), _http_reply)
+
+
+# --------------------------------------------------------------------------------------------
+# A model on GPUs: the vLLM engine processor (the `vllm` extra)
+
+
+def _vllm_request(row: dict, template: list[dict], max_tokens: int, lora: str) -> dict:
+    # every row goes through the engine (a row it skipped would leave the processor in another
+    # schema); a row that is not a document asks for one token
+    doc = row["kind"] == DOC
+    req = {"messages": build_messages(template, row["text"] if doc else "-"),
+           "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens if doc else 1}}
+    return req | {"model": lora} if lora else req
+
+
+def _vllm_reply(row: dict) -> tuple:
+    error = row.get("__inference_error__") or ""
+    return (None, f"vllm: {error[:300]}", "vllm") if error else (row["generated_text"], None, "vllm")
+
+
+def _model_source(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path  # s3:// and gs:// vLLM fetches itself
+
+
+def vllm_settings(cfg: AnnotateConfig, kind: str) -> tuple[str, list[dict], int]:
+    """(model source, prompt messages, output tokens) of the annotator vLLM runs: a trained
+    `generative` directory (its prompt.json and max_new_tokens) or an `hf` model (hf.*)."""
+    if kind == "generative":
+        meta = read_meta(local_dir(cfg.trained_path) if is_uri(cfg.trained_path) else cfg.trained_path, kind)
+        return (_model_source(cfg.trained_path), meta.get("prompt") or prompt_messages(),
+                meta["train"]["max_new_tokens"])
+    if kind == "hf":
+        return _model_source(cfg.hf.model_path), load_prompt(cfg.hf.prompt_path), cfg.hf.max_new_tokens
+    raise ValueError(f"annotate: vllm.enabled runs a generative or hf annotator, not {kind!r}")
+
+
+def vllm_backend(cfg: AnnotateConfig, kind: str) -> Backend:
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    vc = cfg.vllm
+    model, template, max_tokens = vllm_settings(cfg, kind)
+    engine = {"max_model_len": vc.max_model_len, "tensor_parallel_size": vc.tensor_parallel_size,
+              "gpu_memory_utilization": vc.gpu_memory_utilization, "enable_prefix_caching": True}
+    lora, lora_root = "", None
+    if vc.lora_adapter:
+        adapter = Path(vc.lora_adapter)
+        try:
+            rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"annotate: vllm.lora_adapter {adapter} is not a PEFT LoRA adapter directory ({e})") from e
+        engine |= {"enable_lora": True, "max_lora_rank": rank}
+        lora, lora_root = adapter.name, str(adapter.resolve().parent)
+    config = vLLMEngineProcessorConfig(
+        model_source=model, engine_kwargs=engine, batch_size=cfg.batch_size, concurrency=cfg.num_actors,
+        max_concurrent_batches=vc.max_concurrent_batches, accelerator_type=vc.accelerator_type or None,
+        dynamic_lora_loading_path=lora_root, should_continue_on_error=True,
+        chat_template_stage=True, tokenize_stage=True, detokenize_stage=True)
+    return Backend(build_processor(config, preprocess=partial(_vllm_request, template=template, max_tokens=max_tokens,
+                                                              lora=lora), postprocess=_unchanged), _vllm_reply)
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
 
 
 class ShardWriter:
@@ -121,26 +227,28 @@ def _counts_schema():
 COUNTS = _counts_schema()
 
 
-def processor_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator_id: str):
-    """The Ray Dataset of per-shard count rows (lazy) for an `openai` annotator."""
+def uses_processor(cfg: AnnotateConfig, kind: str) -> bool:
+    return kind == "openai" or cfg.vllm.enabled
+
+
+def processor_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator_id: str, kind: str):
+    """The Ray Dataset of per-shard count rows (lazy) for an `openai` annotator, or a `generative` /
+    `hf` one with vllm.enabled."""
     import ray
     from ray.data import ActorPoolStrategy
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    oc = cfg.openai
-    url, headers = endpoint(oc)  # fails here, in the driver, when no endpoint is set
-    n = cfg.num_actors
-    processor = build_processor(
-        HttpRequestProcessorConfig(
-            url=url, headers=headers, qps=oc.qps or None, max_retries=0,  # retries are the session's
-            batch_size=oc.concurrency, concurrency=n, session_factory=SessionFactory(oc),
-            http_request_stage={"concurrency": (n, n), "num_cpus": cfg.num_cpus_per_actor}),
-        preprocess=_payload, postprocess=_result, postprocess_map_kwargs={"num_cpus": cfg.num_cpus_per_actor})
+    if kind == "openai":
+        backend = http_backend(cfg)
+    elif importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("annotate: vllm.enabled needs vLLM where the job runs (pip install 'lmlm[vllm]' in the "
+                           "image of the driver and the GPU workers)")
+    else:
+        backend = vllm_backend(cfg, kind)
     rows = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096)).map_batches(
         shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=cfg.num_cpus_per_actor,
         fn_kwargs={"cfg": to_dict(cfg), "filesystem": filesystem})
-    return processor(rows).map_batches(
+    results = backend.processor(rows).map(_result, fn_kwargs={"reply": backend.reply}, num_cpus=cfg.num_cpus_per_actor)
+    return results.map_batches(
         ShardWriter, batch_format="pyarrow", batch_size=None, num_cpus=cfg.num_cpus_per_actor / 2,
         fn_constructor_kwargs={"output_dir": cfg.output_dir, "annotator_id": annotator_id},
         compute=ActorPoolStrategy(size=1))
-
