@@ -1,22 +1,25 @@
 """How the data path's cost grows with the corpus: the driver's memory and the throughput of packing
 pretraining data, and of the parallel fact-store load, each against its baseline in the same run.
 
-    python bench/scale.py --quick     # under 60 s on 2 cores; last line: one JSON object
-    python bench/scale.py             # the full sizes (minutes)
+    python bench/scale.py --quick     # pack and annotate, under 60 s on 2 cores; last line: one JSON object
+    python bench/scale.py             # the full sizes of all three parts (tens of minutes)
 
-pack: synthetic annotated documents in Parquet shards, packed into training rows at 1x and 10x
-  the corpus, each in a fresh driver process whose peak RSS is measured (ru_maxrss):
+pack: synthetic annotated documents in Parquet shards, packed into training rows at 1x and then 10x
+  the corpus in one fresh driver process per mode, whose peak RSS is read after each (ru_maxrss):
   - current: what the trainer did before streaming: every document read into the driver, then
     tokenized and packed there (encode_and_pack) and put into the object store;
   - stream: Ray Data reads the shards and packs them in workers, rows stay in the object store
     (train.data.packed_dataset); the driver holds block references and counts.
-  `driver_peak_rss_growth` = stream's peak RSS at 10x over 1x (goal <= 1.2); docs/s of both at 1x.
+  `driver_peak_rss_growth` = stream's peak RSS at 10x over 1x (goal <= 1.2); docs/s of both at 1x
+  (each the first run of its process; the 10x runs start warm).
 annotate: plain synthetic documents (JSONL) annotated by a trained tagger through run_annotation with
-  one actor (shards written by the actor, store loading off), at 1x and 10x, each in a fresh driver:
+  one actor (shards written by the actor, store loading off), at 1x and then 10x in one fresh driver
+  (after a 20-document run that warms it):
   `annotate_driver_peak_rss_growth` = its peak RSS at 10x over 1x (the driver holds counts, never
   documents; goal <= 1.2); `steady_overhead_vs_loop` = the plain loop's docs/s (the same annotator and
-  validation in one process, pipeline.annotate_loop, on the 1x documents) over the actor's docs/s
-  after its first shard at 10x, minus 1 (goal <= 0.10).
+  validation in one process, pipeline.annotate_loop, on the 1x documents once and twice) over the pipeline's
+  steady docs/s, minus 1 (goal <= 0.10); steady: the documents the 10x run adds over the seconds it
+  adds, so the fixed costs (actor start, model load) cancel.
 load: triples of synthetic documents loaded through factstore.bulk.load_dataset with 1 and 2 loader
   actors into a private Redis 8 (`load_speedup_2_workers`), and the projected time of the
   reference's 54.6M triples on 32 workers from the measured per-worker rate (linear: each worker
@@ -86,38 +89,51 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
 
 
 def write_plain_corpus(out: Path, docs: int) -> Path:
-    """`docs` plain biographies (a synthetic world's, repeated under new ids) in one JSONL file."""
+    """`docs` plain biographies in one JSONL file: a 100-person synthetic world's, repeated under new
+    ids, so every run of a multiple of 100 documents has the same mix (the loop's and the pipeline's)."""
     from lmlm.world import WorldConfig, generate_world
 
-    texts = [d.text for d in generate_world(WorldConfig(people=300, seed=6)).documents]
+    texts = [d.text for d in generate_world(WorldConfig(people=100, seed=7)).documents]
     with out.open("w") as f:
         for i in range(docs):
             f.write(json.dumps({"id": f"doc-{i}", "text": texts[i % len(texts)]}) + "\n")
     return out
 
 
-def child_annotate(corpus: Path, mode: str, tagger_dir: str) -> dict:
-    """One measured driver: annotate `corpus` through run_annotation (stream, one actor) or in a plain
-    loop (loop); returns docs/s (stream: also after the first shard) and the peak RSS."""
+def _annotate_cfg(corpus: Path, tagger_dir: str):
     from lmlm.annotate import AnnotateConfig
-    from lmlm.annotate.pipeline import annotate_loop, run_annotation
+
+    return AnnotateConfig(input=str(corpus), output_dir=str(corpus.with_suffix(".out")), trained_path=tagger_dir,
+                          num_actors=1, num_cpus_per_actor=1.0, shard_docs=1000, load_store=False, progress=False)
+
+
+def child_annotate(corpus: Path, mode: str, tagger_dir: str) -> dict:
+    """One measured driver: annotate `corpus` through run_annotation (one actor); returns the
+    annotation's seconds and the peak RSS."""
+    from lmlm.annotate.pipeline import run_annotation
     from lmlm.rayinit import init_ray
 
-    cfg = AnnotateConfig(input=str(corpus), output_dir=str(corpus.with_suffix(".out")), trained_path=tagger_dir,
-                         num_actors=1, num_cpus_per_actor=1.0, shard_docs=1000, load_store=False, progress=False)
-    if mode == "loop":
-        texts = [json.loads(line)["text"] for line in corpus.open()]
+    init_ray()
+    s = run_annotation(_annotate_cfg(corpus, tagger_dir), log=lambda line: None)
+    return {"docs": s["annotated"], "seconds": s["annotate_seconds"], "docs_per_s": s["docs_per_s"],
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def loop_docs_per_s(corpus: Path, tagger_dir: str) -> float:
+    """The same annotator and validation in a plain loop in this process (pipeline.annotate_loop), over
+    the corpus once and twice: the documents the second run adds over the seconds it adds, so loading
+    the model cancels as the pipeline's fixed costs do."""
+    from lmlm.annotate.pipeline import annotate_loop
+
+    cfg = _annotate_cfg(corpus, tagger_dir)
+    texts = [json.loads(line)["text"] for line in corpus.open()]
+    annotate_loop(cfg, texts[:4])  # warm caches once, as an actor's first shard does
+    seconds = []
+    for copies in (1, 2):
         t = time.perf_counter()
-        annotate_loop(cfg, texts)
-        out = {"docs": len(texts), "docs_per_s": round(len(texts) / (time.perf_counter() - t), 1)}
-    else:
-        init_ray()
-        s = run_annotation(cfg, log=lambda line: None)
-        steady = s["annotate_seconds"] - s["first_result_s"]
-        first = min(json.loads((Path(cfg.output_dir) / "layout.json").read_text())["shard_docs"], s["annotated"])
-        out = {"docs": s["annotated"], "docs_per_s": s["docs_per_s"],
-               "steady_docs_per_s": round((s["annotated"] - first) / steady, 1) if steady > 0 else 0.0}
-    return out | {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        annotate_loop(cfg, texts * copies)
+        seconds.append(time.perf_counter() - t)
+    return round(len(texts) / (seconds[1] - seconds[0]), 1)
 
 
 def bench_annotate(tmp: Path, small: int) -> dict:
@@ -125,30 +141,34 @@ def bench_annotate(tmp: Path, small: int) -> dict:
     from lmlm.world import WorldConfig, generate_world
 
     seeds = [d.annotated_text for d in generate_world(WorldConfig(people=100, seed=6)).documents]
-    tagger = str(fit_tagger(seeds, epochs=3, log=lambda line: None).save(tmp / "tagger"))
+    tagger = str(fit_tagger(seeds, epochs=2, log=lambda line: None).save(tmp / "tagger"))
     out = {"annotate_docs_small": small, "annotate_docs_large": 10 * small}
-    for size in (small, 10 * small):
-        r = run_child("annotate", str(write_plain_corpus(tmp / f"plain-{size}.jsonl", size)), "stream", tagger)
+    sizes = (20, small, 10 * small)  # the first only warms the driver, so both measured runs pay the same fixed costs
+    results = run_child("annotate", "stream", tagger, *(write_plain_corpus(tmp / f"plain-{n}.jsonl", n) for n in sizes))
+    runs = dict(zip(sizes[1:], results[1:]))
+    for size, r in runs.items():
         print(f"annotate stream {size} docs: {r}", flush=True)
         out[f"annotate_stream_{size}_peak_rss_mb"] = r["peak_rss_mb"]
         out[f"annotate_stream_{size}_docs_per_s"] = r["docs_per_s"]
-        out[f"annotate_stream_{size}_steady_docs_per_s"] = r["steady_docs_per_s"]
-    loop = run_child("annotate", str(tmp / f"plain-{small}.jsonl"), "loop", tagger)
-    print(f"annotate loop {small} docs: {loop}", flush=True)
-    out["annotate_loop_docs_per_s"] = loop["docs_per_s"]
+    out["annotate_loop_docs_per_s"] = loop_docs_per_s(tmp / f"plain-{small}.jsonl", tagger)
     out["annotate_driver_peak_rss_growth"] = round(out[f"annotate_stream_{10 * small}_peak_rss_mb"]
                                                    / out[f"annotate_stream_{small}_peak_rss_mb"], 3)
-    out["steady_overhead_vs_loop"] = round(loop["docs_per_s"] / out[f"annotate_stream_{10 * small}_steady_docs_per_s"]
-                                           - 1, 3)
+    # the cost of the documents the 10x run adds: fixed costs (actor start, model load, first shard) cancel
+    big, little = runs[10 * small], runs[small]
+    out["annotate_stream_steady_docs_per_s"] = round((big["docs"] - little["docs"]) / (big["seconds"] - little["seconds"]), 1)
+    out["steady_overhead_vs_loop"] = round(out["annotate_loop_docs_per_s"] / out["annotate_stream_steady_docs_per_s"] - 1, 3)
     return out
 
 
-def run_child(*args: str) -> dict:
-    """A measured driver in its own process, joining the parent's Ray cluster (started once)."""
+def run_child(what: str, mode: str, model_dir: str, *corpora: Path) -> list[dict]:
+    """A measured driver in its own process, joining the parent's Ray cluster (started once): `what`
+    (pack or annotate) the `mode` way over each corpus in turn; one result each, with the peak RSS so
+    far, so a later, larger corpus shows how much more the driver needed."""
     import ray
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "OMP_NUM_THREADS": "1",
            "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    args = [what, mode, model_dir, *map(str, corpora)]
     p = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env,
                        stdin=subprocess.DEVNULL, timeout=3600)
     if p.returncode != 0:
@@ -163,10 +183,10 @@ def bench_pack(tmp: Path, small: int, current_large: bool = True) -> dict:
     tok_dir = tmp / "tokenizer"
     train_tokenizer([d.annotated_text for d in generate_world(WorldConfig(people=300, seed=5)).documents], 1024, tok_dir)
     out = {"pack_docs_small": small, "pack_docs_large": 10 * small}
-    for size in (small, 10 * small):
-        corpus = write_corpus(tmp / f"corpus-{size}", size)
-        for mode in ("current", "stream") if size == small else ("stream", "current")[: 1 + current_large]:
-            r = run_child("pack", str(corpus), mode, str(tok_dir))
+    corpora = {size: write_corpus(tmp / f"corpus-{size}", size) for size in (small, 10 * small)}
+    for mode in ("current", "stream"):
+        sizes = (small, 10 * small) if mode == "stream" or current_large else (small,)
+        for size, r in zip(sizes, run_child("pack", mode, str(tok_dir), *(corpora[n] for n in sizes))):
             out[f"pack_{mode}_{size}_peak_rss_mb"] = r["peak_rss_mb"]
             out[f"pack_{mode}_{size}_docs_per_s"] = r["docs_per_s"]
             print(f"pack {mode} {size} docs: {r}", flush=True)
@@ -215,15 +235,18 @@ def bench_load(triples: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _, _, what, corpus, mode, model_dir = sys.argv
+        what, mode, model_dir, *corpora = sys.argv[2:]
         child = child_pack if what == "pack" else child_annotate
-        print(json.dumps(child(Path(corpus), mode, model_dir)))
+        print(json.dumps([child(Path(c), mode, model_dir) for c in corpora]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: under 60 s on 2 cores")
-    ap.add_argument("--parts", default="pack,annotate,load")
-    ap.add_argument("--triples", type=int, default=0, help="triples of the load part (default 1,000,000; quick 2,000)")
+    ap.add_argument("--parts", default="", help="comma-separated of pack, annotate, load (default: all three; "
+                    "--quick: pack,annotate, since the loader actors' start alone takes 15 s here: "
+                    "`--quick --parts load` runs it on its own)")
+    ap.add_argument("--triples", type=int, default=0, help="triples of the load part (default 1,000,000; quick 1,000)")
     args = ap.parse_args()
+    args.parts = args.parts or ("pack,annotate" if args.quick else "pack,annotate,load")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     result = {"quick": args.quick, "cpus": os.cpu_count()}
@@ -237,11 +260,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         if "pack" in args.parts:
             # --quick skips the old path at 10x (one driver less): its growth is the full run's
-            result.update(bench_pack(Path(tmp), 300 if args.quick else 10_000, current_large=not args.quick))
+            result.update(bench_pack(Path(tmp), 200 if args.quick else 10_000, current_large=not args.quick))
         if "annotate" in args.parts:
-            result.update(bench_annotate(Path(tmp), 200 if args.quick else 10_000))
+            result.update(bench_annotate(Path(tmp), 100 if args.quick else 10_000))
         if "load" in args.parts:
-            result.update(bench_load(args.triples or (2_000 if args.quick else 1_000_000)))
+            result.update(bench_load(args.triples or (1_000 if args.quick else 1_000_000)))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result))
 
