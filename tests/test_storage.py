@@ -15,11 +15,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from lmlm.storage import Storage, is_uri, local_dir, node_copy
+from lmlm.storage import Storage, is_uri, local_dir, node_copy, prune_node_cache
 
 
 def test_storage_by_path_and_by_uri_is_the_same_folder(tmp_path):
@@ -65,6 +66,30 @@ def test_node_copy_is_made_once_per_content(tmp_path):
     assert local_dir(str(src)) == str(src)  # a plain path is read where it is
     with pytest.raises(FileNotFoundError, match="no such directory"):
         node_copy(store.uri_of("missing"), cache)
+
+
+def test_node_cache_keeps_to_its_size_by_evicting_the_least_recently_used(tmp_path, monkeypatch):
+    store, cache = Storage(f"file://{tmp_path}/s"), tmp_path / "cache"
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights.bin").write_bytes(b"x" * 400_000)
+        store.upload(tmp_path / name, name)
+    monkeypatch.setenv("LMLM_NODE_CACHE_MAX_GB", str(1_000_000 / 2**30))  # room for two copies
+    a, b = node_copy(store.uri_of("a"), cache), node_copy(store.uri_of("b"), cache)
+    half_made = cache / ".tmp-x-1234"  # what a worker killed while copying left
+    half_made.mkdir()
+    day_ago = time.time() - 90_000
+    os.utime(half_made, (day_ago, day_ago))
+    for copy, hours in ((a, 3), (b, 2)):  # last used 3 and 2 hours ago
+        os.utime(Path(copy, ".lmlm-copy-complete"), (time.time() - 3600 * hours,) * 2)
+    assert node_copy(store.uri_of("a"), cache) == a  # a use refreshes a: b is now the oldest
+    c = node_copy(store.uri_of("c"), cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([Path(a).name, Path(c).name])  # b went
+    # copies used within the hour stay even above the limit: a reader may still be opening them
+    d = node_copy(store.uri_of("d"), cache)
+    assert {Path(x).name for x in (a, c, d)} == {p.name for p in cache.iterdir()}
+    assert prune_node_cache(cache, keep=d, max_bytes=0, min_idle_s=0) == [Path(a).name, Path(c).name]  # LRU first
+    assert [p.name for p in cache.iterdir()] == [Path(d).name] and Path(d, "weights.bin").stat().st_size == 400_000
 
 
 def test_model_dir_by_uri_takes_a_node_copy_of_the_newest_export(tmp_path, monkeypatch):

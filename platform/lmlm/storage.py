@@ -15,12 +15,16 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
 NODE_CACHE_ENV = "LMLM_NODE_CACHE"  # where node_copy keeps its copies (default: <tmp>/lmlm-node-cache)
-COPY_MARKER = ".lmlm-copy-complete"
+NODE_CACHE_MAX_GB_ENV = "LMLM_NODE_CACHE_MAX_GB"  # the copies' total size it keeps to (default 50)
+NODE_CACHE_MAX_GB = 50.0
+IDLE_BEFORE_EVICTION_S = 3600.0  # a copy used more recently than this is never removed
+COPY_MARKER = ".lmlm-copy-complete"  # written last into a copy; its mtime is the copy's last use
 
 
 def is_uri(location: str) -> bool:
@@ -175,6 +179,8 @@ def node_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None =
     The copy is made once per node and content (the cache key is the location and every file's
     name and size), under a temporary name renamed into place, so workers sharing a node share it
     and a half-made copy is never used. `cache_dir`: default `$LMLM_NODE_CACHE` or `<tmp>/lmlm-node-cache`.
+    The cache keeps to `$LMLM_NODE_CACHE_MAX_GB` (default 50): a new copy evicts the least recently
+    used ones (`prune_node_cache`).
     """
     store = Storage(location)
     sizes = store.file_sizes()
@@ -183,8 +189,11 @@ def node_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None =
     key = hashlib.sha1(repr((store.uri, sorted(sizes.items()))).encode()).hexdigest()[:20]
     root = Path(cache_dir or os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir()) / "lmlm-node-cache")
     dest = root / f"{Path(store.root).name}-{key}"
-    if (dest / COPY_MARKER).is_file():
+    try:
+        os.utime(dest / COPY_MARKER)  # used now
         return str(dest)
+    except FileNotFoundError:
+        pass
     tmp = root / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
     store.download("", tmp)
     (tmp / COPY_MARKER).write_text(store.uri + "\n")
@@ -194,4 +203,44 @@ def node_copy(location: str | os.PathLike, cache_dir: str | os.PathLike | None =
         shutil.rmtree(tmp, ignore_errors=True)
         if not (dest / COPY_MARKER).is_file():
             raise
+    max_gb = float(os.environ.get(NODE_CACHE_MAX_GB_ENV) or NODE_CACHE_MAX_GB)
+    prune_node_cache(root, keep=dest, max_bytes=int(max_gb * 2**30))
     return str(dest)
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def prune_node_cache(root: str | os.PathLike, keep: str | os.PathLike, max_bytes: int,
+                     min_idle_s: float = IDLE_BEFORE_EVICTION_S) -> list[str]:
+    """Remove node copies under `root`, least recently used first, until they total at most
+    `max_bytes`; never `keep`, nor a copy used in the last `min_idle_s` seconds (a reader may still
+    be opening its files), so the cache may stay above the limit. Half-made copies a killed worker
+    left (`.tmp-*`, a day old) go too. A copy is renamed away before it is deleted, so a reader never
+    finds half of one. Returns the names removed."""
+    root, now = Path(root), time.time()
+    for tmp in root.glob(".tmp-*"):
+        if now - tmp.stat().st_mtime > 86400:
+            shutil.rmtree(tmp, ignore_errors=True)
+    copies = []
+    for d in root.iterdir():
+        try:
+            copies.append((d.joinpath(COPY_MARKER).stat().st_mtime, d, _tree_bytes(d)))
+        except FileNotFoundError:  # not a finished copy (a temporary one, or removed meanwhile)
+            continue
+    total, removed = sum(size for _, _, size in copies), []
+    for used, d, size in sorted(copies, key=lambda c: c[0]):
+        if total <= max_bytes:
+            break
+        if d == Path(keep) or now - used < min_idle_s:
+            continue
+        trash = root / f".tmp-evicted-{d.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(d, trash)
+        except OSError:  # another process evicted it first
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        total -= size
+        removed.append(d.name)
+    return removed
