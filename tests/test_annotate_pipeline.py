@@ -1,6 +1,7 @@
 """End to end: Ray Data actor pool on the session's local Ray cluster, real Redis fact store."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -57,6 +58,7 @@ def test_pipeline_end_to_end_resumable_into_redis(ray_cluster, trained_dir, tmp_
     rejected = {r["id"]: r for r in _rows(out, "rejected")}
     assert rejected["huge"]["reason"] == "too_large" and "line" in rejected["corpus:35"]["detail"]
 
+    cfg = dataclasses.replace(cfg, output_dir=f"file://{out}")  # the same folder by URI, as another node names it
     with FactStore.open(FactStoreConfig()) as store:
         s2 = run_annotation(cfg, store=store)  # everything finished: only the pending triples load
         n_triples = sum(len(json.loads(r["triples"])) for r in _rows(out, "annotated"))

@@ -55,9 +55,11 @@ def test_each_format_and_location_gives_the_same_annotated_rows(ray_cluster, tag
     inputs = {"jsonl": tmp_path / "in" / "c.jsonl", "parquet": tmp_path / "in" / "c.parquet",
               "reference": tmp_path / "in" / "ref.json", "glob": f"{tmp_path}/parts/part-*.jsonl",
               "dir": tmp_path / "parts", "uri": f"file://{tmp_path}/in/c.jsonl"}
+    outputs = {name: tmp_path / f"out-{name}" for name in inputs}
     annotated = {}
     for name, src in inputs.items():
-        s = _run(src, tmp_path / f"out-{name}", tagger_dir)
+        # the output by URI too: the actors open it through pyarrow's filesystem, as on any node
+        s = _run(src, f"file://{outputs[name]}" if name == "uri" else outputs[name], tagger_dir)
         assert (s["annotated"], s["rejected"], s["documents"]) == (12, 0, 12), (name, s)
         assert s["shards_written"] == s["shards"] >= 3 and sum(s["docs_per_worker"]) == 12
         rows = _rows(tmp_path / f"out-{name}", "annotated")
@@ -68,6 +70,9 @@ def test_each_format_and_location_gives_the_same_annotated_rows(ray_cluster, tag
         else:
             assert sorted(r["id"] for r in rows) == sorted(d.id for d in docs)
     assert all(a == annotated["jsonl"] for a in annotated.values())
+    again = _run(inputs["uri"], f"file://{outputs['uri']}", tagger_dir)  # resume reads the shards by URI
+    assert (again["skipped_finished"], again["annotated"], again["shards_written"]) == (12, 0, 0)
+    assert json.loads((outputs["uri"] / "summary.json").read_text())["output_dir"] == f"file://{outputs['uri']}"
     assert sum(len(json.loads(r["triples"])) for r in _rows(tmp_path / "out-jsonl", "annotated")) > 12
 
     # the first `limit` items in path order, across files

@@ -161,13 +161,15 @@ def test_job_submit_with_repo_runtime_env(tmp_path):
 @pytest.mark.skipif(not (PIPELINE.exists() and CI_CONFIG.exists()),
                     reason="jobs/pipeline.py and jobs/configs/ci.yaml not written yet")
 def test_pipeline_job_submit(tmp_path):
-    """`ray job submit` of the whole pipeline on a small config; outputs land under --set run_dir."""
-    run_dir = tmp_path / "run"
+    """`ray job submit` of the whole pipeline on a small config, with what the workers read and write
+    in storage named by URI (the world's documents, the annotator, the annotated shards, pretraining)
+    and the driver's own files under --set run_dir."""
+    run_dir, storage = tmp_path / "run", tmp_path / "storage"
     with start_head(num_cpus=4) as head:
         res = head.ray_cli("job", "submit", "--submission-id", "pipeline",
                            "--runtime-env", "infra/runtime_env.yaml", "--",
                            "python", "jobs/pipeline.py", "--config", "jobs/configs/ci.yaml",
-                           "--set", f"run_dir={run_dir}", cwd=REPO, timeout=600)
+                           "--set", f"run_dir={run_dir}", "--set", f"storage=file://{storage}", cwd=REPO, timeout=600)
         info = head.job_info("pipeline")
         assert info["status"] == "SUCCEEDED", (
             f"{info['status']}: {info.get('message')}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}")
@@ -187,3 +189,6 @@ def test_pipeline_job_submit(tmp_path):
     assert [s["title"].split(" (")[0].split(":")[0] for s in steps] == [
         "unknown to the store", "after PUT /v1/facts", f"after DELETE /v1/facts {results.details['serve_demo']['person']!r}"]
     assert run_dir.is_dir() and any(run_dir.iterdir()), f"no outputs in {run_dir}"
+    assert (storage / "world" / "documents.parquet").is_file() and (storage / "annotator" / "annotator.json").is_file()
+    assert any((storage / "annotated" / "stats").iterdir()) and not (run_dir / "annotated").exists()
+    assert list((storage / "pretrain" / "lmlm").glob("checkpoint_*/complete.json"))

@@ -298,7 +298,7 @@ def test_workers_fit_the_clusters_that_run_them():
 
 # -- shared storage --------------------------------------------------------------------------------
 
-PATH_KEY = re.compile(r"(^|_)(dir|path|input|seeds|docs)$")
+PATH_KEY = re.compile(r"(^|_)(dir|path|input|seeds|docs|storage)$")  # a storage URI is left out below
 
 
 def _path_fields(data, prefix: str = "") -> dict[str, str]:

@@ -17,7 +17,9 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 NODE_CACHE_ENV = "LMLM_NODE_CACHE"  # where node_copy keeps its copies (default: <tmp>/lmlm-node-cache)
@@ -114,6 +116,19 @@ class Storage:
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
+
+    @contextmanager
+    def writing(self, rel: str) -> Iterator[str]:
+        """A path on `self.fs` for a writer that takes one (pyarrow's `filesystem=self.fs`), where `rel`
+        appears whole: locally a temporary name renamed into place on a clean exit, elsewhere `rel`
+        itself (an object store makes one PUT visible whole)."""
+        if self.is_local:
+            from lmlm.atomicfile import replacing
+
+            with replacing(self.path(rel)) as tmp:
+                yield str(tmp)
+            return
+        yield self.path(rel)
 
     def upload(self, local_dir: str | os.PathLike, rel: str) -> None:
         """Copy the files under the local directory `local_dir` to `rel` (files already there with

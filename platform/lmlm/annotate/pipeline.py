@@ -25,28 +25,26 @@ import json
 import os
 import time
 from collections import Counter
-from pathlib import Path
 
 from lmlm.annotate.config import AnnotateConfig
 from lmlm.annotate.inputs import plan_shards
 from lmlm.annotate.processor import processor_dataset, uses_processor
 from lmlm.annotate.registry import annotator_id_for, build_annotator, kind_of
 from lmlm.annotate.shards import ANNOTATED, REJECTED, STATS, annotate_rows, close_shard, open_shard
-from lmlm.atomicfile import write_json
 from lmlm.config import from_dict, to_dict
 from lmlm.rayinit import init_ray
+from lmlm.storage import Storage
 
 
-def plan(cfg: AnnotateConfig, out: Path, log=print):
+def plan(cfg: AnnotateConfig, out: Storage, log=print):
     """(filesystem, shards) of `cfg.input`, cut in shards of the size `out` was started with
     (layout.json): shards are the unit of resume, so every run must cut the same ones. A first run
     that would give fewer than 4 shards per actor cuts smaller ones (a shard is the pool's unit of
     work), unless `cfg.limit` makes it a trial."""
-    layout = out / "layout.json"
-    if layout.is_file():
-        fixed = json.loads(layout.read_text())
+    if out.is_file("layout.json"):
+        fixed = json.loads(out.read_text("layout.json"))
         if fixed["asked"] != cfg.shard_docs:
-            log(f"annotate: {out} holds shards of {fixed['shard_docs']} items; "
+            log(f"annotate: {out.uri} holds shards of {fixed['shard_docs']} items; "
                 f"shard_docs={cfg.shard_docs} does not apply")
         return plan_shards(cfg, fixed["shard_docs"])
     filesystem, shards = plan_shards(cfg, cfg.shard_docs)
@@ -55,7 +53,7 @@ def plan(cfg: AnnotateConfig, out: Path, log=print):
         size = min(size, max(1, -(-sum(s["count"] for s in shards) // (4 * cfg.num_actors))))
         if size < cfg.shard_docs:
             filesystem, shards = plan_shards(cfg, size)
-    write_json(layout, {"shard_docs": size, "asked": cfg.shard_docs})
+    out.write_text("layout.json", json.dumps({"shard_docs": size, "asked": cfg.shard_docs}))
     return filesystem, shards
 
 
@@ -68,7 +66,7 @@ class AnnotateActor:
 
     def __init__(self, cfg: dict, annotator_id: str, filesystem):
         self.cfg = from_dict(AnnotateConfig, cfg)
-        self.out, self.fs, self.annotator_id = Path(self.cfg.output_dir), filesystem, annotator_id
+        self.out, self.fs, self.annotator_id = Storage(self.cfg.output_dir), filesystem, annotator_id
         self.annotator = build_annotator(self.cfg, num_threads=self.cfg.threads_per_actor)
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
 
@@ -111,8 +109,9 @@ def build_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator
                           num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None)
 
 
-def load_annotated(out: Path, store, workers: int = 2, cpus_per_worker: float = 0.5) -> dict:
-    """Load the triples of every finished annotated shard of `out` into `store` (an open FactStore)
+def load_annotated(output_dir: str, store, workers: int = 2, cpus_per_worker: float = 0.5) -> dict:
+    """Load the triples of every finished annotated shard of `output_dir` (a folder or a URI) into
+    `store` (an open FactStore)
     with factstore.bulk's loader actors, which connect to `store.connection_url`; returns its counts
     {documents, triples, written, skipped, forced, replayed, invalid}. A document already loaded
     writes nothing."""
@@ -120,12 +119,13 @@ def load_annotated(out: Path, store, workers: int = 2, cpus_per_worker: float = 
 
     from lmlm.factstore.bulk import COUNTS, load_dataset
 
-    files = [str(out / ANNOTATED / p.name) for p in sorted((out / STATS).glob("*.parquet"))
-             if (out / ANNOTATED / p.name).is_file()]
+    out = Storage(output_dir)
+    annotated = set(out.listdir(ANNOTATED))
+    files = [out.path(f"{ANNOTATED}/{name}") for name in out.listdir(STATS) if name in annotated]
     if not files:
         return dict.fromkeys(COUNTS, 0)
     # read_parquet gives small files one block, and a block goes to one loader: blocks of a loader's batch
-    ds = ray.data.read_parquet(files).select_columns(["id", "triples", "annotator"])
+    ds = ray.data.read_parquet(files, filesystem=out.fs).select_columns(["id", "triples", "annotator"])
     return load_dataset(ds.repartition(target_num_rows_per_block=256),
                         dataclasses.replace(store.cfg, url=store.connection_url), batch_id="annotated",
                         workers=workers, batch_docs=256, cpus_per_worker=cpus_per_worker)
@@ -145,9 +145,10 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         raise ValueError("annotate: load_store needs a persistent fact store (set store.url or LMLM_REDIS_URL, "
                          "or store.data_dir), or pass a store, or set load_store=false; a throw-away server "
                          "would lose the triples once the run ends")
-    out = Path(cfg.output_dir)
+    out = Storage(cfg.output_dir)
+    cfg = dataclasses.replace(cfg, output_dir=out.uri)  # what every actor opens: absolute, or a URI
     for d in (ANNOTATED, REJECTED, STATS):
-        (out / d).mkdir(parents=True, exist_ok=True)
+        out.fs.create_dir(out.path(d), recursive=True)
     annotator_id = annotator_id_for(cfg)
     init_ray(cfg.ray_address, cfg.ray_num_cpus)
     filesystem, shards = plan(cfg, out, log)
@@ -179,7 +180,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         own = store is None
         store = FactStore.open(cfg.store) if own else store
         try:
-            loaded = load_annotated(out, store, workers=cfg.num_actors, cpus_per_worker=cfg.num_cpus_per_actor)
+            loaded = load_annotated(out.uri, store, workers=cfg.num_actors, cpus_per_worker=cfg.num_cpus_per_actor)
         finally:
             if own:
                 store.close()
@@ -194,9 +195,9 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         "seconds": round(time.time() - t0, 3), "annotate_seconds": round(t_annot, 3),
         "first_result_s": round(t_first or 0.0, 3),
         "docs_per_s": round(n["todo"] / t_annot, 2) if n["todo"] and t_annot > 0 else 0.0,
-        "output_dir": str(out), "shards": len(shards), "shards_written": n["shards_written"],
+        "output_dir": out.uri, "shards": len(shards), "shards_written": n["shards_written"],
     }
-    write_json(out / "summary.json", summary)
+    out.write_text("summary.json", json.dumps(summary, ensure_ascii=False, indent=1))
     log("annotate: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k not in ("output_dir",)))
     return summary
 

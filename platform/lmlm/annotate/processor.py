@@ -42,7 +42,7 @@ from lmlm.annotate.prompt import build_messages, load_prompt
 from lmlm.annotate.saved import read_meta
 from lmlm.annotate.shards import annotation_result, close_shard, open_shard
 from lmlm.config import from_dict, to_dict
-from lmlm.storage import is_uri, local_dir
+from lmlm.storage import Storage, is_uri, local_dir
 
 DOC, REJECT, MARKER = "doc", "reject", "marker"
 _ROW = {"shard": "", "attempt": "", "expected": 0, "kind": DOC, "id": "", "doc_id": "", "chunk": 0, "source": "",
@@ -193,7 +193,7 @@ class ShardWriter:
     """One actor: gathers the rows of each shard attempt and writes the attempt once it is whole."""
 
     def __init__(self, output_dir: str, annotator_id: str):
-        self.out, self.annotator_id = Path(output_dir), annotator_id
+        self.out, self.annotator_id = Storage(output_dir), annotator_id
         self.rows: dict[str, dict[tuple, dict]] = defaultdict(dict)
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
 

@@ -12,7 +12,9 @@
     output_dir/layout.json                 the shard size, fixed by the first run (`plan`)
     output_dir/summary.json                the last run's summary
 
-Resume, per shard: each file appears whole (lmlm.atomicfile) and the stats file is written last, so a
+`output_dir` is a folder or a URI on any pyarrow filesystem (lmlm.storage): every actor, on any node,
+writes its shards there. Resume, per shard: each file appears whole (a local file is renamed into
+place, an object store's PUT is whole) and the stats file is written last, so a
 shard with stats is finished and a rerun annotates none of its documents again, and a shard without
 is redone (its files replaced). Documents whose annotator call failed (endpoint errors, timeouts) are
 not finished: the next run retries them in a new attempt of their shard, `<shard>-r<n>`, which holds
@@ -26,14 +28,13 @@ import functools
 import json
 import re
 from collections import Counter
-from pathlib import Path
 from typing import Iterable
 
 from lmlm.annotate.anchor import anchor_calls
 from lmlm.annotate.config import AnnotateConfig
 from lmlm.annotate.inputs import read_shard
-from lmlm.atomicfile import replacing
 from lmlm.format import to_special
+from lmlm.storage import Storage
 
 ANNOTATED, REJECTED, STATS = "annotated", "rejected", "stats"
 LEGACY = re.compile(r"part-\d{8}-\d{6}-[0-9a-f]{6}-\d{5}\.parquet")  # shards of the layout before per-shard resume
@@ -69,38 +70,38 @@ def annotate_rows(annotator, ids: list[str], texts: list[str]) -> list[dict]:
 
 
 
-def _write_table(rows: list[dict], path: Path) -> None:
+def _write_table(rows: list[dict], out: Storage, rel: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with replacing(path) as tmp:  # a shard appears whole or not at all
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+    with out.writing(rel) as path:  # a shard appears whole or not at all
+        pq.write_table(pa.Table.from_pylist(rows), path, filesystem=out.fs)
 
 
 def attempt_name(shard: str, n: int) -> str:
     return shard if n == 0 else f"{shard}-r{n}"
 
 
-def finished_attempts(out: Path, shard: str) -> list[str]:
+def finished_attempts(out: Storage, shard: str) -> list[str]:
     """The attempts of `shard` that finished (a stats file), in order: shard, shard-r1, ..."""
     n = 0
-    while (out / STATS / f"{attempt_name(shard, n)}.parquet").is_file():
+    while out.is_file(f"{STATS}/{attempt_name(shard, n)}.parquet"):
         n += 1
     return [attempt_name(shard, i) for i in range(n)]
 
 
-def finished_ids(stats_files: Iterable[Path]) -> set[str]:
-    """Ids these stats files finished; a document whose annotator call failed is not finished."""
+def finished_ids(out: Storage, stats_files: Iterable[str]) -> set[str]:
+    """Ids these stats files (names in stats/) finished; a document whose annotator call failed is not finished."""
     import pyarrow.parquet as pq
 
     done = set()
-    for p in stats_files:
-        t = pq.read_table(p, columns=["id", "reason"])
+    for name in stats_files:
+        t = pq.read_table(out.path(f"{STATS}/{name}"), columns=["id", "reason"], filesystem=out.fs)
         done.update(i for i, r in zip(t["id"].to_pylist(), t["reason"].to_pylist()) if r != "annotator_error")
     return done
 
 
-def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], annotator_id: str,
+def write_shard(out: Storage, name: str, results: list[dict], rejects: list[dict], annotator_id: str,
                 worker: str) -> None:
     ok = [{k: r[k] for k in ("id", "doc_id", "chunk", "source", "text", "annotated_text", "special_text",
                              "triples")} | {"annotator": annotator_id} for r in results if r["status"] == "ok"]
@@ -113,31 +114,32 @@ def write_shard(out: Path, name: str, results: list[dict], rejects: list[dict], 
                "dropped": "{}", "words": 0, "chars": 0, "worker": worker} for r in rejects]
     for sub, table in ((ANNOTATED, ok), (REJECTED, bad)):
         if table:
-            _write_table(table, out / sub / f"{name}.parquet")
+            _write_table(table, out, f"{sub}/{name}.parquet")
         else:  # what a killed try of this attempt left
-            (out / sub / f"{name}.parquet").unlink(missing_ok=True)
-    _write_table(stats, out / STATS / f"{name}.parquet")  # last: marks the shard finished
+            out.delete(f"{sub}/{name}.parquet")
+    _write_table(stats, out, f"{STATS}/{name}.parquet")  # last: marks the shard finished
 
 
 @functools.lru_cache(maxsize=8)
-def legacy_ids(out: Path) -> frozenset[str]:
+def legacy_ids(output_dir: str) -> frozenset[str]:
     """Ids the stats files of the layout before per-shard resume finished (none in a newer output dir)."""
-    return frozenset(finished_ids(p for p in sorted((out / STATS).glob("part-*")) if LEGACY.fullmatch(p.name)))
+    out = Storage(output_dir)
+    return frozenset(finished_ids(out, (n for n in out.listdir(STATS) if LEGACY.fullmatch(n))))
 
 
 def open_shard(cfg: AnnotateConfig, filesystem, shard: dict) -> tuple[str, int, list[dict], list[dict]]:
     """(name of its next attempt, items its finished attempts hold, rows to annotate, rejected inputs)
     of one shard: the rows and rejects leave out what a finished attempt holds."""
-    out = Path(cfg.output_dir)
+    out = Storage(cfg.output_dir)
     before = finished_attempts(out, shard["shard"])
-    done = finished_ids(out / STATS / f"{a}.parquet" for a in before) | legacy_ids(out)
+    done = finished_ids(out, (f"{a}.parquet" for a in before)) | legacy_ids(cfg.output_dir)
     rows, rejects = read_shard(filesystem, shard, cfg.max_doc_bytes, cfg.chunk_words)
     todo = [r for r in rows if r["id"] not in done]
     return (attempt_name(shard["shard"], len(before)), len(rows) - len(todo), todo,
             [r for r in rejects if r["id"] not in done])
 
 
-def close_shard(out: Path, name: str, results: list[dict], rejects: list[dict], finished: int, annotator_id: str,
+def close_shard(out: Storage, name: str, results: list[dict], rejects: list[dict], finished: int, annotator_id: str,
                 writer: str, workers: Counter) -> dict:
     """Write the attempt `name` of a shard when it holds anything, and return its row of counts
     (`workers`: documents per annotating worker)."""

@@ -13,6 +13,7 @@ from lmlm.config import load_config
 from lmlm.eval.realtext import RealTextEvalConfig
 from lmlm.eval.suite import EvalConfig
 from lmlm.factstore.config import FactStoreConfig
+from lmlm.storage import Storage
 from lmlm.train.config import PretrainConfig
 from lmlm.world import WorldConfig
 
@@ -50,6 +51,10 @@ class ServeDemoConfig:
 @dataclass
 class PipelineConfig:
     run_dir: str = "runs/demo"  # everything the run writes; rerunning the same dir resumes
+    # "": run_dir is on a disk every node mounts. A folder or URI (s3://, gs://, file://): what Ray
+    # workers on other nodes read and write goes there (the world's documents, the annotator, the
+    # annotated shards, pretraining), and run_dir keeps the driver's own files
+    storage: str = ""
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # stages to run, in pipeline order
     ray_address: Optional[str] = None  # None: env RAY_ADDRESS, else a local cluster
     ray_num_cpus: int = 8  # logical CPUs of a local cluster (more than cores: no actor-pool deadlock)
@@ -79,6 +84,12 @@ class PipelineConfig:
     def path(self, *parts: str) -> Path:
         return Path(self.run_dir).resolve().joinpath(*parts)
 
+    def shared(self, *parts: str) -> str:
+        """Where a file every node reads lives: in `storage` when set, else in run_dir."""
+        if not self.storage:
+            return str(self.path(*parts))
+        return "/".join([Storage(self.storage).uri, *parts])
+
 
 # ----------------------------------------------------------------------------------------------
 # Resolved stage configs: the section of the file, with paths placed inside run_dir.
@@ -96,13 +107,15 @@ def annotator_config(cfg: PipelineConfig) -> TrainAnnotatorConfig:
 
 
 def annotate_config(cfg: PipelineConfig) -> AnnotateConfig:
-    return dataclasses.replace(cfg.annotate, input=cfg.annotate.input or str(cfg.path("world", "documents.parquet")),
-                               output_dir=str(cfg.path("annotated")), trained_path=str(cfg.path("annotator")),
+    return dataclasses.replace(cfg.annotate, input=cfg.annotate.input or cfg.shared("world", "documents.parquet"),
+                               output_dir=cfg.shared("annotated"), trained_path=cfg.shared("annotator"),
                                store=store_config(cfg), ray_address=cfg.ray_address)
 
 
 def pretrain_config(cfg: PipelineConfig) -> PretrainConfig:
-    return dataclasses.replace(cfg.pretrain, vocab_size=cfg.vocab_size, ray_address=cfg.ray_address or "")
+    storage = cfg.pretrain.storage or (cfg.shared("pretrain") if cfg.storage else "")
+    return dataclasses.replace(cfg.pretrain, vocab_size=cfg.vocab_size, ray_address=cfg.ray_address or "",
+                               storage=storage)
 
 
 def eval_config(cfg: PipelineConfig) -> EvalConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from lmlm.pipeline.config import PipelineConfig, store_config
+from lmlm.pipeline.config import PipelineConfig, pretrain_config, store_config
 from lmlm.rayinit import init_ray
 
 
@@ -39,10 +39,11 @@ def finished_models(cfg: PipelineConfig) -> dict[str, str]:
 
     dirs = {}
     for variant in ("lmlm", "standard"):
-        done = finished_run(run_config(cfg.pretrain, variant, cfg.path("pretrain")))
+        run = run_config(pretrain_config(cfg), variant, cfg.path("pretrain"))
+        done = finished_run(run)
         if done is None:
             return {}
-        dirs[variant] = done.hf_dir
+        dirs[variant] = run.storage or done.hf_dir  # in storage: the run by URI, for readers on any node
     return dirs
 
 

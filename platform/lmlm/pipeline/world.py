@@ -7,7 +7,8 @@ Evaluation measures what training never saw: texts in held-out phrasings, and "i
 absent from every training document whose facts are put into the store after training.
 
 Everything a run writes lives under `run_dir` (the private Redis's AOF included), so a second run
-resumes where the first stopped.
+resumes where the first stopped; with `storage` set, what Ray workers on other nodes read and write
+(the world's documents, the annotator, the annotated shards, pretraining) lives there instead.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from lmlm.eval.results import EvalResults
 from lmlm.pipeline.config import (PipelineConfig, annotate_config, annotator_config, eval_config, pretrain_config,
                                   store_config)
 from lmlm.pipeline.runtime import StageTimer, banner, ensure_ray, finished_models, open_store
+from lmlm.storage import Storage
 
 def stage_world(cfg: PipelineConfig):
     """Generate (or load) the world and the people never trained on; write the evaluation texts and
@@ -42,6 +44,8 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
+    if cfg.storage and not Storage(cfg.storage).is_file("world/documents.parquet"):  # what the annotators read
+        Storage(cfg.storage).upload_file(world_dir / "documents.parquet", "world/documents.parquet")
     inserted = World.load(inserted_dir) if (inserted_dir / "documents.parquet").is_file() else None
     if inserted is None or not any(is_out_of_pool(p.name) for p in inserted.people):
         # (an inserted world saved before the out-of-pool people existed is remade: same in-pool people)
@@ -77,8 +81,16 @@ def stage_train_annotator(cfg: PipelineConfig) -> Path:
     acfg = annotator_config(cfg)
     if (Path(acfg.out_dir) / "annotator.json").is_file():
         print(f"train_annotator: using the annotator in {acfg.out_dir}")
-        return Path(acfg.out_dir)
-    return train_annotator(acfg)
+        out = Path(acfg.out_dir)
+    else:
+        out = train_annotator(acfg)
+    if cfg.storage and not Storage(cfg.storage).is_file("annotator/annotator.json"):
+        store = Storage(cfg.storage)  # the annotator's files, then its annotator.json: whole once that is there
+        for f in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "annotator.json"):
+            store.upload_file(f, f"annotator/{f.relative_to(out).as_posix()}")
+        store.upload_file(out / "annotator.json", "annotator/annotator.json")
+        print(f"train_annotator: copied to {cfg.shared('annotator')}")
+    return out
 
 
 def stage_annotate(cfg: PipelineConfig, store) -> dict:
@@ -95,7 +107,7 @@ def stage_build_factstore(cfg: PipelineConfig, store) -> dict:
 
     ensure_ray(cfg)
     acfg = annotate_config(cfg)
-    res = load_annotated(Path(acfg.output_dir), store, workers=acfg.num_actors, cpus_per_worker=acfg.num_cpus_per_actor)
+    res = load_annotated(acfg.output_dir, store, workers=acfg.num_actors, cpus_per_worker=acfg.num_cpus_per_actor)
     stats = store.stats()
     print(f"build_factstore: {res['written']} triples loaded now from {res['documents']} documents "
           f"({res['invalid']} invalid); store: {json.dumps(stats)}")
@@ -107,7 +119,7 @@ def annotated_documents(cfg: PipelineConfig, leave_out: set[str] = frozenset()):
     order, read by Ray Data's workers (never through this process); documents in `leave_out` skipped."""
     import ray
 
-    ds = ray.data.read_parquet(str(cfg.path("annotated", "annotated")), columns=["id", "special_text"])
+    ds = ray.data.read_parquet(cfg.shared("annotated", "annotated"), columns=["id", "special_text"])
     ds = ds.filter(lambda r: bool(r["special_text"]) and r["id"] not in leave_out)
     return ds.rename_columns({"special_text": "annotated_text"}).sort("id")
 
@@ -132,6 +144,8 @@ def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
     _publish(Path(out["standard"]), cfg.path("model-standard"))
     if RETAIN in out:
         _publish(Path(out[RETAIN]), cfg.path("pretrain", RETAIN, "final"))
+    if cfg.storage:  # eval workers and serve replicas on any node open the runs by URI (their newest export)
+        return {v: f"{pretrain_config(cfg).storage}/{v}" for v in out}
     return out
 
 
