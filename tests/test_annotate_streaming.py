@@ -58,8 +58,10 @@ def test_each_format_and_location_gives_the_same_annotated_rows(ray_cluster, tag
     outputs = {name: tmp_path / f"out-{name}" for name in inputs}
     annotated = {}
     for name, src in inputs.items():
-        # the output by URI too: the actors open it through pyarrow's filesystem, as on any node
-        s = _run(src, f"file://{outputs[name]}" if name == "uri" else outputs[name], tagger_dir)
+        # the output and the annotator by URI too: the actors open them through pyarrow's filesystem,
+        # as on any node
+        s = (_run(src, f"file://{outputs[name]}", f"file://{tagger_dir}") if name == "uri"
+             else _run(src, outputs[name], tagger_dir))
         assert (s["annotated"], s["rejected"], s["documents"]) == (12, 0, 12), (name, s)
         assert s["shards_written"] == s["shards"] >= 3 and sum(s["docs_per_worker"]) == 12
         rows = _rows(tmp_path / f"out-{name}", "annotated")
@@ -70,7 +72,7 @@ def test_each_format_and_location_gives_the_same_annotated_rows(ray_cluster, tag
         else:
             assert sorted(r["id"] for r in rows) == sorted(d.id for d in docs)
     assert all(a == annotated["jsonl"] for a in annotated.values())
-    again = _run(inputs["uri"], f"file://{outputs['uri']}", tagger_dir)  # resume reads the shards by URI
+    again = _run(inputs["uri"], f"file://{outputs['uri']}", f"file://{tagger_dir}")  # resume reads the shards by URI
     assert (again["skipped_finished"], again["annotated"], again["shards_written"]) == (12, 0, 0)
     assert json.loads((outputs["uri"] / "summary.json").read_text())["output_dir"] == f"file://{outputs['uri']}"
     assert sum(len(json.loads(r["triples"])) for r in _rows(tmp_path / "out-jsonl", "annotated")) > 12

@@ -82,7 +82,7 @@ def kind_of(cfg: AnnotateConfig) -> str:
         raise ValueError(f"unknown annotator {cfg.annotator!r} (known: trained, {', '.join(KINDS)})")
     if cfg.annotator != "trained" and not KINDS[cfg.annotator].saved:
         return cfg.annotator
-    found = read_meta(cfg.trained_path)["kind"]
+    found = read_meta(_on_this_node(cfg).trained_path)["kind"]
     if cfg.annotator not in ("trained", found):
         raise ValueError(f"{cfg.trained_path} holds a {found!r} annotator, not {cfg.annotator!r}")
     return found
