@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lmlm.netutil import free_port
 
@@ -21,3 +21,17 @@ def serving(handler, path: str = ""):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """A quiet handler base that answers with JSON bodies."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, payload: bytes):
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)

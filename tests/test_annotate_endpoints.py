@@ -4,10 +4,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import pytest
-from http_harness import serving
+from http_harness import JSONHandler, serving
 
 from lmlm.annotate import AnnotatorError, HFAnnotator, OpenAIAnnotator
 from lmlm.annotate.config import HFAnnotatorConfig, OpenAIAnnotatorConfig
@@ -15,14 +14,11 @@ from lmlm.annotate.prompt import default_prompt
 from lmlm.format import extract_triples
 
 
-class ChatHandler(BaseHTTPRequestHandler):
+class ChatHandler(JSONHandler):
     """An OpenAI-style /chat/completions whose behaviour is chosen by a word in the document."""
 
     calls: dict[str, int] = {}
     lock = threading.Lock()
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -41,12 +37,6 @@ class ChatHandler(BaseHTTPRequestHandler):
         self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
                                     "auth": self.headers.get("Authorization", "")}).encode())
 
-    def _send(self, code: int, payload: bytes):
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
 
 @pytest.fixture

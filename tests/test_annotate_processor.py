@@ -5,11 +5,10 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler
 
 import pyarrow.parquet as pq
 import pytest
-from http_harness import serving
+from http_harness import JSONHandler, serving
 
 from lmlm.annotate import AnnotateConfig, run_annotation
 from lmlm.annotate.config import OpenAIAnnotatorConfig
@@ -18,16 +17,13 @@ from lmlm.corpus import Record, write_jsonl
 pytestmark = pytest.mark.slow
 
 
-class Chat(BaseHTTPRequestHandler):
+class Chat(JSONHandler):
     """/chat/completions that takes 0.4 s, counts requests in flight, and fails documents that ask for it."""
 
     lock = threading.Lock()
     inflight = peak = 0
     calls: Counter = Counter()
     auth: set = set()
-
-    def log_message(self, *args):
-        pass
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -50,12 +46,6 @@ class Chat(BaseHTTPRequestHandler):
             with self.lock:
                 Chat.inflight -= 1
 
-    def _send(self, code: int, payload: bytes):
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
 
 def _rows(out, sub):
