@@ -76,7 +76,7 @@ class AnnotateActor:
         return pa.Table.from_pylist([self.run_shard(shard) for shard in batch.to_pylist()])
 
     def run_shard(self, shard: dict) -> dict:
-        name, finished, todo, rejects = open_shard(self.cfg, self.fs, shard)
+        name, finished, todo, rejects = open_shard(self.cfg, self.out, self.fs, shard)
         results = []
         for b in range(0, len(todo), self.cfg.batch_size):
             batch = todo[b:b + self.cfg.batch_size]
@@ -97,10 +97,11 @@ def build_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = cfg.progress
+    # shard descriptors (file, offset, count), never documents: the workers read the documents
+    ds = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096))
     kind = kind_of(cfg)
     if uses_processor(cfg, kind):
-        return processor_dataset(cfg, shards, filesystem, annotator_id, kind)
-    ds = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096))
+        return processor_dataset(cfg, ds, filesystem, annotator_id, kind)
     # one shard in flight per actor: a shard is seconds of work, and the pool stays balanced
     return ds.map_batches(AnnotateActor, batch_size=1, batch_format="pyarrow",
                           fn_constructor_kwargs={"cfg": to_dict(cfg), "annotator_id": annotator_id,

@@ -8,6 +8,7 @@ models behind an engine:
   Built and checked on CPU here (tests/test_annotate_processor.py); the engine itself has not run.
 
     processor_dataset(cfg, shards, filesystem, annotator_id, kind) -> Dataset of per-shard count rows (lazy)
+                                                                       (shards: the Dataset of shard descriptors)
 
     shards -> shard_rows   Ray tasks: each shard's input items that no finished attempt holds
                            (shards.open_shard), one row each, plus the shard's marker row
@@ -54,9 +55,9 @@ def shard_rows(batch, cfg: dict, filesystem):
     import pyarrow as pa
 
     acfg = from_dict(AnnotateConfig, cfg)
-    out = []
+    store, out = Storage(acfg.output_dir), []
     for shard in batch.to_pylist():
-        name, finished, todo, rejects = open_shard(acfg, filesystem, shard)
+        name, finished, todo, rejects = open_shard(acfg, store, filesystem, shard)
         head = {"shard": shard["shard"], "attempt": name, "expected": len(todo) + len(rejects) + 1}
         out.append(_ROW | head | {"kind": MARKER, "finished": finished})
         out += [_ROW | head | {k: r[k] for k in ("id", "doc_id", "chunk", "source", "text")} for r in todo]
@@ -231,10 +232,9 @@ def uses_processor(cfg: AnnotateConfig, kind: str) -> bool:
     return kind == "openai" or cfg.vllm.enabled
 
 
-def processor_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annotator_id: str, kind: str):
+def processor_dataset(cfg: AnnotateConfig, shards, filesystem, annotator_id: str, kind: str):
     """The Ray Dataset of per-shard count rows (lazy) for an `openai` annotator, or a `generative` /
-    `hf` one with vllm.enabled."""
-    import ray
+    `hf` one with vllm.enabled; `shards`: the Dataset of shard descriptors."""
     from ray.data import ActorPoolStrategy
 
     if kind == "openai":
@@ -244,7 +244,7 @@ def processor_dataset(cfg: AnnotateConfig, shards: list[dict], filesystem, annot
                            "image of the driver and the GPU workers)")
     else:
         backend = vllm_backend(cfg, kind)
-    rows = ray.data.from_items(shards, override_num_blocks=min(len(shards), 4096)).map_batches(
+    rows = shards.map_batches(
         shard_rows, batch_size=1, batch_format="pyarrow", num_cpus=cfg.num_cpus_per_actor,
         fn_kwargs={"cfg": to_dict(cfg), "filesystem": filesystem})
     results = backend.processor(rows).map(_result, fn_kwargs={"reply": backend.reply}, num_cpus=cfg.num_cpus_per_actor)

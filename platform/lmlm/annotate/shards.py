@@ -1,7 +1,7 @@
 """The files of an annotation run and their per-shard resume; one document's result.
 
     annotation_result(id, text, output, failure) -> result row   (validated, converted, anchored)
-    open_shard(cfg, filesystem, shard) -> (attempt, finished, rows to do, rejected inputs)
+    open_shard(cfg, out, filesystem, shard) -> (attempt, finished, rows to do, rejected inputs)
     close_shard(out, attempt, results, rejects, ...) -> row of counts  (writes the attempt whole)
 
     output_dir/annotated/<shard>.parquet   id, doc_id, chunk, source, text, annotated_text (legacy),
@@ -127,10 +127,10 @@ def legacy_ids(output_dir: str) -> frozenset[str]:
     return frozenset(finished_ids(out, (n for n in out.listdir(STATS) if LEGACY.fullmatch(n))))
 
 
-def open_shard(cfg: AnnotateConfig, filesystem, shard: dict) -> tuple[str, int, list[dict], list[dict]]:
+def open_shard(cfg: AnnotateConfig, out: Storage, filesystem, shard: dict) -> tuple[str, int, list[dict], list[dict]]:
     """(name of its next attempt, items its finished attempts hold, rows to annotate, rejected inputs)
-    of one shard: the rows and rejects leave out what a finished attempt holds."""
-    out = Storage(cfg.output_dir)
+    of one shard of the run in `out` (cfg.output_dir, opened once by the caller): the rows and
+    rejects leave out what a finished attempt holds."""
     before = finished_attempts(out, shard["shard"])
     done = finished_ids(out, (f"{a}.parquet" for a in before)) | legacy_ids(cfg.output_dir)
     rows, rejects = read_shard(filesystem, shard, cfg.max_doc_bytes, cfg.chunk_words)

@@ -39,12 +39,19 @@ def finished_models(cfg: PipelineConfig) -> dict[str, str]:
 
     dirs = {}
     for variant in ("lmlm", "standard"):
-        run = run_config(pretrain_config(cfg), variant, cfg.path("pretrain"))
-        done = finished_run(run)
+        done = finished_run(run_config(pretrain_config(cfg), variant, cfg.path("pretrain")))
         if done is None:
             return {}
-        dirs[variant] = run.storage or done.hf_dir  # in storage: the run by URI, for readers on any node
+        dirs[variant] = model_location(cfg, variant, done.hf_dir)
     return dirs
+
+
+def model_location(cfg: PipelineConfig, run: str, hf_dir: str) -> str:
+    """What evaluation workers and serve replicas open for pretraining run `run`: with `storage`,
+    the run by URI (its newest export, on any node); else its HF dir `hf_dir`."""
+    from lmlm.train.compare import run_config
+
+    return run_config(pretrain_config(cfg), run, cfg.path("pretrain")).storage or hf_dir
 
 
 def open_store(cfg: PipelineConfig):

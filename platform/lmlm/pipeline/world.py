@@ -22,7 +22,7 @@ from lmlm.config import save_config
 from lmlm.eval.results import EvalResults
 from lmlm.pipeline.config import (PipelineConfig, annotate_config, annotator_config, eval_config, pretrain_config,
                                   store_config)
-from lmlm.pipeline.runtime import StageTimer, banner, ensure_ray, finished_models, open_store
+from lmlm.pipeline.runtime import StageTimer, banner, ensure_ray, finished_models, model_location, open_store
 from lmlm.storage import Storage
 
 def stage_world(cfg: PipelineConfig):
@@ -44,8 +44,9 @@ def stage_world(cfg: PipelineConfig):
         world.save(world_dir)
         print(f"world: {len(world.people)} people, {len(world.documents)} documents, "
               f"{len(world.triples())} triples, forget split {len(world.forget_names)} -> {world_dir}")
-    if cfg.storage and not Storage(cfg.storage).is_file("world/documents.parquet"):  # what the annotators read
-        Storage(cfg.storage).upload_file(world_dir / "documents.parquet", "world/documents.parquet")
+    shared = Storage(cfg.storage) if cfg.storage else None
+    if shared and not shared.is_file("world/documents.parquet"):  # what the annotators read
+        shared.upload_file(world_dir / "documents.parquet", "world/documents.parquet")
     inserted = World.load(inserted_dir) if (inserted_dir / "documents.parquet").is_file() else None
     if inserted is None or not any(is_out_of_pool(p.name) for p in inserted.people):
         # (an inserted world saved before the out-of-pool people existed is remade: same in-pool people)
@@ -84,11 +85,12 @@ def stage_train_annotator(cfg: PipelineConfig) -> Path:
         out = Path(acfg.out_dir)
     else:
         out = train_annotator(acfg)
-    if cfg.storage and not Storage(cfg.storage).is_file("annotator/annotator.json"):
-        store = Storage(cfg.storage)  # the annotator's files, then its annotator.json: whole once that is there
+    shared = Storage(cfg.storage) if cfg.storage else None
+    if shared and not shared.is_file("annotator/annotator.json"):
+        # the annotator's files, then its annotator.json: whole once that is there
         for f in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "annotator.json"):
-            store.upload_file(f, f"annotator/{f.relative_to(out).as_posix()}")
-        store.upload_file(out / "annotator.json", "annotator/annotator.json")
+            shared.upload_file(f, f"annotator/{f.relative_to(out).as_posix()}")
+        shared.upload_file(out / "annotator.json", "annotator/annotator.json")
         print(f"train_annotator: copied to {cfg.shared('annotator')}")
     return out
 
@@ -144,9 +146,7 @@ def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:
     _publish(Path(out["standard"]), cfg.path("model-standard"))
     if RETAIN in out:
         _publish(Path(out[RETAIN]), cfg.path("pretrain", RETAIN, "final"))
-    if cfg.storage:  # eval workers and serve replicas on any node open the runs by URI (their newest export)
-        return {v: f"{pretrain_config(cfg).storage}/{v}" for v in out}
-    return out
+    return {v: model_location(cfg, v, hf_dir) for v, hf_dir in out.items()}
 
 
 def _publish(hf_dir: Path, link: Path) -> None:
