@@ -41,8 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TRIPLES = 54_600_000
 
 
-def write_corpus(out: Path, docs: int, per_shard: int = 5000) -> Path:
-    """`docs` annotated biographies (a small synthetic world's, repeated under new ids) in Parquet shards."""
+def write_corpus(out: Path, docs: int, per_shard: int = 500) -> Path:
+    """`docs` annotated biographies (a small synthetic world's, repeated under new ids) in Parquet
+    shards of `per_shard`, the annotation's default shard size."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -60,21 +61,23 @@ def write_corpus(out: Path, docs: int, per_shard: int = 5000) -> Path:
 
 def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
     """One measured driver: pack `corpus` the `mode` way; returns docs/s and the peak RSS. Joining
-    Ray comes first in both modes (the trainer needs it either way) and is not timed."""
+    Ray and loading the tokenizer come first in both modes (the trainer does both either way) and
+    are not timed."""
     import ray
 
     from lmlm.rayinit import init_ray
 
+    from lmlm.tokenizer import load_tokenizer
+
     init_ray(num_cpus=4)
+    tokenizer = load_tokenizer(tok_dir)  # the trainer decides its tokenizer before it packs, either way
     t = time.perf_counter()
     if mode == "current":
-        from transformers import AutoTokenizer
-
         from lmlm.corpus import read_corpus
         from lmlm.train.data import encode_and_pack
 
         texts = [r.annotated_text for p in sorted(corpus.glob("*.parquet")) for r in read_corpus(p)]
-        packed = encode_and_pack(texts, AutoTokenizer.from_pretrained(tok_dir), "lmlm", 256)
+        packed = encode_and_pack(texts, tokenizer, "lmlm", 256)
         ray.get([ray.put(packed.input_ids), ray.put(packed.kinds)])  # what the trainer then handed its workers
         rows, docs = len(packed), len(texts)
     else:

@@ -52,7 +52,7 @@ def test_block_cut_at_sequence_end_and_continued():
     assert kinds[1].tolist()[:4] == [VALUE, END, TEXT, TEXT]
     assert kinds[1].tolist()[4:] == [PAD] * 5
     # packing computes kinds on whole documents, so the cut never matters there
-    packed = pack([(np.array(doc), token_kinds(doc, IDS, start_state=TEXT).numpy())], 8, EOS, EOS)
+    packed = pack([(np.array(doc), token_kinds(doc, IDS, start_state=TEXT))], 8, EOS, EOS)
     assert packed.kinds.reshape(-1).tolist()[:len(doc) + 1] == token_kinds(doc + [EOS], IDS).tolist()
 
 
@@ -114,3 +114,34 @@ def test_masked_nll_is_the_one_loss_of_training_and_evaluation():
     _, _, train = masked_nll(logits, ids, kinds, "lmlm", TRAIN_GROUPS)
     query = torch.isin(tk, torch.tensor((MARKER, ENTITY), dtype=torch.int8))  # query = markers + entity + relation
     assert train[-2].item() == pytest.approx(float((want * query).sum())) and train[-1] == int(query.sum())
+
+
+def test_packing_workers_bare_tokenizer_packs_as_transformers_does(tiny_tokenizer, tmp_path):
+    """Ray Data's packing workers encode with the directory's tokenizer.json alone (no transformers
+    import): the same rows and kinds as the transformers tokenizer, for a trained BPE and for a
+    tokenizer the lookup tokens were added to."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lmlm.tokenizer import add_lookup_tokens, lookup_token_ids
+    from lmlm.train.data import _load_encoder, save_tokenizer_dir
+    from lmlm.world import WorldConfig, generate_world
+
+    docs = [d.annotated_text for d in generate_world(WorldConfig(people=20, seed=4)).documents]
+    docs += ["  Zoë  Ñúñez was born in [dblookup('Zoë Ñúñez', 'Birth City') -> São Paulo] São Paulo.\n\nx",
+             "<|db_entity|> Ann<|db_relationship|> Employer<|db_return|> ACME<|db_end|> ACME, 日本."]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    raw.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>"], show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    plain = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")
+    plain.save_pretrained(str(tmp_path / "plain"))
+    added = add_lookup_tokens(tmp_path / "plain", out_dir=tmp_path / "added")
+    for hf, where in ((tiny_tokenizer, save_tokenizer_dir(tiny_tokenizer, tmp_path / "tiny")), (added, tmp_path / "added")):
+        bare = _load_encoder(str(where))
+        assert isinstance(bare, Tokenizer)
+        ids = lookup_token_ids(hf, require_eos=True)
+        for variant in ("lmlm", "standard"):
+            a = encode_and_pack(docs, hf, variant, 64)
+            b = encode_and_pack(docs, bare, variant, 64, token_ids=ids)
+            assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.kinds, b.kinds), (where, variant)

@@ -105,8 +105,17 @@ def test_streamed_training_rows_are_deterministic_and_resume_where_they_stopped(
     from lmlm.train.loop import micro_batches
     from lmlm.train.steps import total_steps
 
+    from ray.data import DataContext
+
     tok_dir = save_tokenizer_dir(tiny_tokenizer, tmp_path / "tok")
-    a = packed_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64, seed=3)
+    # a dataset made before anything asked for order (as in a fresh driver) is still packed in order
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, False
+    try:
+        a = packed_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64, seed=3)
+    finally:
+        options.preserve_order = before
+    assert a.context.execution_options.preserve_order
     b = packed_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64, seed=3)
     rows = lambda ds: np.stack([r["input_ids"] for r in ds.take_all()])  # noqa: E731
     assert np.array_equal(rows(a), rows(b))  # the same rows in the same order for a seed

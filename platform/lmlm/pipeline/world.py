@@ -117,13 +117,15 @@ def stage_build_factstore(cfg: PipelineConfig, store) -> dict:
 
 
 def annotated_documents(cfg: PipelineConfig, leave_out: set[str] = frozenset()):
-    """The annotated shards as a Ray Dataset of {"id", "annotated_text"} (special-token form), in id
-    order, read by Ray Data's workers (never through this process); documents in `leave_out` skipped."""
+    """The annotated shards as a Ray Dataset of {"id", "annotated_text"} (special-token form), in the
+    shards' file order, read by Ray Data's workers (never through this process); documents in
+    `leave_out` skipped. No sort: Ray's sort cuts its blocks at sampled keys, so the packed rows
+    (packed per block) would differ from run to run; the same files give the same rows."""
     import ray
 
     ds = ray.data.read_parquet(cfg.shared("annotated", "annotated"), columns=["id", "special_text"])
     ds = ds.filter(lambda r: bool(r["special_text"]) and r["id"] not in leave_out)
-    return ds.rename_columns({"special_text": "annotated_text"}).sort("id")
+    return ds.rename_columns({"special_text": "annotated_text"})
 
 
 def stage_pretrain(cfg: PipelineConfig, world) -> dict[str, str]:

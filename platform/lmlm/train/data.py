@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from lmlm.format import strip_with_spans, to_special
 from lmlm.tokenizer import LookupTokenIds, lookup_token_ids
@@ -46,6 +47,16 @@ class Packed:
         return int((self.kinds != PAD).sum())
 
 
+def _encode(tokenizer, text: str, offsets: bool = False) -> tuple[list[int], list | None]:
+    """Ids (and character offsets) of `text` without added special tokens, by a transformers
+    tokenizer or by a bare `tokenizers.Tokenizer` (what a packing worker loads: `_load_encoder`)."""
+    if isinstance(tokenizer, Tokenizer):
+        enc = tokenizer.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets if offsets else None
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+    return enc["input_ids"], enc["offset_mapping"] if offsets else None
+
+
 def encode_document(text: str, tokenizer, variant: str, token_ids: LookupTokenIds | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and kinds of one annotated document (legacy or special-token form)."""
@@ -53,18 +64,18 @@ def encode_document(text: str, tokenizer, variant: str, token_ids: LookupTokenId
         raise ValueError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
     if variant == "lmlm":
         token_ids = token_ids or lookup_token_ids(tokenizer)
-        ids = tokenizer(to_special(text).text, add_special_tokens=False)["input_ids"]
+        ids, _ = _encode(tokenizer, to_special(text).text)
         if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int8)
-        kinds = token_kinds(ids, token_ids, start_state=TEXT).numpy()
+        kinds = token_kinds(ids, token_ids, start_state=TEXT)
         return np.asarray(ids, np.int32), kinds
     stripped = strip_with_spans(text)
     stripped, spans = stripped.text, stripped.value_spans
-    enc = tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=bool(spans))
-    ids = np.asarray(enc["input_ids"], np.int32)
+    ids, offsets = _encode(tokenizer, stripped, offsets=bool(spans))
+    ids = np.asarray(ids, np.int32)
     kinds = np.full(len(ids), TEXT, np.int8)
     if spans:
-        offsets = np.asarray(enc["offset_mapping"]).reshape(-1, 2)
+        offsets = np.asarray(offsets).reshape(-1, 2)
         for s, e in spans:
             kinds[(offsets[:, 0] < e) & (offsets[:, 1] > s)] = VALUE
     return ids, kinds
@@ -96,9 +107,11 @@ def pack(docs: Iterable[tuple[np.ndarray, np.ndarray]], seq_len: int, eos_id: in
 
 
 def encode_and_pack(texts: Sequence[str], tokenizer, variant: str, seq_len: int,
-                    drop_last: bool = False) -> Packed:
-    """Tokenize and pack a list of annotated documents: the one packing implementation."""
-    token_ids = lookup_token_ids(tokenizer, require_eos=True)
+                    drop_last: bool = False, token_ids: LookupTokenIds | None = None) -> Packed:
+    """Tokenize and pack a list of annotated documents: the one packing implementation.
+    `token_ids`: the tokenizer's (lookup_token_ids), needed when `tokenizer` is a bare
+    `tokenizers.Tokenizer`, which does not know its EOS."""
+    token_ids = token_ids or lookup_token_ids(tokenizer, require_eos=True)
     docs = (encode_document(t, tokenizer, variant, token_ids) for t in texts if t)
     return pack(docs, seq_len, token_ids.eos, token_ids.pad, drop_last)
 
@@ -124,22 +137,45 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(local_dir(path))  # a URI: this node's copy of it
 
 
-def _pack_batch(batch: dict, tokenizer_dir: str, variant: str, seq_len: int, column: str) -> dict:
-    packed = encode_and_pack([str(t) for t in batch[column]], _load_tokenizer(tokenizer_dir), variant, seq_len)
+@lru_cache(maxsize=4)
+def _load_encoder(path: str):
+    """What a packing worker encodes with: the bare Rust tokenizer of the directory's tokenizer.json
+    (what `save_pretrained` writes; no transformers import, a second or more of each worker's
+    start), else the transformers tokenizer. Set as a transformers call leaves it: no padding, no
+    truncation, special tokens in the text recognised."""
+    from pathlib import Path
+
+    from lmlm.storage import local_dir
+
+    file = Path(local_dir(path)) / "tokenizer.json"
+    if not file.is_file():
+        return _load_tokenizer(path)
+    tok = Tokenizer.from_file(str(file))
+    tok.no_padding()
+    tok.no_truncation()
+    tok.encode_special_tokens = False
+    return tok
+
+
+def _pack_batch(batch: dict, tokenizer_dir: str, token_ids: LookupTokenIds, variant: str, seq_len: int,
+                column: str) -> dict:
+    packed = encode_and_pack([str(t) for t in batch[column]], _load_encoder(tokenizer_dir), variant, seq_len,
+                             token_ids=token_ids)
     return {"input_ids": packed.input_ids, "kinds": packed.kinds}
 
 
 def _packed_rows(ds, tokenizer_dir: str, variant: str, seq_len: int, column: str, batch_size: int, num_cpus: float):
     """The lazy Ray Dataset of packed rows {"input_ids": [seq_len] int32, "kinds": [seq_len] int8}:
     each batch of `batch_size` documents tokenized and packed on its own by a worker."""
-    from ray.data import DataContext
-
-    # Same rows in the same order on every call: a resumed run must see the same data order.
-    DataContext.get_current().execution_options.preserve_order = True
+    # Same rows in the same order on every call: a resumed run must see the same data order. On the
+    # dataset's own context: it was copied from the global one when `ds` was made, so setting the
+    # global one now would leave the first run of a process unordered.
+    ds.context.execution_options.preserve_order = True
     if column not in ds.schema().names:
         raise ValueError(f"dataset: no column {column!r} (columns: {ds.schema().names})")
+    token_ids = lookup_token_ids(_load_tokenizer(str(tokenizer_dir)), require_eos=True)  # decided once, here
     return ds.map_batches(_pack_batch, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus,
-                          fn_kwargs=dict(tokenizer_dir=str(tokenizer_dir), variant=variant,
+                          fn_kwargs=dict(tokenizer_dir=str(tokenizer_dir), token_ids=token_ids, variant=variant,
                                          seq_len=seq_len, column=column))
 
 
@@ -242,8 +278,8 @@ def save_tokenizer_dir(tokenizer, out_dir) -> str:
 
 
 def prepare_tokenizer(texts: Sequence[str], out_dir, vocab_size: int, tokenizer_path: str = "", tokenizer=None):
-    """(tokenizer, directory): the given one (saved to `out_dir`), the one at `tokenizer_path`, the
-    one a previous attempt saved in `out_dir`, or a new byte-level BPE trained on `texts`."""
+    """(tokenizer, directory): the given one or the one at `tokenizer_path` (either saved to `out_dir`),
+    the one a previous attempt saved in `out_dir`, or a new byte-level BPE trained on `texts`."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
@@ -255,7 +291,7 @@ def prepare_tokenizer(texts: Sequence[str], out_dir, vocab_size: int, tokenizer_
             raise ValueError(f"tokenizer_path: {tokenizer_path} is not a directory")
         tok = AutoTokenizer.from_pretrained(tokenizer_path)
         lookup_token_ids(tok)
-        return tok, str(tokenizer_path)
+        return tok, save_tokenizer_dir(tok, out_dir)  # the run's copy, as loaded: what its workers read
     if (Path(out_dir) / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(out_dir)), str(out_dir)
     from lmlm.tokenizer import train_tokenizer

@@ -12,13 +12,20 @@ EOS, whichever comes first, and a block cut by the end of a sequence leaves its 
 
 Kinds are aligned with `input_ids` (the target view: kind[i] describes token i as the target
 predicted at position i-1), so `labels[i] = input_ids[i]` or -100 exactly as HF models expect.
+
+`token_kinds` is numpy: the packing workers of Ray Data call it and never import torch (a second
+or more of each worker's start); the loss functions import torch where they run.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from lmlm.tokenizer import LookupTokenIds
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT, MARKER, ENTITY, RELATION, VALUE, END, PAD = range(7)
 KIND_NAMES = ("text", "marker", "entity", "relation", "value", "end", "pad")
@@ -38,8 +45,8 @@ def token_kinds(
     token_ids: LookupTokenIds,
     attention_mask=None,
     start_state: int | None = None,
-) -> torch.Tensor:
-    """Kinds (TEXT..PAD) of each token of `input_ids` ([T] or [B, T], tensor/array/list).
+) -> np.ndarray:
+    """Kinds (TEXT..PAD, int8 array) of each token of `input_ids` ([T] or [B, T], array/list/CPU tensor).
 
     `token_ids` (lmlm.tokenizer.lookup_token_ids) names the markers; its EOS (when not None)
     separates documents: it ends any open block and is TEXT itself.
@@ -53,17 +60,17 @@ def token_kinds(
     """
     if not isinstance(token_ids, LookupTokenIds):
         raise TypeError(f"token_ids: expected lmlm.tokenizer.LookupTokenIds, got {type(token_ids).__name__}")
-    ids = torch.as_tensor(np.asarray(input_ids) if isinstance(input_ids, list) else input_ids).long()
-    squeeze = ids.dim() == 1
+    ids = np.asarray(input_ids, dtype=np.int64)
+    squeeze = ids.ndim == 1
     if squeeze:
-        ids = ids.unsqueeze(0)
+        ids = ids[None]
     B, T = ids.shape
     markers = [(tid, state, kind) for tid, (state, kind) in zip(token_ids.markers, _MARKER_STATES)]
     if token_ids.eos is not None:
         markers.append((token_ids.eos, TEXT, TEXT))
 
-    state_after = torch.full_like(ids, -1)   # state set by the marker at i, -1 where no marker
-    kind_of_marker = torch.full_like(ids, -1)
+    state_after = np.full_like(ids, -1)   # state set by the marker at i, -1 where no marker
+    kind_of_marker = np.full_like(ids, -1)
     for tid, state, kind in markers:
         hit = ids == tid
         state_after[hit] = state
@@ -71,32 +78,33 @@ def token_kinds(
     is_marker = state_after >= 0
 
     # The state before each token: the state left by the last marker strictly before it.
-    pos = torch.arange(T, device=ids.device).expand(B, T)
-    last = torch.where(is_marker, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-    prev = torch.cat([torch.full((B, 1), -1, dtype=last.dtype, device=ids.device), last[:, :-1]], dim=1)
+    pos = np.broadcast_to(np.arange(T), (B, T))
+    last = np.maximum.accumulate(np.where(is_marker, pos, -1), axis=1)
+    prev = np.concatenate([np.full((B, 1), -1), last[:, :-1]], axis=1)
 
     if start_state is None:
-        first = torch.where(is_marker, pos, torch.full_like(pos, T)).min(dim=1).values
-        first_tok = ids.gather(1, first.clamp(max=T - 1).unsqueeze(1)).squeeze(1)
-        initial = torch.full((B,), TEXT, dtype=torch.long, device=ids.device)
+        first = np.where(is_marker, pos, T).min(axis=1)
+        first_tok = np.take_along_axis(ids, np.minimum(first, T - 1)[:, None], axis=1)[:, 0]
+        initial = np.full(B, TEXT)
         for tok, state in ((token_ids.relationship, ENTITY), (token_ids.return_, RELATION), (token_ids.end, VALUE)):
             initial[(first < T) & (first_tok == tok)] = state
     else:
         if start_state not in (TEXT, ENTITY, RELATION, VALUE):
             raise ValueError(f"start_state: {start_state} is not TEXT, ENTITY, RELATION or VALUE")
-        initial = torch.full((B,), start_state, dtype=torch.long, device=ids.device)
+        initial = np.full(B, start_state)
 
-    before = torch.where(prev >= 0, state_after.gather(1, prev.clamp(min=0)), initial.unsqueeze(1))
-    kinds = torch.where(is_marker, kind_of_marker, before)
+    before = np.where(prev >= 0, np.take_along_axis(state_after, np.maximum(prev, 0), axis=1), initial[:, None])
+    kinds = np.where(is_marker, kind_of_marker, before)
     if attention_mask is not None:
-        am = torch.as_tensor(np.asarray(attention_mask) if isinstance(attention_mask, list) else attention_mask)
-        kinds = torch.where(am.reshape(kinds.shape).to(kinds.device).bool(), kinds, torch.full_like(kinds, PAD))
-    kinds = kinds.to(torch.int8)
-    return kinds.squeeze(0) if squeeze else kinds
+        kinds = np.where(np.asarray(attention_mask).reshape(kinds.shape).astype(bool), kinds, PAD)
+    kinds = kinds.astype(np.int8)
+    return kinds[0] if squeeze else kinds
 
 
 def labels_from_kinds(input_ids, kinds, variant: str = "lmlm") -> torch.Tensor:
     """`input_ids` with IGNORE_INDEX where the variant's loss does not count the token."""
+    import torch
+
     if variant not in NOT_TRAINED:
         raise ValueError(f"variant: {variant!r} is not one of {sorted(NOT_TRAINED)}")
     ids = torch.as_tensor(input_ids).long()
@@ -114,6 +122,8 @@ def lookup_labels(input_ids, token_ids: LookupTokenIds, attention_mask=None,
 
 def counted_mask(kinds, variant: str = "lmlm") -> torch.Tensor:
     """Bool mask of the tokens the variant's loss counts."""
+    import torch
+
     if variant not in NOT_TRAINED:
         raise ValueError(f"variant: {variant!r} is not one of {sorted(NOT_TRAINED)}")
     kinds = torch.as_tensor(kinds)
@@ -133,6 +143,7 @@ def masked_nll(logits: torch.Tensor, input_ids: torch.Tensor, kinds: torch.Tenso
     Training backpropagates through `(nll * counted).sum()` (scaled as it needs); evaluation reads
     `sums`. Everything stays on the logits' device (no host sync).
     """
+    import torch
     import torch.nn.functional as F
 
     device = logits.device
