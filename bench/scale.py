@@ -66,7 +66,6 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
     import ray
 
     from lmlm.rayinit import init_ray
-
     from lmlm.tokenizer import load_tokenizer
 
     init_ray(num_cpus=4)

@@ -101,11 +101,11 @@ def test_ray_data_packing_matches_plain_packing(ray_cluster, docs, tiny_tokenize
 
 def test_streamed_training_rows_are_deterministic_and_resume_where_they_stopped(ray_cluster, docs, tiny_tokenizer,
                                                                                 tmp_path):
+    from ray.data import DataContext
+
     from lmlm.train.data import documents_dataset, encode_and_pack, packed_dataset, save_tokenizer_dir
     from lmlm.train.loop import micro_batches
     from lmlm.train.steps import total_steps
-
-    from ray.data import DataContext
 
     tok_dir = save_tokenizer_dir(tiny_tokenizer, tmp_path / "tok")
     # a dataset made before anything asked for order (as in a fresh driver) is still packed in order
