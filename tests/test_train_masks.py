@@ -145,3 +145,5 @@ def test_packing_workers_bare_tokenizer_packs_as_transformers_does(tiny_tokenize
             a = encode_and_pack(docs, hf, variant, 64)
             b = encode_and_pack(docs, bare, variant, 64, token_ids=ids)
             assert np.array_equal(a.input_ids, b.input_ids) and np.array_equal(a.kinds, b.kinds), (where, variant)
+    with pytest.raises(ValueError, match="token_ids: required with a bare tokenizers.Tokenizer"):
+        encode_and_pack(docs, bare, "lmlm", 64)

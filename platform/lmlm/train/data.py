@@ -57,13 +57,24 @@ def _encode(tokenizer, text: str, offsets: bool = False) -> tuple[list[int], lis
     return enc["input_ids"], enc["offset_mapping"] if offsets else None
 
 
+def _token_ids(tokenizer, token_ids: LookupTokenIds | None, require_eos: bool = False) -> LookupTokenIds:
+    """`token_ids` if given, else the transformers tokenizer's own; a bare `tokenizers.Tokenizer`
+    knows neither its EOS nor its padding, so it needs them given."""
+    if token_ids is not None:
+        return token_ids
+    if isinstance(tokenizer, Tokenizer):
+        raise ValueError("token_ids: required with a bare tokenizers.Tokenizer (it does not know its EOS "
+                         "or padding); pass lookup_token_ids(<its transformers tokenizer>)")
+    return lookup_token_ids(tokenizer, require_eos=require_eos)
+
+
 def encode_document(text: str, tokenizer, variant: str, token_ids: LookupTokenIds | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and kinds of one annotated document (legacy or special-token form)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
     if variant == "lmlm":
-        token_ids = token_ids or lookup_token_ids(tokenizer)
+        token_ids = _token_ids(tokenizer, token_ids)
         ids, _ = _encode(tokenizer, to_special(text).text)
         if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.int8)
@@ -111,7 +122,7 @@ def encode_and_pack(texts: Sequence[str], tokenizer, variant: str, seq_len: int,
     """Tokenize and pack a list of annotated documents: the one packing implementation.
     `token_ids`: the tokenizer's (lookup_token_ids), needed when `tokenizer` is a bare
     `tokenizers.Tokenizer`, which does not know its EOS."""
-    token_ids = token_ids or lookup_token_ids(tokenizer, require_eos=True)
+    token_ids = _token_ids(tokenizer, token_ids, require_eos=True)
     docs = (encode_document(t, tokenizer, variant, token_ids) for t in texts if t)
     return pack(docs, seq_len, token_ids.eos, token_ids.pad, drop_last)
 
