@@ -311,7 +311,8 @@ class _Stream:
 
 def test_join_queue_full_and_disconnect(served):
     client, _ = served
-    before = client.get("/slow/healthz").json()["cancelled"].get("disconnect", 0)
+    start = client.get("/slow/healthz").json()
+    before = start["cancelled"].get("disconnect", 0)
     a = _Stream(client)
     try:
         assert json.loads(a.first_event())["choices"][0]["text"] is not None
@@ -337,8 +338,9 @@ def test_join_queue_full_and_disconnect(served):
         a.close()
     # Clients that went away: their rows (and the queued request) leave the batch.
     h = _wait_for(client, "/slow/healthz", lambda h: h["running"] == 0 and h["waiting"] == 0)
-    assert (h["running"], h["waiting"]) == (0, 0)
-    assert h["cancelled"].get("disconnect", 0) - before == 3
+    assert (h["running"], h["waiting"]) == (0, 0), h
+    assert h["uptime_s"] > start["uptime_s"], f"the replica was replaced (its counts start afresh): {start} -> {h}"
+    assert h["cancelled"].get("disconnect", 0) - before == 3, h
 
 
 def test_timeout_and_client_timeout_end_the_row(served):

@@ -154,6 +154,7 @@ class LMLMServer:
         self.metrics = ServeMetrics()
         self.engine.lookup_listener = self.metrics.lookups
         self.scheduler = Scheduler(self.engine, self.metrics)
+        self.started = time.monotonic()
 
     def __del__(self):
         if hasattr(self, "scheduler"):
@@ -222,7 +223,7 @@ class LMLMServer:
     async def healthz(self):
         st = self.scheduler.stats()
         body = {"status": "ok", "model": self.cfg.model_name, "waiting": st.waiting, "running": st.running,
-                "cancelled": st.cancelled}
+                "cancelled": st.cancelled, "uptime_s": round(time.monotonic() - self.started, 3)}
         if not self.scheduler.alive:
             return JSONResponse({**body, "status": "error", "error": self.scheduler.error or "scheduler not running"}, 503)
         return body
