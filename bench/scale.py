@@ -80,9 +80,10 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
         ray.get([ray.put(packed.input_ids), ray.put(packed.kinds)])  # what the trainer then handed its workers
         rows, docs = len(packed), len(texts)
     else:
+        from lmlm.storage import read_parquet
         from lmlm.train.data import packed_dataset
 
-        ds = ray.data.read_parquet(str(corpus))
+        ds = read_parquet(str(corpus))
         docs = ds.count()
         rows = packed_dataset(ds, tok_dir, "lmlm", 256).count()
     seconds = time.perf_counter() - t

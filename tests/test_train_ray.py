@@ -99,6 +99,35 @@ def test_ray_data_packing_matches_plain_packing(ray_cluster, docs, tiny_tokenize
         pack_dataset(ds, tok_dir, "lmlm", 64, column="text")
 
 
+def test_parquet_shards_are_read_one_block_per_file_in_name_order(ray_cluster, docs, tiny_tokenizer, tmp_path):
+    """The platform's Parquet read (annotated shards into packing): one block per file, in file-name
+    order, whatever the cluster's size or the files' sizes; packed in that order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data import DataContext
+
+    from lmlm.storage import read_parquet
+    from lmlm.train.data import encode_and_pack, pack_dataset, save_tokenizer_dir
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    parts = [docs[i:i + 12] for i in range(0, 60, 12)]
+    for k, part in enumerate(parts):  # written last to first: the read follows the names, not the writes
+        pq.write_table(pa.table({"annotated_text": part}), folder / f"shard-{len(parts) - k:03d}.parquet")
+    default = DataContext.get_current().use_datasource_v2
+    ds = read_parquet(str(folder))
+    assert DataContext.get_current().use_datasource_v2 == default  # only this Dataset reads the other way
+    ds.context.execution_options.preserve_order = True
+    assert ds.materialize().num_blocks() == len(parts)
+    assert [r["annotated_text"] for r in ds.take_all()] == [t for part in reversed(parts) for t in part]
+    tok_dir = save_tokenizer_dir(tiny_tokenizer, tmp_path / "tok")
+    packed = pack_dataset(read_parquet(str(folder)), tok_dir, "lmlm", 64)  # one batch: 60 < 512 documents
+    ordered = encode_and_pack([t for part in reversed(parts) for t in part], tiny_tokenizer, "lmlm", 64)
+    assert np.array_equal(packed.input_ids, ordered.input_ids) and np.array_equal(packed.kinds, ordered.kinds)
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        read_parquet(str(tmp_path / "tok"))
+
+
 def test_streamed_training_rows_are_deterministic_and_resume_where_they_stopped(ray_cluster, docs, tiny_tokenizer,
                                                                                 tmp_path):
     from ray.data import DataContext

@@ -259,3 +259,31 @@ def prune_node_cache(root: str | os.PathLike, keep: str | os.PathLike, max_bytes
         total -= size
         removed.append(d.name)
     return removed
+
+
+def read_parquet(location, filesystem=None, **kwargs):
+    """A lazy Ray Dataset of Parquet files: `location` is a folder or URI (its `*.parquet` files, by
+    name) or a list of files on `filesystem`. One read task and block per file, in that order, read
+    by Ray workers, so what is computed per block (packed training rows) depends on the files alone,
+    not on the cluster's size or the files' sizes.
+
+    Through Ray Data's first Parquet reader (the one its JSON, CSV and text readers still use): the
+    newer one starts every read with a task that reads each file's footer in a pool of its own, about
+    7 s per read on 2 cores whatever the size (10 of every 11 s that packing 60 documents took), and
+    groups small files into blocks by size, out of their order."""
+    import ray
+
+    if isinstance(location, (str, os.PathLike)):
+        store = Storage(location)
+        files, filesystem = [store.path(f) for f in store.listdir() if f.endswith(".parquet")], store.fs
+    else:
+        files = [str(f) for f in location]
+    if not files:
+        raise FileNotFoundError(f"{location}: no Parquet files")
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False  # read when the Dataset is made; other datasets keep the default
+    try:
+        return ray.data.read_parquet(files, filesystem=filesystem, override_num_blocks=len(files), **kwargs)
+    finally:
+        ctx.use_datasource_v2 = before

@@ -116,9 +116,8 @@ def load_annotated(output_dir: str, store, workers: int = 2, cpus_per_worker: fl
     with factstore.bulk's loader actors, which connect to `store.connection_url`; returns its counts
     {documents, triples, written, skipped, forced, replayed, invalid}. A document already loaded
     writes nothing."""
-    import ray
-
     from lmlm.factstore.bulk import COUNTS, load_dataset
+    from lmlm.storage import read_parquet
 
     out = Storage(output_dir)
     annotated = set(out.listdir(ANNOTATED))
@@ -126,7 +125,7 @@ def load_annotated(output_dir: str, store, workers: int = 2, cpus_per_worker: fl
     if not files:
         return dict.fromkeys(COUNTS, 0)
     # read_parquet gives small files one block, and a block goes to one loader: blocks of a loader's batch
-    ds = ray.data.read_parquet(files, filesystem=out.fs).select_columns(["id", "triples", "annotator"])
+    ds = read_parquet(files, filesystem=out.fs, columns=["id", "triples", "annotator"])
     return load_dataset(ds.repartition(target_num_rows_per_block=256),
                         dataclasses.replace(store.cfg, url=store.connection_url), batch_id="annotated",
                         workers=workers, batch_docs=256, cpus_per_worker=cpus_per_worker)

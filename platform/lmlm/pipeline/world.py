@@ -121,9 +121,9 @@ def annotated_documents(cfg: PipelineConfig, leave_out: set[str] = frozenset()):
     shards' file order, read by Ray Data's workers (never through this process); documents in
     `leave_out` skipped. No sort: Ray's sort cuts its blocks at sampled keys, so the packed rows
     (packed per block) would differ from run to run; the same files give the same rows."""
-    import ray
+    from lmlm.storage import read_parquet
 
-    ds = ray.data.read_parquet(cfg.shared("annotated", "annotated"), columns=["id", "special_text"])
+    ds = read_parquet(cfg.shared("annotated", "annotated"), columns=["id", "special_text"])
     ds = ds.filter(lambda r: bool(r["special_text"]) and r["id"] not in leave_out)
     return ds.rename_columns({"special_text": "annotated_text"})
 
