@@ -367,6 +367,21 @@ def start_head(cfg: HeadConfig | None = None, **kw) -> RayHead:
     return RayHead(cfg).start()
 
 
+def private_mounts_work() -> bool:
+    """Whether this machine lets a process mount a tmpfs only it sees (`unshare -m`: root or user
+    namespaces): the multi-node tests hide the driver's run directory from the workers that way."""
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+def with_private_dir(private: Path, command: str) -> list[str]:
+    """argv that runs the shell `command` in a mount namespace of its own where `private` is an
+    empty tmpfs: the command's files there are invisible to every other process (the Ray workers),
+    and gone when it ends."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount -t tmpfs lmlm-driver {private} && {command}"]
+
+
 def wait_for(pred, timeout_s: float, what: str, interval_s: float = 0.5):
     """Poll pred() until it returns a truthy value; raise naming `what` on timeout."""
     deadline = time.monotonic() + timeout_s

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from lmlm.netutil import free_port
-from ray_cluster_harness import ClusterError, HeadConfig, fake_multinode_config, start_head, wait_for
+from ray_cluster_harness import (ClusterError, HeadConfig, fake_multinode_config, private_mounts_work, start_head,
+                                 wait_for, with_private_dir)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,19 +163,32 @@ def test_job_submit_with_repo_runtime_env(tmp_path):
                     reason="jobs/pipeline.py and jobs/configs/ci.yaml not written yet")
 def test_pipeline_job_submit(tmp_path):
     """`ray job submit` of the whole pipeline on a small config, with what the workers read and write
-    in storage named by URI (the world's documents, the annotator, the annotated shards, pretraining)
-    and the driver's own files under --set run_dir."""
-    run_dir, storage = tmp_path / "run", tmp_path / "storage"
+    in storage named by URI (the world's documents, the annotator, the annotated shards, pretraining,
+    the models evaluation and serving open) and the driver's own files under --set run_dir.
+
+    Where the machine allows it, the driver's run_dir is a tmpfs in a mount namespace of its own: the
+    workers (started by the head, outside it) see an empty folder there, so a worker that opened a
+    path only the driver holds fails the job; the driver's files are copied out when it ends."""
+    run_dir, storage, kept = tmp_path / "run", tmp_path / "storage", tmp_path / "driver-files"
+    run_dir.mkdir()
+    pipeline = ("python jobs/pipeline.py --config jobs/configs/ci.yaml "
+                f"--set run_dir={run_dir} --set storage=file://{storage}")
+    private = private_mounts_work()
+    if private:  # the job's exit status is the pipeline's; its files survive the namespace in `kept`
+        entrypoint = with_private_dir(run_dir, f"{pipeline}; rc=$?; cp -a {run_dir} {kept}; exit $rc")
+    else:
+        entrypoint, kept = pipeline.split(), run_dir
     with start_head(num_cpus=4) as head:
         res = head.ray_cli("job", "submit", "--submission-id", "pipeline",
-                           "--runtime-env", "infra/runtime_env.yaml", "--",
-                           "python", "jobs/pipeline.py", "--config", "jobs/configs/ci.yaml",
-                           "--set", f"run_dir={run_dir}", "--set", f"storage=file://{storage}", cwd=REPO, timeout=600)
+                           "--runtime-env", "infra/runtime_env.yaml", "--", *entrypoint, cwd=REPO, timeout=600)
         info = head.job_info("pipeline")
         assert info["status"] == "SUCCEEDED", (
             f"{info['status']}: {info.get('message')}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}")
         pids = head.pids()
     _assert_gone(pids, "pipeline head")
+    if private:
+        assert not any(run_dir.iterdir()), f"the driver's run_dir leaked to the workers' view: {list(run_dir.iterdir())}"
+    run_dir = kept
     from lmlm.eval.results import read_results
 
     results = read_results(run_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lmlm.storage import Storage, is_uri, local_dir, node_copy, prune_node_cache
+from ray_cluster_harness import private_mounts_work, with_private_dir
 
 
 def test_storage_by_path_and_by_uri_is_the_same_folder(tmp_path):
@@ -157,14 +157,9 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def _private_mounts_work() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slow
 def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
-    if not _private_mounts_work():
+    if not private_mounts_work():
         pytest.skip("needs `unshare -m` (root or user namespaces) to hide the driver's files from the nodes")
     from ray.cluster_utils import Cluster
 
@@ -188,10 +183,9 @@ def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
 
         def drive(max_steps: int) -> dict:
             out = tmp_path / f"out-{max_steps}.json"
-            cmd = (f"mount -t tmpfs lmlm-driver {run_dir} && exec {sys.executable} {script} "
-                   f"{cluster.address} {run_dir} {storage} {max_steps} {out}")
-            res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd],
-                                 capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            cmd = f"exec {sys.executable} {script} {cluster.address} {run_dir} {storage} {max_steps} {out}"
+            res = subprocess.run(with_private_dir(run_dir, cmd), capture_output=True, text=True,
+                                 timeout=600, cwd=tmp_path)
             assert res.returncode == 0, f"driver failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
             return json.loads(out.read_text())
 
