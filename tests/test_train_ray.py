@@ -132,7 +132,7 @@ def test_streamed_training_rows_are_deterministic_and_resume_where_they_stopped(
                                                                                 tmp_path):
     from ray.data import DataContext
 
-    from lmlm.train.data import documents_dataset, encode_and_pack, packed_dataset, save_tokenizer_dir
+    from lmlm.train.data import documents_dataset, encode_and_pack, pack_dataset, packed_dataset, save_tokenizer_dir
     from lmlm.train.loop import micro_batches
     from lmlm.train.steps import total_steps
 
@@ -148,6 +148,11 @@ def test_streamed_training_rows_are_deterministic_and_resume_where_they_stopped(
     b = packed_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64, seed=3)
     rows = lambda ds: np.stack([r["input_ids"] for r in ds.take_all()])  # noqa: E731
     assert np.array_equal(rows(a), rows(b))  # the same rows in the same order for a seed
+    in_order = pack_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64).input_ids
+    as_set = lambda ids: sorted(map(bytes, ids))  # noqa: E731
+    assert as_set(rows(a)) == as_set(in_order) and not np.array_equal(rows(a), in_order)  # shuffled, nothing lost
+    other = rows(packed_dataset(documents_dataset(docs, docs_per_block=16), tok_dir, "lmlm", 64, seed=4))
+    assert as_set(other) == as_set(in_order) and not np.array_equal(other, rows(a))  # the order is the seed's
     plain = encode_and_pack(docs, tiny_tokenizer, "lmlm", 64)
     assert a.count() >= len(plain)  # each block of 16 documents packed on its own: at most one padded row more
     cfg = PretrainConfig(micro_batch_size=2, grad_accum=2, seed=3)
