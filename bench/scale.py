@@ -92,11 +92,11 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
 
 
 def write_plain_corpus(out: Path, docs: int) -> Path:
-    """`docs` plain biographies in one JSONL file: a 100-person synthetic world's, repeated under new
-    ids, so every run of a multiple of 100 documents has the same mix (the loop's and the pipeline's)."""
+    """`docs` plain biographies in one JSONL file: a 50-person synthetic world's, repeated under new
+    ids, so every run of a multiple of 50 documents has the same mix (the loop's and the pipeline's)."""
     from lmlm.world import WorldConfig, generate_world
 
-    texts = [d.text for d in generate_world(WorldConfig(people=100, seed=7)).documents]
+    texts = [d.text for d in generate_world(WorldConfig(people=50, seed=7)).documents]
     with out.open("w") as f:
         for i in range(docs):
             f.write(json.dumps({"id": f"doc-{i}", "text": texts[i % len(texts)]}) + "\n")
@@ -265,7 +265,7 @@ def main() -> None:
             # --quick skips the old path at 10x (one driver less): its growth is the full run's
             result.update(bench_pack(Path(tmp), 200 if args.quick else 10_000, current_large=not args.quick))
         if "annotate" in args.parts:
-            result.update(bench_annotate(Path(tmp), 100 if args.quick else 10_000))
+            result.update(bench_annotate(Path(tmp), 50 if args.quick else 10_000))
         if "load" in args.parts:
             result.update(bench_load(args.triples or (1_000 if args.quick else 1_000_000)))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
