@@ -212,3 +212,82 @@ def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
         assert second["steps"] == [1, 2, 3, 4, 5, 6]
     finally:
         cluster.shutdown()
+
+
+S3_DRIVER = textwrap.dedent('''
+    import json, sys, tempfile
+    from pathlib import Path
+    import ray
+    from lmlm.annotate import AnnotateConfig, fit_tagger, run_annotation
+    from lmlm.annotate.pipeline import load_annotated
+    from lmlm.corpus import Record, write_jsonl
+    from lmlm.factstore import FactStore, FactStoreConfig
+    from lmlm.storage import Storage, read_parquet
+    from lmlm.tokenizer import train_tokenizer
+    from lmlm.train.data import pack_dataset
+    from lmlm.train.masks import VALUE
+    from lmlm.world import WorldConfig, generate_world
+
+    address, root, out = sys.argv[1:4]
+    ray.init(address=address, log_to_driver=False)  # the AWS settings reach the workers from the environment
+    store, local = Storage(root), Path(tempfile.mkdtemp())
+    seeds = [d.annotated_text for d in generate_world(WorldConfig(people=40, seed=1)).documents]
+    store.upload(fit_tagger(seeds, epochs=4, log=lambda s: None).save(local / "tagger"), "annotator")
+    docs = generate_world(WorldConfig(people=12, seed=5)).documents
+    store.upload_file(write_jsonl([Record(d.id, d.text, "", "world", {}) for d in docs], local / "c.jsonl"), "in/c.jsonl")
+    train_tokenizer([d.annotated_text for d in docs], 400, local / "tok")
+    store.upload(local / "tok", "tokenizer")
+    cfg = AnnotateConfig(input=store.uri_of("in/c.jsonl"), output_dir=store.uri_of("annotated"),
+                         trained_path=store.uri_of("annotator"), num_actors=1, num_cpus_per_actor=0.5,
+                         batch_size=4, shard_docs=5, load_store=False, progress=False)
+    first, again = run_annotation(cfg, log=lambda s: None), run_annotation(cfg, log=lambda s: None)
+    with FactStore.open(FactStoreConfig(namespace="s3")) as facts:
+        loaded = load_annotated(store.uri_of("annotated"), facts, workers=1)
+        reloaded = load_annotated(store.uri_of("annotated"), facts, workers=1)
+    shards = read_parquet(store.uri_of("annotated/annotated"))
+    packed = pack_dataset(shards, store.uri_of("tokenizer"), "lmlm", 64)
+    json.dump({"first": first, "again": again, "loaded": loaded, "reloaded": reloaded,
+               "ids": sorted(r["id"] for r in shards.take_all()), "doc_ids": sorted(d.id for d in docs),
+               "rows": len(packed), "value_tokens": int((packed.kinds == VALUE).sum())}, open(out, "w"))
+''')
+
+
+@pytest.mark.slow
+def test_annotation_store_load_and_packing_through_an_s3_object_store(ray_cluster, tmp_path):
+    """The annotation's input, annotator, shards and resume, the store load and the packing, all on
+    an S3 object store (moto's server on 127.0.0.1: no directories, no rename), named by s3:// URI.
+    The driver joins the session cluster as a job of its own whose workers get the endpoint and
+    credentials from its runtime environment, as a cluster's would from its image."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from lmlm.netutil import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3.create_bucket(Bucket="lmlm")
+        script, out = tmp_path / "driver.py", tmp_path / "out.json"
+        script.write_text(S3_DRIVER.replace("ray.init(address=address, log_to_driver=False)",
+                                            f"ray.init(address=address, log_to_driver=False, "
+                                            f"runtime_env={{'env_vars': {aws!r}}})"))
+        address = ray_cluster.get_runtime_context().gcs_address
+        res = subprocess.run([sys.executable, str(script), address, "s3://lmlm/run", str(out)],
+                             env={**os.environ, **aws}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert res.returncode == 0, f"driver failed:\n{res.stdout[-2000:]}\n{res.stderr[-5000:]}"
+        got = json.loads(out.read_text())
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lmlm", Prefix="run/annotated/")["Contents"]]
+    finally:
+        server.stop()
+    assert (got["first"]["annotated"], got["first"]["shards_written"]) == (12, got["first"]["shards"])
+    assert got["first"]["output_dir"] == "s3://lmlm/run/annotated"
+    assert (got["again"]["skipped_finished"], got["again"]["annotated"]) == (12, 0)  # resume from the bucket
+    assert got["loaded"]["written"] == got["loaded"]["triples"] > 12 and got["reloaded"]["written"] == 0
+    assert got["ids"] == got["doc_ids"] and got["rows"] > 0 and got["value_tokens"] > 0
+    assert sum(k.startswith("run/annotated/annotated/") and k.endswith(".parquet") for k in keys) == got["first"]["shards"]
+    assert "run/annotated/summary.json" in keys
