@@ -1,11 +1,13 @@
-"""Run storage by URI (lmlm.storage), and pretraining on several nodes that share nothing but it.
+"""Run storage by URI (lmlm.storage), pretraining on several nodes that share nothing but it, and
+the annotation, store load and packing on an S3 object store.
 
 The multi-node test starts a Ray cluster of a CPU-less head and two 3-CPU nodes (room for one 2-CPU
 train worker each, so the two ranks run on different nodes), each node in a
 working directory of its own, and runs the driver in a mount namespace of its own where its run
 directory is a private tmpfs: a worker that opened a path only the driver holds finds nothing
 there (the driver proves that first), so the run passes only when every file a worker reads or
-writes goes through the storage URI.
+writes goes through the storage URI. Both use an S3 server on 127.0.0.1 (moto's) as the storage:
+objects only, no directories and no rename, as on a cloud object store.
 """
 from __future__ import annotations
 
@@ -143,7 +145,9 @@ DRIVER = textwrap.dedent('''
     secret = os.path.join(run_dir, "driver-only.txt")
     os.makedirs(run_dir, exist_ok=True)
     open(secret, "w").write("only the driver sees this")
-    ray.init(address=address, log_to_driver=False)
+    # the object store's endpoint and credentials, to this job's workers as a cluster's image would give them
+    ray.init(address=address, log_to_driver=False,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
     seen = ray.get([ray.remote(num_cpus=1)(lambda p: (os.path.exists(p), os.getcwd())).remote(secret)
                     for _ in range(2)])
     cfg = PretrainConfig(model="tiny", storage=storage, run_dir=run_dir, world_people=40, vocab_size=600,
@@ -158,12 +162,12 @@ DRIVER = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
+def test_pretraining_on_nodes_that_share_only_the_storage_uri(s3, tmp_path):
     if not private_mounts_work():
         pytest.skip("needs `unshare -m` (root or user namespaces) to hide the driver's files from the nodes")
     from ray.cluster_utils import Cluster
 
-    storage = f"file://{tmp_path}/storage"
+    storage = "s3://lmlm/multinode"  # an object store: no directories, no rename
     run_dir = tmp_path / "driver-run"  # in the driver's namespace a tmpfs: the nodes see an empty folder
     run_dir.mkdir()
     script = tmp_path / "driver.py"
@@ -215,7 +219,7 @@ def test_pretraining_on_nodes_that_share_only_the_storage_uri(tmp_path):
 
 
 S3_DRIVER = textwrap.dedent('''
-    import json, sys, tempfile
+    import json, os, sys, tempfile
     from pathlib import Path
     import ray
     from lmlm.annotate import AnnotateConfig, fit_tagger, run_annotation
@@ -229,7 +233,8 @@ S3_DRIVER = textwrap.dedent('''
     from lmlm.world import WorldConfig, generate_world
 
     address, root, out = sys.argv[1:4]
-    ray.init(address=address, log_to_driver=False)  # the AWS settings reach the workers from the environment
+    ray.init(address=address, log_to_driver=False,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}})
     store, local = Storage(root), Path(tempfile.mkdtemp())
     seeds = [d.annotated_text for d in generate_world(WorldConfig(people=40, seed=1)).documents]
     store.upload(fit_tagger(seeds, epochs=4, log=lambda s: None).save(local / "tagger"), "annotator")
@@ -252,12 +257,11 @@ S3_DRIVER = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow
-def test_annotation_store_load_and_packing_through_an_s3_object_store(ray_cluster, tmp_path):
-    """The annotation's input, annotator, shards and resume, the store load and the packing, all on
-    an S3 object store (moto's server on 127.0.0.1: no directories, no rename), named by s3:// URI.
-    The driver joins the session cluster as a job of its own whose workers get the endpoint and
-    credentials from its runtime environment, as a cluster's would from its image."""
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 server on 127.0.0.1 (moto's: objects only, no directories, no rename) with a bucket
+    `lmlm`; its endpoint and credentials set in this process's environment (for pyarrow here and for
+    the drivers the tests start), stopped at the end."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -266,24 +270,36 @@ def test_annotation_store_load_and_packing_through_an_s3_object_store(ray_cluste
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="lmlm")
     try:
-        aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-        s3.create_bucket(Bucket="lmlm")
-        script, out = tmp_path / "driver.py", tmp_path / "out.json"
-        script.write_text(S3_DRIVER.replace("ray.init(address=address, log_to_driver=False)",
-                                            f"ray.init(address=address, log_to_driver=False, "
-                                            f"runtime_env={{'env_vars': {aws!r}}})"))
-        address = ray_cluster.get_runtime_context().gcs_address
-        res = subprocess.run([sys.executable, str(script), address, "s3://lmlm/run", str(out)],
-                             env={**os.environ, **aws}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        assert res.returncode == 0, f"driver failed:\n{res.stdout[-2000:]}\n{res.stderr[-5000:]}"
-        got = json.loads(out.read_text())
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lmlm", Prefix="run/annotated/")["Contents"]]
+        yield client
     finally:
         server.stop()
+
+
+def s3_keys(client, prefix: str) -> list[str]:
+    return [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="lmlm", Prefix=prefix)
+            for o in page.get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_annotation_store_load_and_packing_through_an_s3_object_store(ray_cluster, s3, tmp_path):
+    """The annotation's input, annotator, shards and resume, the store load and the packing, all on
+    an S3 object store, named by s3:// URI. The driver joins the session cluster as a job of its own
+    whose workers get the endpoint and credentials in its runtime environment."""
+    script, out = tmp_path / "driver.py", tmp_path / "out.json"
+    script.write_text(S3_DRIVER)
+    address = ray_cluster.get_runtime_context().gcs_address
+    res = subprocess.run([sys.executable, str(script), address, "s3://lmlm/run", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, f"driver failed:\n{res.stdout[-2000:]}\n{res.stderr[-5000:]}"
+    got = json.loads(out.read_text())
+    keys = s3_keys(s3, "run/")
     assert (got["first"]["annotated"], got["first"]["shards_written"]) == (12, got["first"]["shards"])
     assert got["first"]["output_dir"] == "s3://lmlm/run/annotated"
     assert (got["again"]["skipped_finished"], got["again"]["annotated"]) == (12, 0)  # resume from the bucket
