@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -261,6 +262,9 @@ def prune_node_cache(root: str | os.PathLike, keep: str | os.PathLike, max_bytes
     return removed
 
 
+_READER_SWITCH = threading.Lock()
+
+
 def read_parquet(location, filesystem=None, **kwargs):
     """A lazy Ray Dataset of Parquet files: `location` is a folder or URI (its `*.parquet` files, by
     name) or a list of files on `filesystem`. One read task and block per file, in that order, read
@@ -281,9 +285,10 @@ def read_parquet(location, filesystem=None, **kwargs):
     if not files:
         raise FileNotFoundError(f"{location}: no Parquet files")
     ctx = ray.data.DataContext.get_current()
-    before = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = False  # read when the Dataset is made; other datasets keep the default
-    try:
-        return ray.data.read_parquet(files, filesystem=filesystem, override_num_blocks=len(files), **kwargs)
-    finally:
-        ctx.use_datasource_v2 = before
+    with _READER_SWITCH:  # two threads reading at once restore the setting they found, not each other's
+        before = ctx.use_datasource_v2
+        ctx.use_datasource_v2 = False  # read when the Dataset is made; other datasets keep the default
+        try:
+            return ray.data.read_parquet(files, filesystem=filesystem, override_num_blocks=len(files), **kwargs)
+        finally:
+            ctx.use_datasource_v2 = before
