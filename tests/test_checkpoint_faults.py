@@ -29,13 +29,15 @@ def ds(tiny_tokenizer, tmp_path_factory):
     import deepspeed
     import torch.distributed as dist
 
-    from lmlm.train.loop import deepspeed_config
+    from lmlm.train.loop import deepspeed_config, use_environment_ninja
     from lmlm.train.steps import lr_scheduler
     from lmlm.train.models import build_model
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
             mp.setenv(k, v)
+        mp.setenv("PATH", os.environ.get("PATH", ""))  # restored after: the ninja choice is the train worker's
+        use_environment_ninja()
         dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path_factory.mktemp("pg") / "store"), 1),
                                 rank=0, world_size=1)
         try:

@@ -144,3 +144,23 @@ def test_single_device_loop_trains_with_the_library_loss_and_schedule(tiny_token
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
     assert all(r["tokens"] == 2 * 4 * 64 for r in rows) and rows[-1]["lr"] < rows[3]["lr"]  # cosine decay
     assert rows[0]["value_loss"] > 0 and rows[0]["query_loss"] > 0  # measured, though values are not trained
+
+
+def test_deepspeed_builds_with_the_environments_own_ninja(monkeypatch):
+    """Whatever PATH a process starts with (a shell without the venv, a job entrypoint with it first),
+    the train worker finds this environment's ninja: two ninja versions hash the build command
+    differently and would rebuild DeepSpeed's CPU op in turn."""
+    import os
+    import shutil
+    import sys
+
+    from lmlm.train.loop import use_environment_ninja
+
+    own = os.path.join(os.path.dirname(sys.executable), "ninja")
+    if not os.path.isfile(own):
+        pytest.skip("this Python environment has no ninja of its own")
+    for start in ("/usr/bin:/bin", f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"):
+        monkeypatch.setenv("PATH", start)
+        use_environment_ninja()
+        assert shutil.which("ninja") == own
+        assert os.environ["PATH"].split(os.pathsep).count(os.path.dirname(sys.executable)) == 1

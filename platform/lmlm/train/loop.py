@@ -40,6 +40,20 @@ SHUFFLE_BUFFER_ROWS = 1024  # a rank's rows are reshuffled each epoch within win
 PROBE_FILE = "probe_logits.pt"  # a fixed batch and the trained engine's logits on it (export check)
 
 
+def use_environment_ninja() -> None:
+    """Put this Python environment's `ninja` first on PATH (when it has one) before DeepSpeed starts.
+
+    On CPU DeepSpeed JIT-builds its shared-memory collective op on first use and keeps it in the torch
+    extensions cache; ninja decides whether to rebuild by a hash of the command that changed between
+    ninja versions (1.11 and 1.13 here: the system's and the one pip installs). So processes that found
+    different ninjas on PATH (a driver started by `make`, a `ray job submit` entrypoint with the venv
+    first) rebuilt it in turn, 40 s of compiling on 2 cores each time; now each uses the same one."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bindir, "ninja")) and path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = os.pathsep.join([bindir, path]) if path else bindir
+
+
 def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
     zero = {"stage": cfg.zero_stage}
     if cfg.zero_stage == 3:
@@ -62,6 +76,7 @@ def deepspeed_config(cfg: PretrainConfig, bf16: bool) -> dict:
 
 
 def _train_func(config: dict) -> None:
+    use_environment_ninja()
     import deepspeed
     import ray
     import ray.train
