@@ -64,6 +64,7 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
     """One measured driver: pack `corpus` the `mode` way; returns docs/s and the peak RSS. Joining
     Ray and loading the tokenizer come first in both modes (the trainer does both either way) and
     are not timed."""
+    import pyarrow.parquet as pq
     import ray
 
     from lmlm.rayinit import init_ray
@@ -71,22 +72,23 @@ def child_pack(corpus: Path, mode: str, tok_dir: str) -> dict:
 
     init_ray(num_cpus=4)
     tokenizer = load_tokenizer(tok_dir)  # the trainer decides its tokenizer before it packs, either way
+    files = sorted(corpus.glob("*.parquet"))
+    docs = sum(pq.ParquetFile(p).metadata.num_rows for p in files)  # from the footers: the trainer never counts
     t = time.perf_counter()
     if mode == "current":
         from lmlm.corpus import read_corpus
         from lmlm.train.data import encode_and_pack
 
-        texts = [r.annotated_text for p in sorted(corpus.glob("*.parquet")) for r in read_corpus(p)]
+        texts = [r.annotated_text for p in files for r in read_corpus(p)]
         packed = encode_and_pack(texts, tokenizer, "lmlm", 256)
         ray.get([ray.put(packed.input_ids), ray.put(packed.kinds)])  # what the trainer then handed its workers
-        rows, docs = len(packed), len(texts)
+        rows = len(packed)
+        assert len(texts) == docs
     else:
         from lmlm.storage import read_parquet
         from lmlm.train.data import packed_dataset
 
-        ds = read_parquet(str(corpus))
-        docs = ds.count()
-        rows = packed_dataset(ds, tok_dir, "lmlm", 256).count()
+        rows = packed_dataset(read_parquet(str(corpus)), tok_dir, "lmlm", 256).count()
     seconds = time.perf_counter() - t
     return {"docs": docs, "rows": rows, "seconds": round(seconds, 2), "docs_per_s": round(docs / seconds, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

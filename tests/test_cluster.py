@@ -127,26 +127,34 @@ def test_annotation_job_autoscales_worker_nodes(tmp_path):
     print(f"autoscaling annotation job: node counts {counts}, total {time.monotonic() - t0:.1f} s")
 
 
+@pytest.fixture(scope="module")
+def job_head():
+    """One head for the `ray job submit` tests (a start costs 10-15 s on 2 cores); none of its
+    processes may outlive it."""
+    with start_head(num_cpus=4) as head:
+        yield head
+        pids = head.pids()
+    _assert_gone(pids, "job head")
+
+
 @pytest.mark.slow
-def test_job_submit_with_repo_runtime_env(tmp_path):
+def test_job_submit_with_repo_runtime_env(job_head, tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(RUNTIME_ENV_PROBE)
     out = tmp_path / "probe.json"
-    with start_head(num_cpus=2) as head:
-        res = head.ray_cli("job", "submit", "--submission-id", "runtime-env",
-                           "--runtime-env", "infra/runtime_env.yaml", "--",
-                           "python", str(probe), str(out), cwd=REPO, timeout=180)
-        info = head.job_info("runtime-env")
-        assert res.returncode == 0 and info["status"] == "SUCCEEDED", (
-            f"{info['status']}: {info.get('message')}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-        # Token auth is on: the CLI above passed with this head's token; none or a wrong one fails.
-        for headers, code in (({}, 401), ({"Authorization": "Bearer " + "0" * 64}, 403)):
-            req = urllib.request.Request(head.dashboard_url + "/api/jobs/", headers=headers)
-            with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(req, timeout=10)
-            assert err.value.code == code
-        pids = head.pids()
-    _assert_gone(pids, "job head")
+    head = job_head
+    res = head.ray_cli("job", "submit", "--submission-id", "runtime-env",
+                       "--runtime-env", "infra/runtime_env.yaml", "--",
+                       "python", str(probe), str(out), cwd=REPO, timeout=180)
+    info = head.job_info("runtime-env")
+    assert res.returncode == 0 and info["status"] == "SUCCEEDED", (
+        f"{info['status']}: {info.get('message')}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    # Token auth is on: the CLI above passed with this head's token; none or a wrong one fails.
+    for headers, code in (({}, 401), ({"Authorization": "Bearer " + "0" * 64}, 403)):
+        req = urllib.request.Request(head.dashboard_url + "/api/jobs/", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == code
     got = json.loads(out.read_text())
     for where in ("driver", "task"):
         p = got[where]
@@ -161,7 +169,7 @@ def test_job_submit_with_repo_runtime_env(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (PIPELINE.exists() and CI_CONFIG.exists()),
                     reason="jobs/pipeline.py and jobs/configs/ci.yaml not written yet")
-def test_pipeline_job_submit(tmp_path):
+def test_pipeline_job_submit(job_head, tmp_path):
     """`ray job submit` of the whole pipeline on a small config, with what the workers read and write
     in storage named by URI (the world's documents, the annotator, the annotated shards, pretraining,
     the models evaluation and serving open) and the driver's own files under --set run_dir.
@@ -178,14 +186,15 @@ def test_pipeline_job_submit(tmp_path):
         entrypoint = with_private_dir(run_dir, f"{pipeline}; rc=$?; cp -a {run_dir} {kept}; exit $rc")
     else:
         entrypoint, kept = pipeline.split(), run_dir
-    with start_head(num_cpus=4) as head:
-        res = head.ray_cli("job", "submit", "--submission-id", "pipeline",
+    res = job_head.ray_cli("job", "submit", "--submission-id", "pipeline",
                            "--runtime-env", "infra/runtime_env.yaml", "--", *entrypoint, cwd=REPO, timeout=600)
-        info = head.job_info("pipeline")
-        assert info["status"] == "SUCCEEDED", (
-            f"{info['status']}: {info.get('message')}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}")
-        pids = head.pids()
-    _assert_gone(pids, "pipeline head")
+    info = job_head.job_info("pipeline")
+    assert info["status"] == "SUCCEEDED", (
+        f"{info['status']}: {info.get('message')}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}")
+    # the job's own processes (its driver, Redis, Serve) ended with it; the head's stay for the module
+    leaked = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+              if any(str(run_dir) in a or str(storage) in a for a in p.info["cmdline"] or ())]
+    assert not leaked, f"processes of the finished job still alive: {leaked}"
     if private:
         assert not any(run_dir.iterdir()), f"the driver's run_dir leaked to the workers' view: {list(run_dir.iterdir())}"
     run_dir = kept
