@@ -98,18 +98,16 @@ def converted_dir(name: str) -> Path:
     the user cache (`<cache>/lmlm/pretrained/<name>-<sha256 of the GGUF, 16 digits>`), so another
     GGUF never reads a stale copy; it is written under a temporary name and renamed when complete, so
     processes converting at once each end with the same whole directory."""
-    import hashlib
     import os
     import shutil
 
     import platformdirs
 
+    from lmlm.datasets import sha256_of
+
     gguf = _gguf_path(_source(name))
-    digest = hashlib.sha256()
-    with open(gguf, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    out = Path(platformdirs.user_cache_dir("lmlm")) / "pretrained" / f"{name}-{digest.hexdigest()[:16]}"
+    digest = sha256_of(gguf)
+    out = Path(platformdirs.user_cache_dir("lmlm")) / "pretrained" / f"{name}-{digest[:16]}"
     if (out / READY).is_file():
         return out
     model, tokenizer = _load_gguf(gguf)
@@ -117,7 +115,7 @@ def converted_dir(name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    write_json(tmp / READY, {"name": name, "gguf": str(gguf), "sha256": digest.hexdigest()})
+    write_json(tmp / READY, {"name": name, "gguf": str(gguf), "sha256": digest})
     fsync_tree(tmp)
     try:
         os.rename(tmp, out)
