@@ -16,11 +16,16 @@ annotate: plain synthetic documents (JSONL) annotated by a trained tagger throug
   one actor (shards written by the actor, store loading off), at 1x and then 10x in one fresh driver
   (after a 20-document run that warms it):
   `annotate_driver_peak_rss_growth` = its peak RSS at 10x over 1x (the driver holds counts, never
-  documents; goal <= 1.2); `steady_overhead_vs_loop` = the plain loop's docs/s (the same annotator and
-  validation in one process, pipeline.annotate_loop, on the 1x documents once and twice; measured right
-  before and right after the pipeline, the mean of the two) over the pipeline's steady docs/s, minus 1
-  (goal <= 0.10); steady: the documents the 10x run adds over the seconds it adds, so the fixed costs
-  (actor start, model load) cancel.
+  documents; goal <= 1.2); steady: the documents the 10x run adds over the seconds it adds, so the
+  fixed costs (actor start, model load) cancel. `steady_overhead_vs_loop` (goal <= 0.10) = those
+  seconds over the seconds the actor spent, within them, in the plain loop's work (annotate_rows, the
+  annotator and validation, over the same batches), minus 1: what reading and writing shards and Ray
+  Data's scheduling add, both sides timed in the same seconds. Measured apart, a 2-core machine's speed
+  drifts by tens of percent within minutes (five back-to-back runs of the loop: 166 to 275 docs/s), more
+  than the margin; so the loop in its own process (pipeline.annotate_loop on the 1x documents once
+  and twice, right before and right after the pipeline, their mean) is reported beside it:
+  `in_actor_vs_separate_loop` (the actor's annotator against the plain process's, about 1 when the
+  actor costs nothing) and `steady_overhead_vs_separate_loop`.
 load: triples of synthetic documents loaded through factstore.bulk.load_dataset with 1 and 2 loader
   actors into a private Redis 8 (`load_speedup_2_workers`), and the projected time of the
   reference's 54.6M triples on 32 workers from the measured per-worker rate (linear: each worker
@@ -122,6 +127,7 @@ def child_annotate(corpus: Path, mode: str, tagger_dir: str) -> dict:
     init_ray()
     s = run_annotation(_annotate_cfg(corpus, tagger_dir), log=lambda line: None)
     return {"docs": s["annotated"], "seconds": s["annotate_seconds"], "docs_per_s": s["docs_per_s"],
+            "annotator_seconds": s["annotator_seconds"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -168,8 +174,17 @@ def bench_annotate(tmp: Path, small: int) -> dict:
                                                    / out[f"annotate_stream_{small}_peak_rss_mb"], 3)
     # the cost of the documents the 10x run adds: fixed costs (actor start, model load, first shard) cancel
     big, little = runs[10 * small], runs[small]
-    out["annotate_stream_steady_docs_per_s"] = round((big["docs"] - little["docs"]) / (big["seconds"] - little["seconds"]), 1)
-    out["steady_overhead_vs_loop"] = round(out["annotate_loop_docs_per_s"] / out["annotate_stream_steady_docs_per_s"] - 1, 3)
+    docs, seconds = big["docs"] - little["docs"], big["seconds"] - little["seconds"]
+    in_annotator = big["annotator_seconds"] - little["annotator_seconds"]
+    out["annotate_stream_steady_docs_per_s"] = round(docs / seconds, 1)
+    # the plain loop's work (annotate_rows over the same batches), timed inside the actor during those
+    # same seconds: the machine's drift is common to both sides
+    out["annotate_in_actor_loop_docs_per_s"] = round(docs / in_annotator, 1)
+    out["steady_overhead_vs_loop"] = round(seconds / in_annotator - 1, 3)
+    # the loop in its own process, minutes apart: the actor annotates as fast as a plain process does
+    out["in_actor_vs_separate_loop"] = round(out["annotate_in_actor_loop_docs_per_s"] / out["annotate_loop_docs_per_s"], 3)
+    out["steady_overhead_vs_separate_loop"] = round(
+        out["annotate_loop_docs_per_s"] / out["annotate_stream_steady_docs_per_s"] - 1, 3)
     return out
 
 

@@ -52,6 +52,8 @@ def test_pipeline_end_to_end_resumable_into_redis(ray_cluster, trained_dir, tmp_
     assert s1["annotated"] == 30 + 3 and s1["documents"] == 30 + 3 + 4  # "long" became 3 chunks
     assert s1["lookups"] >= 0.9 * 8 * 30 and s1["shards_written"] >= 4 and s1["triples_loaded"] == 0
     assert sum(s1["docs_per_worker"]) == 33 and 1 <= len(s1["docs_per_worker"]) <= 2
+    # the actors' time in the annotator, summed over shards: part of the run's, never more than all of it
+    assert 0 < s1["annotator_seconds"] and 0 < s1["annotator_busy"] <= 1
     out = tmp_path / "out"
     ids = {r["id"] for r in _rows(out, "annotated")}
     assert {"long#c0", "long#c1", "long#c2"} <= ids

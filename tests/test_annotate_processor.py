@@ -68,6 +68,7 @@ def test_http_processor_annotates_a_corpus_and_keeps_failures_per_document(ray_c
     assert first["annotated"] == 10 and first["lookups"] == 10 and first["shards"] == 4
     assert first["rejects_by_reason"] == {"annotator_error": 2, "empty": 2}
     assert first["docs_per_worker"] == [12]  # the HTTP stage's one actor sent every document
+    assert first["annotator_seconds"] == 0 and first["annotator_busy"] == 0  # the HTTP stage is not timed per shard
     # the stage's rows are in flight together (the session starts each request when the stage asks)
     assert Chat.peak >= 3
     assert Chat.auth == {"Bearer sk-t"}

@@ -77,13 +77,15 @@ class AnnotateActor:
 
     def run_shard(self, shard: dict) -> dict:
         name, finished, todo, rejects = open_shard(self.cfg, self.out, self.fs, shard)
-        results = []
+        results, busy = [], 0.0
         for b in range(0, len(todo), self.cfg.batch_size):
             batch = todo[b:b + self.cfg.batch_size]
+            t = time.perf_counter()
             res = annotate_rows(self.annotator, [r["id"] for r in batch], [r["text"] for r in batch])
+            busy += time.perf_counter() - t
             results += [row | r for row, r in zip(batch, res)]
         return close_shard(self.out, name, results, rejects, finished, self.annotator_id, self.worker,
-                           Counter({self.worker: len(results)}))
+                           Counter({self.worker: len(results)}), annotator_seconds=busy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
     log(f"annotate: {sum(s['count'] for s in shards)} input items in {len(shards)} shards; what is not finished "
         f"goes to {annotator_id} on {cfg.num_actors} actors")
 
-    n = Counter()
+    n, annotator_seconds = Counter(), 0.0
     reasons, dropped, workers = Counter(), Counter(), Counter()
     t_annot, t_first = time.time(), None
     rows = build_dataset(cfg, shards, filesystem, annotator_id).iter_rows() if shards else ()
@@ -163,6 +165,7 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         t_first = t_first or time.time() - t_annot
         n.update({k: c[k] for k in ("todo", "finished", "input_rejects", "annotated", "lookups")})
         n["shards_written"] += bool(c["shard"])
+        annotator_seconds += c["annotator_seconds"]
         reasons.update(json.loads(c["reasons"]))
         dropped.update(json.loads(c["dropped"]))
         workers.update(json.loads(c["workers"]))
@@ -193,7 +196,10 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         "triples_invalid": loaded.get("invalid", 0), "annotator": annotator_id, "num_actors": cfg.num_actors,
         "docs_per_worker": sorted((v for v in workers.values() if v), reverse=True),
         "seconds": round(time.time() - t0, 3), "annotate_seconds": round(t_annot, 3),
-        "first_result_s": round(t_first or 0.0, 3),
+        "first_result_s": round(t_first or 0.0, 3), "annotator_seconds": round(annotator_seconds, 3),
+        # the actors' share of the run spent annotating (0 where a processor annotates): what is left is
+        # reading and writing shards, scheduling and starting the actors
+        "annotator_busy": round(annotator_seconds / (t_annot * cfg.num_actors), 3) if t_annot > 0 else 0.0,
         "docs_per_s": round(n["todo"] / t_annot, 2) if n["todo"] and t_annot > 0 else 0.0,
         "output_dir": out.uri, "shards": len(shards), "shards_written": n["shards_written"],
     }

@@ -222,7 +222,8 @@ def _counts_schema():
 
     return pa.schema([("shard", pa.string()), ("workers", pa.string()), ("todo", pa.int64()), ("finished", pa.int64()),
                       ("input_rejects", pa.int64()), ("annotated", pa.int64()), ("lookups", pa.int64()),
-                      ("reasons", pa.string()), ("dropped", pa.string())])
+                      ("reasons", pa.string()), ("dropped", pa.string()),
+                      ("annotator_seconds", pa.float64())])
 
 
 COUNTS = _counts_schema()

@@ -140,9 +140,10 @@ def open_shard(cfg: AnnotateConfig, out: Storage, filesystem, shard: dict) -> tu
 
 
 def close_shard(out: Storage, name: str, results: list[dict], rejects: list[dict], finished: int, annotator_id: str,
-                writer: str, workers: Counter) -> dict:
+                writer: str, workers: Counter, annotator_seconds: float = 0.0) -> dict:
     """Write the attempt `name` of a shard when it holds anything, and return its row of counts
-    (`workers`: documents per annotating worker)."""
+    (`workers`: documents per annotating worker; `annotator_seconds`: the time its documents spent in
+    the annotator and validation, where one worker did both; 0 where another stage annotated)."""
     name = name if results or rejects else ""
     if name:
         write_shard(out, name, results, rejects, annotator_id, writer)
@@ -153,4 +154,4 @@ def close_shard(out: Storage, name: str, results: list[dict], rejects: list[dict
     reasons = Counter(r["reason"] for r in [*rejects, *results] if r.get("status") != "ok")
     return {"shard": name, "workers": json.dumps(workers), "todo": len(results), "finished": finished,
             "input_rejects": len(rejects), "annotated": len(ok), "lookups": sum(r["lookups"] for r in ok),
-            "reasons": json.dumps(reasons), "dropped": json.dumps(dropped)}
+            "reasons": json.dumps(reasons), "dropped": json.dumps(dropped), "annotator_seconds": annotator_seconds}
