@@ -157,15 +157,14 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
     log(f"annotate: {sum(s['count'] for s in shards)} input items in {len(shards)} shards; what is not finished "
         f"goes to {annotator_id} on {cfg.num_actors} actors")
 
-    n, annotator_seconds = Counter(), 0.0
+    n = Counter()
     reasons, dropped, workers = Counter(), Counter(), Counter()
     t_annot, t_first = time.time(), None
     rows = build_dataset(cfg, shards, filesystem, annotator_id).iter_rows() if shards else ()
     for i, c in enumerate(rows, 1):
         t_first = t_first or time.time() - t_annot
-        n.update({k: c[k] for k in ("todo", "finished", "input_rejects", "annotated", "lookups")})
+        n.update({k: c[k] for k in ("todo", "finished", "input_rejects", "annotated", "lookups", "annotator_seconds")})
         n["shards_written"] += bool(c["shard"])
-        annotator_seconds += c["annotator_seconds"]
         reasons.update(json.loads(c["reasons"]))
         dropped.update(json.loads(c["dropped"]))
         workers.update(json.loads(c["workers"]))
@@ -196,10 +195,10 @@ def run_annotation(cfg: AnnotateConfig, store=None, log=print) -> dict:
         "triples_invalid": loaded.get("invalid", 0), "annotator": annotator_id, "num_actors": cfg.num_actors,
         "docs_per_worker": sorted((v for v in workers.values() if v), reverse=True),
         "seconds": round(time.time() - t0, 3), "annotate_seconds": round(t_annot, 3),
-        "first_result_s": round(t_first or 0.0, 3), "annotator_seconds": round(annotator_seconds, 3),
+        "first_result_s": round(t_first or 0.0, 3), "annotator_seconds": round(n["annotator_seconds"], 3),
         # the actors' share of the run spent annotating (0 where a processor annotates): what is left is
         # reading and writing shards, scheduling and starting the actors
-        "annotator_busy": round(annotator_seconds / (t_annot * cfg.num_actors), 3) if t_annot > 0 else 0.0,
+        "annotator_busy": round(n["annotator_seconds"] / (t_annot * cfg.num_actors), 3) if t_annot > 0 else 0.0,
         "docs_per_s": round(n["todo"] / t_annot, 2) if n["todo"] and t_annot > 0 else 0.0,
         "output_dir": out.uri, "shards": len(shards), "shards_written": n["shards_written"],
     }
